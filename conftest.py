@@ -1,0 +1,48 @@
+"""Test set-up shared by every app: MODX tables in the test databases, pinned time."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.db import connections
+
+from funnels.demo import modx_tables_create
+
+# Tests that care about time use this instant (a Saturday evening in Moscow).
+CURRENT_TIME = dt.datetime(2026, 11, 28, 15, 30, tzinfo=dt.timezone.utc)
+
+
+def _is_test_database(alias: str) -> bool:
+    name = str(connections[alias].settings_dict["NAME"])
+    return "test_" in name.rsplit("/", 1)[-1] or "memorydb" in name
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        if not _is_test_database("modx"):
+            # pytest-django only creates the databases that collected tests ask for; never
+            # fall through to the real MODX database.
+            return
+        modx_tables_create(alias="modx")
+
+
+def pytest_collection_modifyitems(config, items):
+    vendor = connections["default"].vendor
+    for item in items:
+        if item.get_closest_marker("mariadb_only") and vendor != "mysql":
+            item.add_marker(pytest.mark.skip(reason="needs MariaDB; runs in the MariaDB pass"))
+
+
+def pytest_report_header(config):
+    return [
+        f"databases: default={connections['default'].vendor} "
+        f"({connections['default'].settings_dict['NAME']}), "
+        f"modx={connections['modx'].vendor} ({connections['modx'].settings_dict['NAME']})"
+    ]
+
+
+@pytest.fixture
+def now():
+    return CURRENT_TIME

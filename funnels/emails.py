@@ -1,0 +1,66 @@
+"""Normalise and validate an email address: the one place that decides what an email is.
+
+Test takers and buyers are linked only by email, so both sides must go through the same
+function. Normalising is trimming and lower-casing (MODX stores addresses as typed);
+an internationalised domain is stored in its ASCII (punycode) form, which is what Brevo
+accepts and what makes "ПРИМЕР.рф" and "xn--e1afmkfd.xn--p1ai" the same person.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_LENGTH = 254  # RFC 5321 path limit; Brevo rejects longer addresses.
+
+# Deliberately stricter than RFC 5322: quoted local parts, IP-literal domains and
+# comments are legal but are never real Testizer customers, and Brevo refuses them.
+_LOCAL = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class Reason:
+    EMPTY = "empty_email"
+    INVALID = "invalid_email"
+    TOO_LONG = "email_too_long"
+
+
+@dataclass(frozen=True, slots=True)
+class EmailCheck:
+    email: str | None
+    reason: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.email is not None
+
+
+def email_normalize(raw: str | None) -> str:
+    """Trim and lower-case; no validation. Used for look-ups such as admin search."""
+    return (raw or "").strip().lower()
+
+
+def email_check(raw: str | None) -> EmailCheck:
+    email = email_normalize(raw)
+    if not email:
+        return EmailCheck(None, Reason.EMPTY)
+    if len(email) > MAX_LENGTH:
+        return EmailCheck(None, Reason.TOO_LONG)
+    local, sep, domain = email.rpartition("@")
+    if not sep or not local or not domain or len(local) > 64:
+        return EmailCheck(None, Reason.INVALID)
+    if not _LOCAL.match(local):
+        return EmailCheck(None, Reason.INVALID)
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return EmailCheck(None, Reason.INVALID)
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        return EmailCheck(None, Reason.INVALID)
+    if labels[-1].isdigit():
+        return EmailCheck(None, Reason.INVALID)
+    email = f"{local}@{ascii_domain}"
+    if len(email) > MAX_LENGTH:
+        return EmailCheck(None, Reason.TOO_LONG)
+    return EmailCheck(email, None)

@@ -1,0 +1,263 @@
+"""Our own tables. Plain data: the behaviour lives in services and selectors."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class Funnel(models.Model):
+    class TestKind(models.TextChoices):
+        LANGUAGE = "language", _("Language tests")
+        NON_LANGUAGE = "non_language", _("Non-language tests")
+        ANY = "any", _("Any test")
+
+    class Reentry(models.TextChoices):
+        ONCE = "once", _("Once per person")
+        PER_TEST = "per_test", _("Once per person and test")
+
+    slug = models.SlugField(_("slug"), max_length=50, unique=True)
+    name = models.CharField(_("name"), max_length=200)
+    brevo_list_id = models.PositiveIntegerField(_("Brevo list id"), null=True, blank=True)
+    test_kind = models.CharField(
+        _("qualifying tests"), max_length=20, choices=TestKind.choices
+    )
+    # Empty means every test of the kind; otherwise only these MODX test ids qualify.
+    test_ids = models.JSONField(_("only these test ids"), default=list, blank=True)
+    certificate_type = models.PositiveSmallIntegerField(
+        _("certificate type"),
+        help_text=_("modx_cert_test.type that counts as a conversion (1 language, 2 other)"),
+    )
+    reentry = models.CharField(
+        _("re-entry rule"), max_length=20, choices=Reentry.choices, default=Reentry.ONCE
+    )
+    active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = _("funnel")
+        verbose_name_plural = _("funnels")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SyncStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    SYNCED = "synced", _("Synced")
+    FAILED = "failed", _("Failed")
+
+
+class FunnelEntry(models.Model):
+    """A person's entry into a funnel; the table keeps the earlier tool's name and columns.
+
+    `email` is normalised (trimmed, lower-case). `user_id` is the MODX simpletest_users.Id
+    the entry came from. `test_id` is the MODX test id; it is never NULL in rows we write
+    (0 marks a row adopted from the earlier tool whose test was unknown).
+
+    Brevo state is an outbox on the row: every change that Brevo must hear about bumps
+    `sync_revision` and sets `sync_status` to pending; a send marks the row synced only if
+    the revision it sent is still the current one (compare-and-set), so a purchase that
+    arrives during a send is never lost.
+    """
+
+    email = models.CharField(_("email"), max_length=255)
+    funnel_type = models.CharField(_("funnel"), max_length=50)
+    user_id = models.IntegerField(_("MODX result id"), null=True, blank=True)
+    test_id = models.IntegerField(_("test id"), null=True)
+    entered_at = models.DateTimeField(_("entered at"))
+    certificate_purchased = models.BooleanField(_("certificate purchased"), default=False)
+    certificate_purchased_at = models.DateTimeField(
+        _("certificate purchased at"), null=True, blank=True
+    )
+
+    # Added by Testizer Funnels.
+    test_completed_at = models.DateTimeField(_("test completed at"), null=True, blank=True)
+    payment_id = models.IntegerField(_("payment id"), null=True, blank=True)
+    sync_status = models.CharField(
+        _("Brevo sync"), max_length=10, choices=SyncStatus.choices, default=SyncStatus.PENDING
+    )
+    sync_revision = models.PositiveIntegerField(default=1)
+    synced_revision = models.PositiveIntegerField(default=0)
+    sync_attempts = models.PositiveIntegerField(_("sync attempts"), default=0)
+    sync_last_error = models.TextField(_("last sync error"), blank=True, default="")
+    sync_next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
+    synced_at = models.DateTimeField(_("synced at"), null=True, blank=True)
+    run = models.ForeignKey(
+        "SyncRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        verbose_name=_("created by run"),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        db_table = "funnel_entries"
+        ordering = ["-entered_at", "-id"]
+        verbose_name = _("funnel entry")
+        verbose_name_plural = _("funnel entries")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["email", "funnel_type", "test_id"],
+                name="uk_funnel_entry_email_type_test",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["email", "funnel_type"], name="idx_email_funnel"),
+            models.Index(fields=["user_id", "test_id"], name="idx_user_test"),
+            # The outbox: what is due for Brevo, oldest first.
+            models.Index(
+                fields=["sync_status", "sync_next_attempt_at", "id"], name="idx_fe_outbox"
+            ),
+            # Reports: cohorts by funnel and entry time, conversion read from the index.
+            models.Index(
+                fields=["funnel_type", "entered_at", "certificate_purchased_at", "email"],
+                name="idx_fe_report",
+            ),
+            models.Index(fields=["entered_at"], name="idx_fe_entered"),
+            models.Index(fields=["payment_id"], name="idx_fe_payment"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.funnel_type}:{self.test_id}"
+
+
+class SyncRun(models.Model):
+    class Status(models.TextChoices):
+        RUNNING = "running", _("Running")
+        SUCCESS = "success", _("Success")
+        PARTIAL = "partial", _("Finished with failures")
+        FAILED = "failed", _("Failed")
+        CRASHED = "crashed", _("Crashed (found dead)")
+
+    class Trigger(models.TextChoices):
+        CRON = "cron", _("Schedule")
+        MANUAL = "manual", _("By hand")
+        ADMIN = "admin", _("Admin")
+
+    started_at = models.DateTimeField(_("started at"), db_index=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    heartbeat_at = models.DateTimeField(_("last heartbeat"), null=True, blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.RUNNING
+    )
+    dry_run = models.BooleanField(_("dry run"))
+    trigger = models.CharField(
+        _("trigger"), max_length=10, choices=Trigger.choices, default=Trigger.MANUAL
+    )
+    hostname = models.CharField(_("host"), max_length=255, blank=True, default="")
+    pid = models.PositiveIntegerField(_("process id"), null=True, blank=True)
+    as_of = models.DateTimeField(_("as of"), null=True, blank=True)
+
+    results_read = models.PositiveIntegerField(_("test results read"), default=0)
+    entries_added = models.PositiveIntegerField(_("entries added"), default=0)
+    skipped = models.PositiveIntegerField(_("skipped"), default=0)
+    skipped_by_reason = models.JSONField(_("skipped by reason"), default=dict, blank=True)
+    contacts_sent = models.PositiveIntegerField(_("contacts sent"), default=0)
+    contacts_failed = models.PositiveIntegerField(_("contacts failed"), default=0)
+    payments_read = models.PositiveIntegerField(_("payments read"), default=0)
+    purchases_found = models.PositiveIntegerField(_("purchases found"), default=0)
+    purchases_revoked = models.PositiveIntegerField(_("purchases revoked"), default=0)
+    brevo_requests = models.PositiveIntegerField(_("Brevo requests"), default=0)
+    ratelimit_remaining = models.IntegerField(_("rate-limit headroom"), null=True, blank=True)
+    ratelimit_limit = models.IntegerField(_("rate limit"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        verbose_name = _("sync run")
+        verbose_name_plural = _("sync runs")
+        indexes = [models.Index(fields=["status", "started_at"], name="idx_run_status")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.status}"
+
+    @property
+    def duration(self):
+        if self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+class SyncRunItem(models.Model):
+    """One line of a run's plan (dry run) or outcome (live run)."""
+
+    class Action(models.TextChoices):
+        WOULD_ADD = "would_add", _("Would add")
+        ADDED = "added", _("Added")
+        SKIPPED = "skipped", _("Skipped")
+        SENT = "sent", _("Sent to Brevo")
+        FAILED = "failed", _("Brevo failed")
+        PURCHASE = "purchase", _("Purchase")
+        WOULD_PURCHASE = "would_purchase", _("Would mark purchase")
+        PURCHASE_REVOKED = "purchase_revoked", _("Purchase revoked")
+
+    run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="items")
+    action = models.CharField(_("action"), max_length=20, choices=Action.choices)
+    reason = models.CharField(_("reason"), max_length=50, blank=True, default="")
+    email = models.CharField(_("email"), max_length=255, blank=True, default="")
+    funnel_type = models.CharField(_("funnel"), max_length=50, blank=True, default="")
+    test_id = models.IntegerField(_("test id"), null=True, blank=True)
+    source_id = models.IntegerField(_("MODX row id"), null=True, blank=True)
+    entry = models.ForeignKey(
+        FunnelEntry, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    detail = models.TextField(_("detail"), blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = _("run item")
+        verbose_name_plural = _("run items")
+
+
+class SyncState(models.Model):
+    """Watermarks: the last MODX row id each incremental reader has fully handled."""
+
+    key = models.CharField(max_length=50, unique=True)
+    last_id = models.BigIntegerField(default=0)
+    run = models.ForeignKey(
+        SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("watermark")
+        verbose_name_plural = _("watermarks")
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.last_id}"
+
+
+class RuntimeSettings(models.Model):
+    """The one row of settings the admin may change while the job runs."""
+
+    SINGLETON_ID = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_ID)
+    dry_run = models.BooleanField(_("dry run"), default=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+
+    class Meta:
+        verbose_name = _("runtime settings")
+        verbose_name_plural = _("runtime settings")
+        permissions = [("change_dry_run", _("Can switch between dry run and live"))]
+
+
+class PaymentWatch(models.Model):
+    """Payments seen unpaid (to notice when they become paid) or matched as paid (to notice
+    when they stop being paid), re-read by primary key until they age out."""
+
+    payment_id = models.IntegerField(unique=True)
+    paid = models.BooleanField(default=False)
+    first_seen_at = models.DateTimeField()
+    recheck_until = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = _("watched payment")
+        verbose_name_plural = _("watched payments")

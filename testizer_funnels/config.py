@@ -1,0 +1,119 @@
+"""Typed, strict reading of the environment; the only place that looks at os.environ.
+
+django-environ parses URLs and lists for us, but its booleans treat any unknown word as
+False, which for APP_DRY_RUN would mean a silent switch to live mode. Booleans, integers
+and time zones are therefore parsed here, strictly, and a bad value raises ConfigError,
+which manage.py turns into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import zoneinfo
+from pathlib import Path
+from typing import Any
+
+import environ
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(Exception):
+    """A setting has a value we refuse to guess about."""
+
+
+class Config:
+    def __init__(self, *, environ_map: dict[str, str] | None = None) -> None:
+        self._env = os.environ if environ_map is None else environ_map
+        self._parser = environ.Env()
+
+    def raw(self, name: str) -> str | None:
+        return self._env.get(name)
+
+    def str(self, name: str, default: str = "") -> str:
+        value = self._env.get(name)
+        return default if value is None else value.strip()
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self._env.get(name)
+        if value is None:
+            return default
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+        raise ConfigError(
+            f"{name}={value!r} is not a boolean; write true or false "
+            f"(accepted: {', '.join(sorted(TRUE_WORDS | FALSE_WORDS))})"
+        )
+
+    def int(
+        self, name: str, default: int | None, *, minimum: int | None = None
+    ) -> int | None:
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return default
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not a whole number") from None
+        if minimum is not None and number < minimum:
+            raise ConfigError(f"{name}={number} must be at least {minimum}")
+        return number
+
+    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return default
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not a number") from None
+        if number < minimum:
+            raise ConfigError(f"{name}={number} must be at least {minimum}")
+        return number
+
+    def list(self, name: str, default: list[str]) -> list[str]:
+        value = self._env.get(name)
+        if value is None:
+            return default
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(name, default)
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} must be one of: {', '.join(choices)}")
+        return value
+
+    def time_zone(self, name: str, default: str) -> str:
+        value = self.str(name, default)
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{name}={value!r} is not a known time zone") from None
+        return value
+
+    def database(self, name: str, default_url: str) -> dict[str, Any]:
+        url = self.str(name, "") or default_url
+        return self.database_from_url(name=name, url=url)
+
+    def database_from_url(self, *, name: str, url: str) -> dict[str, Any]:
+        try:
+            parsed = self._parser.db_url_config(url)
+        except Exception:  # noqa: BLE001 - the URL may hold a password: never echo it
+            raise ConfigError(f"{name} is not a valid database URL") from None
+        engine = parsed.get("ENGINE", "")
+        if engine not in {
+            "django.db.backends.sqlite3",
+            "django.db.backends.mysql",
+        }:
+            raise ConfigError(f"{name}: only sqlite:// and mysql:// URLs are supported")
+        return parsed
+
+
+def read_dotenv(path: Path) -> None:
+    """Load KEY=VALUE lines into os.environ without overriding what is already set."""
+    if path.is_file():
+        environ.Env.read_env(str(path), overwrite=False)

@@ -1,0 +1,283 @@
+"""Settings for Testizer Funnels, read once from the environment (and .env) via config.py.
+
+Every variable is documented, with its default, in .env.example.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from django.utils.translation import gettext_lazy as _
+
+from testizer_funnels.config import Config, ConfigError, read_dotenv
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Tests must not pick up an operator's .env (it may point at production); pytest sets
+# PYTEST_VERSION for the whole session.
+if "PYTEST_VERSION" not in os.environ:
+    read_dotenv(Path(os.environ.get("TESTIZER_ENV_FILE", BASE_DIR / ".env")))
+
+cfg = Config()
+
+APP_ENV = cfg.choice("APP_ENV", "development", ("development", "production", "test"))
+IS_PRODUCTION = APP_ENV == "production"
+
+DEBUG = cfg.bool("DEBUG", False)
+SECRET_KEY = cfg.str("SECRET_KEY", "")
+if not SECRET_KEY:
+    if IS_PRODUCTION:
+        raise ConfigError("SECRET_KEY must be set when APP_ENV=production")
+    # Development and demo only: a fresh key per process is fine, sessions just expire.
+    SECRET_KEY = "dev-insecure-" + secrets.token_urlsafe(40)
+elif IS_PRODUCTION and len(SECRET_KEY) < 50:
+    raise ConfigError("SECRET_KEY must be at least 50 characters in production")
+
+ALLOWED_HOSTS = cfg.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = cfg.list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_crontab",
+    "funnels",
+    "funnels.modx",
+    "reports",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "testizer_funnels.urls"
+WSGI_APPLICATION = "testizer_funnels.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+# --- Databases -----------------------------------------------------------------------
+
+def _mysql_options(db: dict) -> dict:
+    if db["ENGINE"] != "django.db.backends.mysql":
+        return db
+    options = db.setdefault("OPTIONS", {})
+    options.setdefault("charset", "utf8mb4")
+    options.setdefault("init_command", "SET sql_mode='STRICT_TRANS_TABLES'")
+    options.setdefault("isolation_level", "read committed")
+    db.setdefault("TEST", {}).update({"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"})
+    return db
+
+
+def _modx_database() -> dict:
+    """MODX_DATABASE_URL wins; else the earlier tool's DB_* names; else the demo SQLite."""
+    if cfg.str("MODX_DATABASE_URL"):
+        return cfg.database("MODX_DATABASE_URL", "")
+    if cfg.str("DB_HOST") or cfg.str("DB_NAME"):
+        db = {
+            "ENGINE": "django.db.backends.mysql",
+            "HOST": cfg.str("DB_HOST", "127.0.0.1"),
+            "PORT": cfg.int("DB_PORT", 3306, minimum=1),
+            "USER": cfg.str("DB_USER", "root"),
+            "PASSWORD": cfg.raw("DB_PASSWORD") or "",
+            "NAME": cfg.str("DB_NAME"),
+            "OPTIONS": {"charset": cfg.str("DB_CHARSET", "utf8mb4")},
+        }
+        if not db["NAME"]:
+            raise ConfigError("DB_HOST is set but DB_NAME is empty")
+        return db
+    return cfg.database_from_url(
+        name="MODX_DATABASE_URL", url=f"sqlite:///{BASE_DIR / 'demo_modx.sqlite3'}"
+    )
+
+
+DATABASES = {
+    "default": _mysql_options(
+        cfg.database("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+    ),
+    "modx": _mysql_options(_modx_database()),
+}
+for _alias, _db in DATABASES.items():
+    if _db["ENGINE"] == "django.db.backends.sqlite3":
+        # The run lock and the outbox writes come from one process at a time, but the
+        # admin may read meanwhile: wait for a lock rather than fail at once.
+        _db.setdefault("OPTIONS", {}).setdefault("timeout", 20)
+        # Test databases are files, not memory: tests that run the job in a subprocess
+        # (SIGKILL, two runs at once) must see the same data.
+        _db.setdefault("TEST", {}).setdefault(
+            "NAME", str(BASE_DIR / ".test_dbs" / f"test_{_alias}.sqlite3")
+        )
+DATABASE_ROUTERS = ["testizer_funnels.routers.ModxRouter"]
+
+# --- MODX tables ---------------------------------------------------------------------
+MODX_TABLE_PREFIX = cfg.str("MODX_TABLE_PREFIX", "modx_")
+SIMPLETEST_TABLE_PREFIX = cfg.str("SIMPLETEST_TABLE_PREFIX", "simpletest_")
+# MODX stores naive datetimes in its server's zone: Django reads and writes that alias in
+# this zone, so every datetime we get from it is aware and comparable to ours (UTC).
+MODX_TIME_ZONE = cfg.time_zone("MODX_TIME_ZONE", "Europe/Moscow")
+DATABASES["modx"]["TIME_ZONE"] = MODX_TIME_ZONE
+# The router refuses every migration there; the test databases get their MODX tables from
+# the unmanaged models (conftest.py) instead.
+DATABASES["modx"].setdefault("TEST", {})["MIGRATE"] = False
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Time and language ---------------------------------------------------------------
+USE_TZ = True
+TIME_ZONE = cfg.time_zone("TIME_ZONE", "Europe/Moscow")
+USE_I18N = True
+LANGUAGES = [("ru", _("Russian")), ("en", _("English"))]
+LANGUAGE_CODE = cfg.choice("LANGUAGE_CODE", "ru", ("ru", "en"))
+LOCALE_PATHS = [BASE_DIR / "locale"]
+
+# --- Static files --------------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if IS_PRODUCTION
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+
+# --- Security (production) -----------------------------------------------------------
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = cfg.bool("SECURE_SSL_REDIRECT", IS_PRODUCTION)
+SESSION_COOKIE_SECURE = cfg.bool("SESSION_COOKIE_SECURE", IS_PRODUCTION)
+CSRF_COOKIE_SECURE = cfg.bool("CSRF_COOKIE_SECURE", IS_PRODUCTION)
+SECURE_HSTS_SECONDS = cfg.int("SECURE_HSTS_SECONDS", 31536000 if IS_PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = cfg.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", IS_PRODUCTION)
+SECURE_HSTS_PRELOAD = cfg.bool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# --- The funnel job ------------------------------------------------------------------
+APP_DRY_RUN = cfg.bool("APP_DRY_RUN", True)
+BREVO_API_KEY = cfg.raw("BREVO_API_KEY") or ""
+BREVO_BASE_URL = cfg.str("BREVO_BASE_URL", "https://api.brevo.com/v3").rstrip("/")
+BREVO_LANGUAGE_LIST_ID = cfg.int("BREVO_LANGUAGE_LIST_ID", None, minimum=1)
+BREVO_NON_LANGUAGE_LIST_ID = cfg.int("BREVO_NON_LANGUAGE_LIST_ID", None, minimum=1)
+BREVO_CONNECT_TIMEOUT = cfg.float("BREVO_CONNECT_TIMEOUT", 5.0, minimum=0.1)
+BREVO_READ_TIMEOUT = cfg.float("BREVO_READ_TIMEOUT", 30.0, minimum=0.1)
+BREVO_MAX_RETRIES = cfg.int("BREVO_MAX_RETRIES", 4, minimum=0)
+BREVO_REQUESTS_PER_SECOND = cfg.float("BREVO_REQUESTS_PER_SECOND", 9.0, minimum=0.1)
+# At or above this many contacts due in one run we use POST /contacts/import.
+BREVO_IMPORT_THRESHOLD = cfg.int("BREVO_IMPORT_THRESHOLD", 50, minimum=1)
+BREVO_IMPORT_BATCH_SIZE = cfg.int("BREVO_IMPORT_BATCH_SIZE", 5000, minimum=1)
+
+if not APP_DRY_RUN:
+    # Live mode named in the environment: refuse to start half-configured.
+    _missing = [
+        name
+        for name, value in (
+            ("BREVO_API_KEY", BREVO_API_KEY),
+            ("BREVO_LANGUAGE_LIST_ID", BREVO_LANGUAGE_LIST_ID),
+            ("BREVO_NON_LANGUAGE_LIST_ID", BREVO_NON_LANGUAGE_LIST_ID),
+        )
+        if not value
+    ]
+    if _missing:
+        raise ConfigError(
+            "APP_DRY_RUN=false (live) needs " + ", ".join(_missing) + " to be set"
+        )
+
+FUNNELS_SCHEDULE_MINUTES = cfg.int("FUNNELS_SCHEDULE_MINUTES", 15, minimum=1)
+FUNNELS_INITIAL_LOOKBACK_DAYS = cfg.int("FUNNELS_INITIAL_LOOKBACK_DAYS", 7, minimum=0)
+FUNNELS_CHUNK_SIZE = cfg.int("FUNNELS_CHUNK_SIZE", 2000, minimum=1)
+FUNNELS_LOCK_NAME = cfg.str("FUNNELS_LOCK_NAME", "testizer_funnels.run_funnels")
+FUNNELS_PURCHASE_RECHECK_DAYS = cfg.int("FUNNELS_PURCHASE_RECHECK_DAYS", 30, minimum=0)
+FUNNELS_PING_URL = cfg.str("FUNNELS_PING_URL", "")
+SENTRY_DSN = cfg.str("SENTRY_DSN", "")
+
+CRONJOBS = [
+    (
+        f"*/{FUNNELS_SCHEDULE_MINUTES} * * * *",
+        "django.core.management.call_command",
+        ["run_funnels"],
+        {},
+        f">> {BASE_DIR / 'logs' / 'cron.log'} 2>&1",
+    ),
+]
+CRONTAB_COMMAND_PREFIX = f"cd {BASE_DIR} &&"
+CRONTAB_LOCK_JOBS = True
+
+# --- Logging -------------------------------------------------------------------------
+APP_LOG_LEVEL = cfg.choice(
+    "APP_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+)
+LOG_FILE = Path(cfg.str("LOG_FILE", str(BASE_DIR / "logs" / "app.log")))
+LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "funnels.logging_filters.RedactSecretsFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact"],
+        },
+        "file": {
+            "class": "logging.handlers.RotatingFileHandler",
+            "filename": str(LOG_FILE),
+            "maxBytes": 10 * 1024 * 1024,
+            "backupCount": 5,
+            "encoding": "utf-8",
+            "formatter": "plain",
+            "filters": ["redact"],
+        },
+    },
+    "loggers": {
+        "funnels": {"handlers": ["console", "file"], "level": APP_LOG_LEVEL, "propagate": False},
+        "reports": {"handlers": ["console", "file"], "level": APP_LOG_LEVEL, "propagate": False},
+        "django": {"handlers": ["console", "file"], "level": "WARNING", "propagate": False},
+    },
+}
+
+if SENTRY_DSN:
+    try:
+        import sentry_sdk
+    except ImportError:
+        raise ConfigError("SENTRY_DSN is set but sentry-sdk is not installed") from None
+    sentry_sdk.init(dsn=SENTRY_DSN, send_default_pii=False, environment=APP_ENV)
