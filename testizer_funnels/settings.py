@@ -131,8 +131,9 @@ for _alias, _db in DATABASES.items():
         _db.setdefault("OPTIONS", {}).setdefault("timeout", 20)
         # Test databases are files, not memory: tests that run the job in a subprocess
         # (SIGKILL, two runs at once) must see the same data.
+        _path = Path(str(_db["NAME"]))
         _db.setdefault("TEST", {}).setdefault(
-            "NAME", str(BASE_DIR / ".test_dbs" / f"test_{_alias}.sqlite3")
+            "NAME", str(_path.parent / ".test_dbs" / f"test_{_path.name}")
         )
 DATABASE_ROUTERS = ["testizer_funnels.routers.ModxRouter"]
 
