@@ -18,6 +18,17 @@ def _is_test_database(alias: str) -> bool:
     return "test_" in name.rsplit("/", 1)[-1] or "memorydb" in name
 
 
+def pytest_configure(config):
+    from pathlib import Path
+
+    from django.conf import settings
+
+    for db in settings.DATABASES.values():
+        test_name = db.get("TEST", {}).get("NAME")
+        if db["ENGINE"].endswith("sqlite3") and test_name:
+            Path(test_name).parent.mkdir(parents=True, exist_ok=True)
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
