@@ -233,7 +233,7 @@ CRONJOBS = [
         f"*/{FUNNELS_SCHEDULE_MINUTES} * * * *",
         "django.core.management.call_command",
         ["run_funnels"],
-        {},
+        {"trigger": "cron"},
         f">> {BASE_DIR / 'logs' / 'cron.log'} 2>&1",
     ),
 ]
