@@ -1,0 +1,388 @@
+"""Adopting the earlier tool's funnel_entries: the plan (pure) and the command (MariaDB).
+
+The command tests run `manage.py adopt_legacy_entries` in a child process against scratch
+databases built from the shared DDL, so the rename and the migrate happen for real and the
+pytest-django test databases are never touched.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from funnels.services.legacy import (
+    UNKNOWN_TEST_ID,
+    LegacyRow,
+    ModxResult,
+    TestIdSource,
+    legacy_groups_plan,
+)
+from funnels.tests.manage_subprocess import (
+    SHARED_DOMAIN,
+    manage_run,
+    mariadb_connect,
+    mariadb_scratch,
+    mariadb_url,
+    sql_script_run,
+)
+
+UTC = dt.timezone.utc
+
+
+def _row(id, email, *, funnel="language", user_id=None, test_id=None,
+         entered="2024-03-01 12:00", purchased=False, purchased_at=None) -> LegacyRow:
+    return LegacyRow(
+        id=id, email=email, funnel_type=funnel, user_id=user_id, test_id=test_id,
+        entered_at=dt.datetime.fromisoformat(entered),
+        purchased=purchased,
+        purchased_at=dt.datetime.fromisoformat(purchased_at) if purchased_at else None,
+    )
+
+
+# --- The plan: no database ---------------------------------------------------------------
+
+def test_variants_of_one_email_merge_into_the_earliest_entry_with_the_earliest_purchase():
+    plan = legacy_groups_plan(
+        rows=[
+            _row(1, "Anna@Example.com", entered="2024-03-01 12:00"),
+            _row(2, " anna@example.com", entered="2024-03-01 11:00", purchased=True,
+                 purchased_at="2024-03-09 10:00"),
+            _row(3, "ANNA@EXAMPLE.COM ", entered="2024-03-02 08:00", purchased=True,
+                 purchased_at="2024-03-05 10:00"),
+            _row(4, "anna@example.com", funnel="non_language"),
+        ],
+        modx_results={}, time_zone="Europe/Moscow",
+    )
+    [merged, other_funnel] = plan.groups
+    assert merged.key == ("anna@example.com", "language", UNKNOWN_TEST_ID)
+    assert merged.legacy_ids == [1, 2, 3]
+    assert merged.survivor_id == 2
+    assert merged.entered_at == dt.datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
+    assert merged.purchased is True
+    assert merged.purchased_at == dt.datetime(2024, 3, 5, 7, 0, tzinfo=UTC)
+    assert other_funnel.legacy_ids == [4] and other_funnel.purchased is False
+    assert [g.legacy_ids for g in plan.duplicate_groups] == [[1, 2, 3]]
+
+
+def test_naive_times_are_read_in_the_configured_modx_zone():
+    rows = [_row(1, "a@example.com", entered="2024-07-01 12:00")]
+    berlin = legacy_groups_plan(rows=rows, modx_results={}, time_zone="Europe/Berlin")
+    moscow = legacy_groups_plan(rows=rows, modx_results={}, time_zone="Europe/Moscow")
+    assert berlin.groups[0].entered_at == dt.datetime(2024, 7, 1, 10, 0, tzinfo=UTC)
+    assert moscow.groups[0].entered_at == dt.datetime(2024, 7, 1, 9, 0, tzinfo=UTC)
+
+
+def test_rows_without_a_usable_email_are_rejected_with_the_reason():
+    plan = legacy_groups_plan(
+        rows=[_row(1, ""), _row(2, "not-an-email"), _row(3, None), _row(4, "ok@example.com")],
+        modx_results={}, time_zone="UTC",
+    )
+    assert plan.rejected == [(1, "empty_email"), (2, "invalid_email"), (3, "empty_email")]
+    assert [g.legacy_ids for g in plan.groups] == [[4]]
+    assert plan.rows_read == 4
+
+
+def test_test_ids_come_from_the_modx_row_of_the_same_person_only():
+    completed = dt.datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+    results = {
+        10: ModxResult(email=" Anna@example.com", test_id=5, completed_at=completed),
+        11: ModxResult(email="someone.else@example.com", test_id=6, completed_at=completed),
+        12: ModxResult(email="carl@example.com", test_id=None, completed_at=None),
+    }
+    plan = legacy_groups_plan(
+        rows=[
+            _row(1, "anna@example.com", user_id=10),
+            _row(2, "bob@example.com", user_id=11),
+            _row(3, "carl@example.com", user_id=12),
+            _row(4, "dora@example.com", user_id=404),
+            _row(5, "eve@example.com"),
+            _row(6, "fay@example.com", test_id=42),
+        ],
+        modx_results=results, time_zone="UTC",
+    )
+    by_id = {g.survivor_id: g for g in plan.groups}
+    assert by_id[1].test_id == 5 and by_id[1].test_completed_at == completed
+    assert [by_id[i].test_id for i in (2, 3, 4, 5)] == [UNKNOWN_TEST_ID] * 4
+    assert by_id[6].test_id == 42
+    assert plan.test_id_sources == {
+        TestIdSource.RESOLVED: 1, TestIdSource.EMAIL_DIFFERS: 1,
+        TestIdSource.USER_ROW_NO_TEST: 1, TestIdSource.USER_ROW_MISSING: 1,
+        TestIdSource.NO_USER_ID: 1, TestIdSource.LEGACY: 1,
+    }
+
+
+# --- The command on MariaDB ----------------------------------------------------------------
+
+# (id, email, funnel_type, user_id, test_id, entered_at, purchased, purchased_at): naive
+# Moscow times, NULL test ids, case and space variants of one address, invalid addresses.
+LEGACY_ROWS = [
+    (1, "Anna@Example.com", "language", 10, None, "2024-03-01 12:00:00", 0, None),
+    (2, " anna@example.com", "language", 11, None, "2024-03-01 11:00:00", 1, "2024-03-05 10:00:00"),
+    (3, "ANNA@EXAMPLE.COM ", "language", None, None, "2024-02-01 09:00:00", 0, None),
+    (4, "anna@example.com", "language", None, None, "2024-02-02 09:00:00", 1, "2024-02-10 09:00:00"),
+    (5, "anna@example.com", "non_language", None, None, "2024-02-03 09:00:00", 0, None),
+    (6, "bob@example.com", "language", 12, None, "2024-03-02 10:05:00", 0, None),
+    (7, "not-an-email", "language", None, None, "2024-03-02 10:05:00", 0, None),
+    (8, "", "language", None, None, "2024-03-02 10:05:00", 0, None),
+    (9, "carol@example.com", "language", 999, None, "2024-03-02 10:05:00", 0, None),
+    (10, "dave@example.com", "language", 13, None, "2024-03-02 10:05:00", 0, None),
+    (11, "eve@example.com", "language", None, 42, "2024-03-02 10:05:00", 0, None),
+]
+MODX_RESULTS = [
+    (10, "Anna@Example.com", 5, "2024-03-01 11:00:00"),
+    (11, "anna@example.com ", 5, "2024-03-01 12:00:00"),
+    (12, "bob@example.com", 7, "2024-03-02 10:00:00"),
+    (13, "other@example.com", 9, "2024-03-02 10:00:00"),  # not dave: test id not trusted
+]
+# What the adoption must produce: id -> (email, funnel, test id, entered UTC, purchased at).
+EXPECTED_ENTRIES = {
+    2: ("anna@example.com", "language", 5, dt.datetime(2024, 3, 1, 8, 0),
+        dt.datetime(2024, 3, 5, 7, 0)),
+    3: ("anna@example.com", "language", 0, dt.datetime(2024, 2, 1, 6, 0),
+        dt.datetime(2024, 2, 10, 6, 0)),
+    5: ("anna@example.com", "non_language", 0, dt.datetime(2024, 2, 3, 6, 0), None),
+    6: ("bob@example.com", "language", 7, dt.datetime(2024, 3, 2, 7, 5), None),
+    9: ("carol@example.com", "language", 0, dt.datetime(2024, 3, 2, 7, 5), None),
+    10: ("dave@example.com", "language", 0, dt.datetime(2024, 3, 2, 7, 5), None),
+    11: ("eve@example.com", "language", 42, dt.datetime(2024, 3, 2, 7, 5), None),
+}
+INVALID_IDS = {7, 8}
+
+
+def _fill_modx_and_legacy(name: str) -> None:
+    connection = mariadb_connect(name)
+    try:
+        sql_script_run(connection, SHARED_DOMAIN / "modx_schema.sql")
+        sql_script_run(connection, SHARED_DOMAIN / "legacy_funnel_entries.sql")
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO simpletest_users (Id, Email, TestId, Datep) VALUES (%s,%s,%s,%s)",
+                MODX_RESULTS,
+            )
+            cursor.executemany(
+                "INSERT INTO funnel_entries (id, email, funnel_type, user_id, test_id, "
+                "entered_at, certificate_purchased, certificate_purchased_at) "
+                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                LEGACY_ROWS,
+            )
+            cursor.executemany(
+                "INSERT INTO brevo_sync_outbox (funnel_entry_id, operation_type, payload, "
+                "status) VALUES (%s, 'create_contact', '{}', %s)",
+                [(1, "pending"), (2, "pending"), (3, "pending"), (4, "completed")],
+            )
+    finally:
+        connection.close()
+
+
+def _query(name: str, sql: str) -> list[tuple]:
+    connection = mariadb_connect(name)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+def _tables(name: str) -> set[str]:
+    return {row[0] for row in _query(name, "SHOW TABLES")}
+
+
+def _adopt(tmp_path: Path, *args: str, default: str, modx: str):
+    return manage_run(
+        "adopt_legacy_entries", "--report-dir", str(tmp_path / "reports"), *args,
+        env={
+            "DATABASE_URL": mariadb_url(default),
+            "MODX_DATABASE_URL": mariadb_url(modx),
+            "MODX_TIME_ZONE": "Europe/Moscow",
+            "LOG_FILE": str(tmp_path / "app.log"),
+        },
+    )
+
+
+def _csv(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _latest(tmp_path: Path, suffix: str) -> Path:
+    files = sorted((tmp_path / "reports").glob(f"legacy-adoption-2*{suffix}"),
+                   key=lambda p: p.stat().st_mtime_ns)
+    return files[-1]
+
+
+def _entries(name: str) -> dict[int, tuple]:
+    return {
+        row[0]: row[1:]
+        for row in _query(
+            name,
+            "SELECT id, email, funnel_type, test_id, entered_at, certificate_purchased_at, "
+            "certificate_purchased, sync_status, sync_revision, synced_revision "
+            "FROM funnel_entries ORDER BY id",
+        )
+    }
+
+
+LEGACY_SELECT = "SELECT * FROM {table} ORDER BY id"
+
+
+@pytest.fixture
+def same_schema():
+    """The usual installation: MODX tables and the earlier tool's tables in one schema."""
+    with mariadb_scratch("fnd_legacy") as name:
+        _fill_modx_and_legacy(name)
+        yield name
+
+
+@pytest.mark.mariadb_only
+def test_adoption_sets_the_table_aside_migrates_and_loses_no_row(same_schema, tmp_path):
+    legacy_before = _query(same_schema, LEGACY_SELECT.format(table="funnel_entries"))
+    outbox_before = _query(same_schema, "SELECT * FROM brevo_sync_outbox ORDER BY id")
+
+    done = _adopt(tmp_path, default=same_schema, modx=same_schema)
+
+    assert done.returncode == 0, done.stderr
+    assert "adopted 7 entries as synced, 0 already present, 2 duplicate groups" in done.stdout
+    assert "duplicate groups (legacy ids): 1 2; 3 4" in done.stdout
+    assert "7 (invalid_email), 8 (empty_email)" in done.stdout
+    assert "3 pending jobs left in brevo_sync_outbox" in done.stdout
+    assert "funnel_entries renamed to funnel_entries_legacy" in done.stdout
+    # Set aside, untouched; the old outbox stays as it was.
+    assert _query(same_schema, LEGACY_SELECT.format(table="funnel_entries_legacy")) == (
+        legacy_before
+    )
+    assert _query(same_schema, "SELECT * FROM brevo_sync_outbox ORDER BY id") == outbox_before
+    assert ("funnels", "0001_initial") in set(
+        _query(same_schema, "SELECT app, name FROM django_migrations")
+    )
+
+    entries = _entries(same_schema)
+    assert {pk: values[:5] for pk, values in entries.items()} == EXPECTED_ENTRIES
+    assert {values[5:] for values in entries.values()} == {
+        (1, "synced", 1, 1), (0, "synced", 1, 1)
+    }
+    assert entries[2][5] == 1 and entries[5][5] == 0  # purchased if any row of it was
+
+    # No row lost: every legacy id maps to exactly one entry, itself or its survivor.
+    survivors = {
+        int(legacy_id): int(group["survivor_legacy_id"])
+        for group in _csv(_latest(tmp_path, "-duplicates.csv"))
+        for legacy_id in group["legacy_ids"].split()
+    }
+    assert survivors == {1: 2, 2: 2, 3: 3, 4: 3}
+    mapping = {int(r["legacy_id"]): r for r in _csv(_latest(tmp_path, "-rows.csv"))}
+    assert set(mapping) == {row[0] for row in LEGACY_ROWS}
+    legacy_by_id = {row[0]: row for row in LEGACY_ROWS}
+    for legacy_id, line in mapping.items():
+        if legacy_id in INVALID_IDS:
+            assert line["entry_id"] == "" and line["outcome"].endswith("email")
+            continue
+        entry_id = int(line["entry_id"])
+        assert entry_id == survivors.get(legacy_id, legacy_id)
+        email, funnel = entries[entry_id][0], entries[entry_id][1]
+        assert email == legacy_by_id[legacy_id][1].strip().lower()
+        assert funnel == legacy_by_id[legacy_id][2]
+    assert {r["outcome"] for r in mapping.values()} == {
+        "adopted", "merged", "invalid_email", "empty_email"
+    }
+
+
+@pytest.mark.mariadb_only
+def test_running_the_adoption_again_adopts_nothing_twice(same_schema, tmp_path):
+    first = _adopt(tmp_path, default=same_schema, modx=same_schema)
+    assert first.returncode == 0, first.stderr
+    entries = _entries(same_schema)
+
+    again = _adopt(tmp_path, default=same_schema, modx=same_schema)
+
+    assert again.returncode == 0, again.stderr
+    assert "adopted 0 entries as synced, 7 already present" in again.stdout
+    assert "renamed" not in again.stdout
+    assert _entries(same_schema) == entries
+    rows = _csv(_latest(tmp_path, "-rows.csv"))
+    assert {r["outcome"] for r in rows if int(r["legacy_id"]) not in INVALID_IDS} == {
+        "already_present"
+    }
+    assert {int(r["legacy_id"]): int(r["entry_id"]) for r in rows if r["entry_id"]} == {
+        1: 2, 2: 2, 3: 3, 4: 3, 5: 5, 6: 6, 9: 9, 10: 10, 11: 11
+    }
+
+
+@pytest.mark.mariadb_only
+def test_dry_run_reports_the_plan_and_changes_nothing(same_schema, tmp_path):
+    tables_before = _tables(same_schema)
+    legacy_before = _query(same_schema, LEGACY_SELECT.format(table="funnel_entries"))
+
+    dry = _adopt(tmp_path, "--dry-run", default=same_schema, modx=same_schema)
+
+    assert dry.returncode == 0, dry.stderr
+    assert "(dry run)" in dry.stdout and "would adopt 7 entries" in dry.stdout
+    assert "duplicate groups (legacy ids): 1 2; 3 4" in dry.stdout
+    assert _tables(same_schema) == tables_before
+    assert "django_migrations" not in tables_before
+    assert _query(same_schema, LEGACY_SELECT.format(table="funnel_entries")) == legacy_before
+    assert list((tmp_path / "reports").glob("legacy-adoption-dry-run-*-duplicates.csv"))
+
+
+@pytest.mark.mariadb_only
+def test_resync_leaves_adopted_entries_pending_for_the_next_run(same_schema, tmp_path):
+    done = _adopt(tmp_path, "--resync", default=same_schema, modx=same_schema)
+
+    assert done.returncode == 0, done.stderr
+    assert "adopted 7 entries as pending" in done.stdout
+    rows = _query(
+        same_schema,
+        "SELECT sync_status, synced_revision, sync_next_attempt_at IS NOT NULL "
+        "FROM funnel_entries",
+    )
+    assert len(rows) == 7 and set(rows) == {("pending", 0, 1)}
+
+
+@pytest.mark.mariadb_only
+def test_legacy_table_in_the_modx_database_is_only_read(tmp_path):
+    with mariadb_scratch("fnd_legacy_modx") as modx, mariadb_scratch("fnd_legacy_ours") as ours:
+        _fill_modx_and_legacy(modx)
+        modx_tables = _tables(modx)
+        checksums = _query(modx, "CHECKSUM TABLE " + ", ".join(sorted(modx_tables)))
+
+        done = _adopt(tmp_path, "--source", "modx", default=ours, modx=modx)
+        again = _adopt(tmp_path, "--source", "modx", default=ours, modx=modx)
+
+        assert done.returncode == 0, done.stderr
+        assert "from modx.funnel_entries" in done.stdout
+        assert "adopted 7 entries" in done.stdout and "renamed" not in done.stdout
+        assert again.returncode == 0, again.stderr
+        assert "adopted 0 entries as synced, 7 already present" in again.stdout
+        assert _tables(modx) == modx_tables
+        assert _query(modx, "CHECKSUM TABLE " + ", ".join(sorted(modx_tables))) == checksums
+        assert "funnel_entries_legacy" not in _tables(ours)
+        assert {pk: v[:5] for pk, v in _entries(ours).items()} == EXPECTED_ENTRIES
+
+
+@pytest.mark.mariadb_only
+def test_a_half_migrated_database_is_refused_untouched(same_schema, tmp_path):
+    # What a plain `migrate` leaves when it stops at the earlier tool's funnel_entries.
+    connection = mariadb_connect(same_schema)
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE funnels_funnel (id BIGINT PRIMARY KEY)")
+    connection.close()
+
+    refused = _adopt(tmp_path, default=same_schema, modx=same_schema)
+
+    assert refused.returncode == 1
+    assert "funnels_funnel" in refused.stderr and "drop them" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert "funnel_entries_legacy" not in _tables(same_schema)
+
+
+@pytest.mark.mariadb_only
+def test_without_a_legacy_table_it_is_a_plain_migrate(tmp_path):
+    with mariadb_scratch("fnd_legacy_none") as name:
+        done = _adopt(tmp_path, default=name, modx=name)
+
+        assert done.returncode == 0, done.stderr
+        assert "no earlier funnel_entries table found; migrations applied" in done.stdout
+        assert {"funnel_entries", "django_migrations"} <= _tables(name)
