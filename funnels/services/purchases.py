@@ -1,0 +1,531 @@
+"""Certificate purchases: paid MODX payments marked on funnel entries, and withdrawn again.
+
+A run reads payments in two passes, both in chunks, each chunk applied in one transaction:
+
+1. the watch list (`PaymentWatch`): payments seen before that may still change (unpaid ones
+   that may be paid later, paid ones that may be refunded), re-read by primary key;
+2. new payments above the "payments" watermark, in id order; the watermark moves in the
+   transaction that applies the chunk it covers.
+
+An entry's purchase is always "the earliest paid payment of the funnel's certificate type,
+by the same normalised email, at or after the entry's entered_at". Every chunk moves
+entries towards that rule using what it read, so running again changes nothing.
+See docs/purchases.md for the decisions (refunds, the watch horizon, the limits).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+
+from funnels.emails import email_check, email_normalize
+from funnels.models import (
+    Funnel,
+    FunnelEntry,
+    PaymentWatch,
+    SyncRun,
+    SyncRunItem,
+    SyncState,
+    SyncStatus,
+)
+from funnels.modx.models import PAYMENT_STATUS_PAID
+from funnels.selectors.payments import (
+    PaymentRow,
+    paid_payments_for_emails,
+    payments_after,
+    payments_by_ids,
+)
+
+WATERMARK_KEY = "payments"
+
+_ENTRY_FIELDS = (
+    "id", "email", "funnel_type", "test_id", "entered_at",
+    "certificate_purchased", "certificate_purchased_at", "payment_id",
+)
+_ENTRY_UPDATE_FIELDS = [
+    "certificate_purchased", "certificate_purchased_at", "payment_id",
+    "sync_status", "sync_revision", "sync_next_attempt_at", "updated_at",
+]
+# Keeps each CASE ... WHEN of bulk_update short: its cost grows with the square of a batch.
+_UPDATE_BATCH = 500
+
+
+class SkipReason:
+    RESULT_MISSING = "payment_result_missing"
+    USER_MISSING = "payment_user_missing"
+    CERT_TEST_MISSING = "payment_cert_test_missing"
+    UNKNOWN_TYPE = "unknown_certificate_type"
+    NOT_PAID = "not_paid"
+    TIME_MISSING = "payment_time_missing"
+    NO_ENTRY = "no_entry"
+    BEFORE_ENTRY = "purchase_before_entry"
+    # A dry run that would withdraw a purchase; SyncRunItem.Action has no "would revoke".
+    WOULD_REVOKE = "would_revoke_purchase"
+
+
+# Most payments are by people in no funnel, or not paid (yet): counted, never itemised,
+# or a backlog of them would swamp the run's items.
+_COUNT_ONLY = frozenset({SkipReason.NOT_PAID, SkipReason.NO_ENTRY})
+
+
+class PurchaseSyncConflict(RuntimeError):
+    """The payments watermark moved under us: another run is writing. Nothing was applied."""
+
+
+@dataclass(frozen=True)
+class PurchaseSyncResult:
+    payments_read: int  # new payments plus watched payments re-read
+    purchases_found: int  # entries that became purchased
+    purchases_revoked: int  # entries that stopped being purchased
+    payments_rechecked: int = 0
+    purchases_updated: int = 0  # purchased entries moved to an earlier payment or new time
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    watermark: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Payment:
+    row: PaymentRow
+    email: str | None  # normalised
+    funnels: tuple[str, ...]  # funnel slugs whose certificate_type is this payment's type
+    problem: str | None  # why the row cannot be used at all
+
+    @property
+    def payment_id(self) -> int:
+        return self.row.payment_id
+
+    @property
+    def paid(self) -> bool:
+        return self.problem is None and self.row.is_paid
+
+    @property
+    def key(self) -> tuple[dt.datetime, int]:
+        # Earliest payment wins; the id breaks ties so that every run picks the same one.
+        assert self.row.paid_at is not None
+        return (self.row.paid_at, self.row.payment_id)
+
+    def unpaid_reason(self) -> str:
+        if self.row.status_id != PAYMENT_STATUS_PAID:
+            return SkipReason.NOT_PAID
+        return SkipReason.TIME_MISSING
+
+    def counts_for(self, entry: FunnelEntry) -> bool:
+        return (
+            self.paid
+            and self.email == entry.email
+            and entry.funnel_type in self.funnels
+            and self.row.paid_at >= entry.entered_at
+        )
+
+
+def _classify(row: PaymentRow, funnels_by_type: dict[int, tuple[str, ...]]) -> _Payment:
+    email: str | None = None
+    problem: str | None = None
+    if not row.result_found:
+        problem = SkipReason.RESULT_MISSING
+    elif not row.user_found:
+        problem = SkipReason.USER_MISSING
+    elif not row.cert_test_found:
+        problem = SkipReason.CERT_TEST_MISSING
+    else:
+        check = email_check(row.raw_email)
+        email = check.email
+        if not check.ok:
+            problem = check.reason
+        elif row.certificate_type not in funnels_by_type:
+            problem = SkipReason.UNKNOWN_TYPE
+    return _Payment(
+        row=row,
+        email=email,
+        funnels=funnels_by_type.get(row.certificate_type, ()) if problem is None else (),
+        problem=problem,
+    )
+
+
+@dataclass
+class _Change:
+    entry: FunnelEntry
+    payment: _Payment | None  # None: the purchase is withdrawn
+    kind: str  # "found", "updated", "revoked"
+    replaced: int | None = None
+
+
+class _PurchaseRun:
+    def __init__(
+        self, *, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
+        lock_check: Callable[[], None] | None,
+    ) -> None:
+        self.run = run
+        self.dry_run = dry_run
+        self.now = now
+        self.chunk_size = chunk_size
+        self.lock_check = lock_check
+        self.horizon = dt.timedelta(days=settings.FUNNELS_PURCHASE_RECHECK_DAYS)
+        self.funnels_by_type: dict[int, tuple[str, ...]] = {}
+        for slug, cert_type in Funnel.objects.order_by("slug").values_list(
+            "slug", "certificate_type"
+        ):
+            self.funnels_by_type[cert_type] = (*self.funnels_by_type.get(cert_type, ()), slug)
+        # A dry run writes nothing, so later chunks must see what earlier ones would have
+        # done: entry id -> (purchased, purchased_at, payment_id).
+        self.planned: dict[int, tuple[bool, dt.datetime | None, int | None]] = {}
+        self.read = 0
+        self.rechecked = 0
+        self.found = 0
+        self.revoked = 0
+        self.updated = 0
+        self.skipped: Counter[str] = Counter()
+
+    # -- passes ---------------------------------------------------------------------------
+
+    def recheck_watched(self) -> None:
+        last = 0
+        while True:
+            watches = list(
+                PaymentWatch.objects.filter(recheck_until__gt=self.now, payment_id__gt=last)
+                .order_by("payment_id")[: self.chunk_size]
+            )
+            if not watches:
+                return
+            ids = [w.payment_id for w in watches]
+            rows = payments_by_ids(payment_ids=ids)
+            self.rechecked += len(ids)
+            self.read += len(rows)
+            self._apply(ids=ids, rows=rows, watches={w.payment_id: w for w in watches})
+            if len(watches) < self.chunk_size:
+                return
+            last = ids[-1]
+
+    def read_new(self, *, after_id: int) -> int:
+        while True:
+            rows = payments_after(after_id=after_id, limit=self.chunk_size)
+            if not rows:
+                return after_id
+            ids = [r.payment_id for r in rows]
+            watches = (
+                {w.payment_id: w for w in PaymentWatch.objects.filter(payment_id__in=ids)}
+                if not self.dry_run
+                else {}
+            )
+            self.read += len(rows)
+            self._apply(ids=ids, rows=rows, watches=watches, watermark=(after_id, ids[-1]))
+            after_id = ids[-1]
+            if len(rows) < self.chunk_size:
+                return after_id
+
+    # -- one chunk ------------------------------------------------------------------------
+
+    def _apply(
+        self, *, ids: list[int], rows: list[PaymentRow], watches: dict[int, PaymentWatch],
+        watermark: tuple[int, int] | None = None,
+    ) -> None:
+        payments = {r.payment_id: _classify(r, self.funnels_by_type) for r in rows}
+        entries = self._entries_for(payments=payments.values(), ids=ids)
+        changes = self._decide(entries=entries, payments=payments, ids=set(ids))
+        items = [self._change_item(c) for c in changes]
+        items += self._skip_items(payments=payments, entries=entries, watches=watches)
+
+        if self.dry_run:
+            for change in changes:
+                self.planned[change.entry.id] = (
+                    change.payment is not None,
+                    change.payment.row.paid_at if change.payment else None,
+                    change.payment.payment_id if change.payment else None,
+                )
+            SyncRunItem.objects.bulk_create(items)
+            return
+
+        with transaction.atomic():
+            self._write_entries(changes)
+            self._write_watches(ids=ids, payments=payments, watches=watches)
+            SyncRunItem.objects.bulk_create(items)
+            if watermark is not None:
+                old, new = watermark
+                moved = SyncState.objects.filter(key=WATERMARK_KEY, last_id=old).update(
+                    last_id=new, run=self.run, updated_at=self.now
+                )
+                if moved != 1:
+                    raise PurchaseSyncConflict(
+                        f"the {WATERMARK_KEY} watermark is no longer {old}"
+                    )
+            if self.lock_check is not None:
+                self.lock_check()
+
+    def _entries_for(self, *, payments: Iterable[_Payment], ids: list[int]) -> list[FunnelEntry]:
+        """One query: entries the paid payments may count for, and entries that point at
+        any payment of the chunk (their purchase may have to be withdrawn)."""
+        emails: set[str] = set()
+        slugs: set[str] = set()
+        for payment in payments:
+            if payment.paid:
+                emails.add(payment.email)
+                slugs.update(payment.funnels)
+        by_payment = FunnelEntry.objects.filter(payment_id__in=ids).order_by().only(*_ENTRY_FIELDS)
+        if emails:
+            by_email = (
+                FunnelEntry.objects.filter(email__in=sorted(emails), funnel_type__in=sorted(slugs))
+                .order_by()
+                .only(*_ENTRY_FIELDS)
+            )
+            entries = list(by_email.union(by_payment))
+        else:
+            entries = list(by_payment)
+        for entry in entries:
+            planned = self.planned.get(entry.id)
+            if planned is not None:
+                (
+                    entry.certificate_purchased,
+                    entry.certificate_purchased_at,
+                    entry.payment_id,
+                ) = planned
+        entries.sort(key=lambda e: e.id)
+        return entries
+
+    def _decide(
+        self, *, entries: list[FunnelEntry], payments: dict[int, _Payment], ids: set[int]
+    ) -> list[_Change]:
+        candidates: dict[tuple[str, str], list[_Payment]] = defaultdict(list)
+        for payment in payments.values():
+            if payment.paid:
+                for slug in payment.funnels:
+                    candidates[(payment.email, slug)].append(payment)
+
+        # An entry whose payment was re-read and no longer counts for it (refunded,
+        # cancelled, vanished, re-timed before entry) loses it, unless another paid
+        # payment of the buyer takes its place: look those up once for the chunk.
+        lost = [
+            e for e in entries
+            if e.certificate_purchased and e.payment_id in ids
+            and not (e.payment_id in payments and payments[e.payment_id].counts_for(e))
+        ]
+        if lost:
+            spellings = {e.email for e in lost}
+            spellings.update(
+                payments[e.payment_id].row.raw_email or ""
+                for e in lost if e.payment_id in payments
+            )
+            for row in paid_payments_for_emails(emails=spellings):
+                if row.payment_id in ids:
+                    continue  # read in this chunk already: that reading is the current one
+                other = _classify(row, self.funnels_by_type)
+                if other.paid:
+                    for slug in other.funnels:
+                        candidates[(other.email, slug)].append(other)
+        lost_ids = {e.id for e in lost}
+
+        changes: list[_Change] = []
+        for entry in entries:
+            options = [p for p in candidates.get((entry.email, entry.funnel_type), ())
+                       if p.counts_for(entry)]
+            best = min(options, key=lambda p: p.key) if options else None
+            current = entry.payment_id
+            if entry.id in lost_ids:
+                if best is not None:
+                    changes.append(_Change(entry, best, "updated", replaced=current))
+                else:
+                    changes.append(_Change(entry, None, "revoked", replaced=current))
+            elif entry.certificate_purchased and current is not None:
+                if current in payments:
+                    current_key = payments[current].key
+                elif entry.certificate_purchased_at is not None:
+                    current_key = (entry.certificate_purchased_at, current)
+                else:
+                    current_key = None
+                if best is None:
+                    continue
+                if current_key is None or best.key < current_key:
+                    changes.append(_Change(entry, best, "updated", replaced=current))
+                elif best.payment_id == current and (
+                    best.row.paid_at != entry.certificate_purchased_at
+                ):
+                    changes.append(_Change(entry, best, "updated", replaced=current))
+            elif best is not None:
+                # Not purchased, or purchased by the earlier tool with no payment recorded:
+                # either way the payment we can name becomes the entry's purchase.
+                kind = "updated" if entry.certificate_purchased else "found"
+                changes.append(_Change(entry, best, kind))
+        for change in changes:
+            if change.kind == "found":
+                self.found += 1
+            elif change.kind == "revoked":
+                self.revoked += 1
+            else:
+                self.updated += 1
+        return changes
+
+    # -- items ----------------------------------------------------------------------------
+
+    def _change_item(self, change: _Change) -> SyncRunItem:
+        entry = change.entry
+        if change.payment is None:
+            action = (
+                SyncRunItem.Action.SKIPPED if self.dry_run
+                else SyncRunItem.Action.PURCHASE_REVOKED
+            )
+            reason = SkipReason.WOULD_REVOKE if self.dry_run else ""
+            detail = f"payment {change.replaced} no longer paid"
+            source = change.replaced
+        else:
+            action = (
+                SyncRunItem.Action.WOULD_PURCHASE if self.dry_run
+                else SyncRunItem.Action.PURCHASE
+            )
+            reason = ""
+            detail = f"paid at {change.payment.row.paid_at.isoformat()}"
+            if change.replaced is not None and change.replaced != change.payment.payment_id:
+                detail += f"; replaces payment {change.replaced}"
+            elif change.replaced is not None:
+                detail += "; payment time changed"
+            source = change.payment.payment_id
+        return SyncRunItem(
+            run=self.run, action=action, reason=reason, email=entry.email,
+            funnel_type=entry.funnel_type, test_id=entry.test_id, source_id=source,
+            entry_id=entry.id, detail=detail,
+        )
+
+    def _skip_items(
+        self, *, payments: dict[int, _Payment], entries: list[FunnelEntry],
+        watches: dict[int, PaymentWatch],
+    ) -> list[SyncRunItem]:
+        """Why a payment changed nothing: said once, when it is first read or when its
+        paid state flips, never again on every re-read."""
+        entered: dict[tuple[str, str], list[dt.datetime]] = defaultdict(list)
+        for entry in entries:
+            entered[(entry.email, entry.funnel_type)].append(entry.entered_at)
+        items = []
+        for payment in payments.values():
+            watch = watches.get(payment.payment_id)
+            if watch is not None and watch.paid == payment.paid:
+                continue
+            if payment.problem is not None:
+                reason = payment.problem
+            elif not payment.paid:
+                reason = payment.unpaid_reason()
+            else:
+                times = [t for slug in payment.funnels for t in entered.get((payment.email, slug), ())]
+                if not times:
+                    reason = SkipReason.NO_ENTRY
+                elif min(times) > payment.row.paid_at:
+                    reason = SkipReason.BEFORE_ENTRY
+                else:
+                    continue
+            self.skipped[reason] += 1
+            if reason in _COUNT_ONLY:
+                continue
+            items.append(
+                SyncRunItem(
+                    run=self.run, action=SyncRunItem.Action.SKIPPED, reason=reason,
+                    email=payment.email or email_normalize(payment.row.raw_email)[:255],
+                    funnel_type=payment.funnels[0] if payment.funnels else "",
+                    source_id=payment.payment_id,
+                    detail=(
+                        f"paid at {payment.row.paid_at.isoformat()}"
+                        if payment.row.paid_at is not None else ""
+                    ),
+                )
+            )
+        return items
+
+    # -- writes (live only) ---------------------------------------------------------------
+
+    def _write_entries(self, changes: list[_Change]) -> None:
+        if not changes:
+            return
+        updated = []
+        for change in changes:
+            entry = change.entry
+            payment = change.payment
+            entry.certificate_purchased = payment is not None
+            entry.certificate_purchased_at = payment.row.paid_at if payment else None
+            entry.payment_id = payment.payment_id if payment else None
+            # The outbox sends the new state; a send in flight for the old revision will
+            # not mark the entry synced (it compares revisions).
+            entry.sync_status = SyncStatus.PENDING
+            entry.sync_revision = F("sync_revision") + 1
+            entry.sync_next_attempt_at = self.now
+            entry.updated_at = self.now
+            updated.append(entry)
+        FunnelEntry.objects.bulk_update(updated, _ENTRY_UPDATE_FIELDS, batch_size=_UPDATE_BATCH)
+
+    def _write_watches(
+        self, *, ids: list[int], payments: dict[int, _Payment], watches: dict[int, PaymentWatch]
+    ) -> None:
+        if self.horizon <= dt.timedelta(0):
+            return
+        oldest_worth_watching = self.now - self.horizon
+        until = self.now + self.horizon
+        created: list[PaymentWatch] = []
+        changed: list[PaymentWatch] = []
+        for payment_id in ids:
+            payment = payments.get(payment_id)
+            watch = watches.get(payment_id)
+            paid = payment is not None and payment.paid
+            if watch is not None:
+                if watch.paid != paid:
+                    watch.paid = paid
+                    if paid:
+                        # Refunds come after the payment: the horizon starts again.
+                        watch.recheck_until = max(watch.recheck_until, until)
+                    changed.append(watch)
+                continue
+            if payment is None or payment.problem is not None:
+                continue
+            paid_at = payment.row.paid_at
+            if paid_at is not None and paid_at < oldest_worth_watching:
+                continue  # history (a first run reads all of it): settled long ago
+            created.append(
+                PaymentWatch(
+                    payment_id=payment_id, paid=paid, first_seen_at=self.now,
+                    recheck_until=until,
+                )
+            )
+        if created:
+            PaymentWatch.objects.bulk_create(created)
+        if changed:
+            PaymentWatch.objects.bulk_update(changed, ["paid", "recheck_until"])
+
+    def result(self, *, watermark: int) -> PurchaseSyncResult:
+        return PurchaseSyncResult(
+            payments_read=self.read,
+            purchases_found=self.found,
+            purchases_revoked=self.revoked,
+            payments_rechecked=self.rechecked,
+            purchases_updated=self.updated,
+            skipped_by_reason=dict(sorted(self.skipped.items())),
+            watermark=watermark,
+        )
+
+
+def purchases_sync(
+    *, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
+    lock_check: Callable[[], None] | None = None,
+) -> PurchaseSyncResult:
+    """Apply new and changed MODX payments to funnel entries.
+
+    Live: each chunk commits its entry changes, watch-list changes, run items and (for new
+    payments) the watermark together; `lock_check` (e.g. RunLock.check) runs just before
+    each commit and may raise to roll the chunk back. Dry run: reads the same, writes only
+    run items (`would_purchase`, skipped with a reason).
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    job = _PurchaseRun(
+        run=run, dry_run=dry_run, now=now, chunk_size=chunk_size, lock_check=lock_check
+    )
+    if dry_run:
+        watermark = (
+            SyncState.objects.filter(key=WATERMARK_KEY).values_list("last_id", flat=True).first()
+            or 0
+        )
+    else:
+        watermark = SyncState.objects.get_or_create(key=WATERMARK_KEY)[0].last_id
+        PaymentWatch.objects.filter(recheck_until__lte=now).delete()
+    job.recheck_watched()
+    watermark = job.read_new(after_id=watermark)
+    return job.result(watermark=watermark)
