@@ -1,0 +1,69 @@
+"""Migrations create our tables only in our database, and match the models."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import call_command
+
+from funnels.models import FunnelEntry
+from funnels.tests.manage_subprocess import manage_run, mariadb_connect, mariadb_scratch, mariadb_url
+
+
+def _tables_and_checksums(name: str) -> tuple[set[str], list[tuple]]:
+    connection = mariadb_connect(name)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW TABLES")
+            tables = {row[0] for row in cursor.fetchall()}
+            cursor.execute("CHECKSUM TABLE " + ", ".join(f"`{t}`" for t in sorted(tables)))
+            return tables, list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+@pytest.mark.mariadb_only
+def test_migrate_creates_our_tables_and_nothing_in_the_modx_database(tmp_path):
+    with mariadb_scratch("fnd_mig_ours") as ours, mariadb_scratch("fnd_mig_modx") as modx:
+        env = {
+            "DATABASE_URL": mariadb_url(ours),
+            "MODX_DATABASE_URL": mariadb_url(modx),
+            "LOG_FILE": str(tmp_path / "app.log"),
+        }
+        seeded = manage_run("demo_seed", "--size", "200", "--seed", "7", env=env)
+        assert seeded.returncode == 0, seeded.stderr
+        modx_before = _tables_and_checksums(modx)
+
+        migrated = manage_run("migrate", "--no-input", env=env)
+
+        assert migrated.returncode == 0, migrated.stderr
+        assert _tables_and_checksums(modx) == modx_before
+        assert "django_migrations" not in modx_before[0]
+        assert {"simpletest_users", "modx_cert_payment", "testizer_demo_marker"} <= modx_before[0]
+        ours_tables, _ = _tables_and_checksums(ours)
+        assert {
+            FunnelEntry._meta.db_table, "funnels_funnel", "funnels_syncrun",
+            "funnels_syncrunitem", "funnels_syncstate", "funnels_runtimesettings",
+            "funnels_paymentwatch", "django_migrations", "auth_user",
+        } <= ours_tables
+        assert not ours_tables & {"simpletest_users", "modx_cert_payment"}
+        connection = mariadb_connect(ours)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT name FROM django_migrations WHERE app = 'funnels'")
+            applied = {row[0] for row in cursor.fetchall()}
+            cursor.execute("SELECT slug FROM funnels_funnel ORDER BY slug")
+            funnels = [row[0] for row in cursor.fetchall()]
+        connection.close()
+        assert {"0001_initial", "0002_default_funnels"} <= applied
+        assert funnels == ["language", "non_language"]
+
+
+@pytest.mark.django_db(databases=["default", "modx"])
+def test_no_model_change_lacks_a_migration():
+    out = io.StringIO()
+    try:
+        call_command("makemigrations", "--check", "--dry-run", stdout=out, stderr=out)
+    except SystemExit as exc:  # --check exits 1 when a migration is missing
+        pytest.fail(f"makemigrations --check found changes (exit {exc.code}):\n{out.getvalue()}")
+    assert "No changes detected" in out.getvalue()
