@@ -210,6 +210,8 @@ class SyncRunItem(models.Model):
         ordering = ["id"]
         verbose_name = _("run item")
         verbose_name_plural = _("run items")
+        # explain_funnel looks up what runs decided about a person's MODX results.
+        indexes = [models.Index(fields=["source_id"], name="idx_runitem_source")]
 
 
 class SyncState(models.Model):

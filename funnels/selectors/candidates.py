@@ -1,0 +1,168 @@
+"""New MODX test results since the watermark, with each test's kind resolved.
+
+Reads only the MODX alias and never joins across databases (MODX and our tables may live
+on different servers). Every query is a primary-key range or an IN list on an indexed
+column, so the cost of a run grows with the rows it reads, not with the table:
+
+    SELECT ... FROM simpletest_users WHERE Id > %s ORDER BY Id LIMIT %s
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db.models import Max, Min
+
+from funnels.emails import Reason as EmailReason
+from funnels.emails import email_check
+from funnels.modx.models import Test, TestLanguage, TestResult
+
+# SyncState key of the test-results reader.
+WATERMARK_KEY = "test_results"
+
+KIND_LANGUAGE = "language"
+KIND_NON_LANGUAGE = "non_language"
+
+
+class SkipReason:
+    """Why a candidate did not become an entry (SyncRunItem.reason of `skipped` items)."""
+
+    EMPTY_EMAIL = EmailReason.EMPTY
+    INVALID_EMAIL = EmailReason.INVALID
+    EMAIL_TOO_LONG = EmailReason.TOO_LONG
+    NO_TEST_ID = "no_test_id"
+    NO_MATCHING_FUNNEL = "no_matching_funnel"
+    FUNNEL_INACTIVE = "funnel_inactive"
+    NO_LIST_ID = "no_list_id"
+    ALREADY_IN_FUNNEL = "already_in_funnel"
+    DUPLICATE_IN_BATCH = "duplicate_in_batch"
+
+    ALL = frozenset({
+        EMPTY_EMAIL, INVALID_EMAIL, EMAIL_TOO_LONG, NO_TEST_ID, NO_MATCHING_FUNNEL,
+        FUNNEL_INACTIVE, NO_LIST_ID, ALREADY_IN_FUNNEL, DUPLICATE_IN_BATCH,
+    })
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    result_id: int
+    raw_email: str | None
+    test_id: int | None
+    completed_at: datetime | None  # aware; None when MODX has no Datep
+    kind: str | None  # KIND_LANGUAGE / KIND_NON_LANGUAGE; None when test_id is NULL
+
+
+class KindResolver:
+    """Test id -> kind, filled lazily with two IN queries per batch of unseen ids.
+
+    simpletest_test.Id is not unique: a test id counts as a language test when ANY of its
+    rows points at an existing language. A test id with no simpletest_test row at all is
+    a non-language test, as the definition ("every other test") says.
+    """
+
+    def __init__(self) -> None:
+        self._kinds: dict[int, str] = {}
+
+    def kinds_for(self, test_ids: Iterable[int]) -> dict[int, str]:
+        wanted = {t for t in test_ids if t is not None}
+        unseen = wanted - self._kinds.keys()
+        if unseen:
+            self._load(unseen)
+        return {t: self._kinds[t] for t in wanted}
+
+    def _load(self, test_ids: set[int]) -> None:
+        rows = list(
+            Test.objects.filter(test_id__in=sorted(test_ids)).values_list("test_id", "lang_id")
+        )
+        lang_ids = {lang for _, lang in rows if lang}
+        languages = (
+            set(TestLanguage.objects.filter(id__in=sorted(lang_ids)).values_list("id", flat=True))
+            if lang_ids
+            else set()
+        )
+        for test_id in test_ids:
+            self._kinds[test_id] = KIND_NON_LANGUAGE
+        for test_id, lang_id in rows:
+            if lang_id in languages:
+                self._kinds[test_id] = KIND_LANGUAGE
+
+
+def candidates_chunk(
+    *, after_id: int, limit: int, kinds: KindResolver
+) -> list[Candidate]:
+    """At most `limit` results with Id > after_id, in id order."""
+    rows = list(
+        TestResult.objects.filter(id__gt=after_id)
+        .order_by("id")
+        .values_list("id", "email", "test_id", "completed_at")[:limit]
+    )
+    resolved = kinds.kinds_for(test_id for _, _, test_id, _ in rows)
+    return [
+        Candidate(
+            result_id=result_id,
+            raw_email=email,
+            test_id=test_id,
+            completed_at=completed_at,
+            kind=resolved.get(test_id) if test_id is not None else None,
+        )
+        for result_id, email, test_id, completed_at in rows
+    ]
+
+
+def candidates_stream(
+    *, after_id: int, chunk_size: int, kinds: KindResolver | None = None
+) -> Iterator[list[Candidate]]:
+    """Chunks until MODX has nothing newer: a backlog of any size is worked off."""
+    kinds = kinds or KindResolver()
+    while True:
+        chunk = candidates_chunk(after_id=after_id, limit=chunk_size, kinds=kinds)
+        if not chunk:
+            return
+        yield chunk
+        after_id = chunk[-1].result_id
+
+
+def candidates_start_id(*, since: date) -> int:
+    """The watermark for a first run: just below the first result completed on `since`.
+
+    `since` is a calendar day in TIME_ZONE. Uses the Datep index once (first run only).
+    Results arrive roughly in time order, so a few older ones after that id are read too,
+    which is harmless. With no result since that day, start after the newest result.
+    """
+    start = datetime.combine(since, time.min, tzinfo=ZoneInfo(settings.TIME_ZONE))
+    first = TestResult.objects.filter(completed_at__gte=start).aggregate(first=Min("id"))["first"]
+    if first is not None:
+        return first - 1
+    newest = TestResult.objects.aggregate(newest=Max("id"))["newest"]
+    return newest or 0
+
+
+def candidates_for_email(*, email: str) -> list[Candidate]:
+    """Every result whose email normalises to `email` (explain_funnel only).
+
+    MODX has no index on Email and stores it as typed (case, padding, Unicode domains),
+    so this scans with a LIKE on the local part and compares normalised values here. It
+    is a by-hand diagnostic, never part of a run.
+    """
+    local = email.rpartition("@")[0]
+    rows = list(
+        TestResult.objects.filter(email__icontains=f"{local}@")
+        .order_by("id")
+        .values_list("id", "email", "test_id", "completed_at")
+    )
+    matching = [row for row in rows if email_check(row[1]).email == email]
+    kinds = KindResolver().kinds_for(test_id for _, _, test_id, _ in matching)
+    return [
+        Candidate(
+            result_id=result_id,
+            raw_email=raw,
+            test_id=test_id,
+            completed_at=completed_at,
+            kind=kinds.get(test_id) if test_id is not None else None,
+        )
+        for result_id, raw, test_id, completed_at in matching
+    ]

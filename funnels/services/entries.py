@@ -1,0 +1,214 @@
+"""Candidates -> funnel entries, one transaction per chunk.
+
+Invariant: the watermark moves in the same transaction that creates the entries it
+covers, and that transaction checks the run lock just before it commits. A crash between
+chunks therefore loses nothing and duplicates nothing: the next run starts after the last
+committed chunk.
+
+Times. `entered_at` is when the person completed the test (MODX Datep), so a purchase
+made between the test and our run still counts as a conversion. Two cases cannot use it:
+- Datep is NULL: the person is entered at the run's time (`now`) and test_completed_at
+  stays NULL, so the row shows that the completion time was unknown.
+- Datep is after `now` (a MODX clock or time-zone error): entered at `now` too, keeping
+  the reported Datep in test_completed_at; an entry time in the future would hide the
+  person from every report until that time.
+Both cases are noted in the run item's detail.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import connections, transaction
+from django.utils import timezone
+
+from funnels.emails import email_check
+from funnels.locks import RunLock
+from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
+from funnels.selectors.candidates import WATERMARK_KEY, Candidate, SkipReason
+from funnels.selectors.funnels import funnel_accepts, funnel_entries_existing
+
+@dataclass
+class ChunkOutcome:
+    results_read: int = 0
+    added: int = 0
+    skipped_by_reason: Counter = field(default_factory=Counter)
+    last_id: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skipped_by_reason.values())
+
+
+class EntryPlanner:
+    """Decides, candidate by candidate, what a run does; remembers what this run added.
+
+    The memory spans chunks so that a dry run (which commits nothing) reports a person's
+    second result in a later chunk the same way a live run would not add it twice.
+    """
+
+    def __init__(self, *, funnels: list[Funnel], list_ids: dict[str, int | None]) -> None:
+        self.funnels = funnels
+        self.list_ids = list_ids
+        self._added_keys: set[tuple] = set()
+
+    @staticmethod
+    def reentry_key(funnel: Funnel, email: str, test_id: int) -> tuple:
+        if funnel.reentry == Funnel.Reentry.PER_TEST:
+            return (email, funnel.slug, test_id)
+        return (email, funnel.slug)
+
+    @staticmethod
+    def qualifies(funnel: Funnel, candidate: Candidate) -> bool:
+        return funnel_accepts(funnel=funnel, kind=candidate.kind, test_id=candidate.test_id)
+
+    def plan_chunk(
+        self, *, run: SyncRun, candidates: list[Candidate], dry_run: bool, now: datetime
+    ) -> tuple[list[FunnelEntry], list[SyncRunItem], ChunkOutcome]:
+        outcome = ChunkOutcome(results_read=len(candidates))
+        if candidates:
+            outcome.last_id = candidates[-1].result_id
+        checked = [(c, email_check(c.raw_email)) for c in candidates]
+        existing = funnel_entries_existing(
+            emails=[check.email for _, check in checked if check.ok],
+            funnel_types=[f.slug for f in self.funnels],
+        )
+        existing_once = {(email, slug) for email, slug, _ in existing}
+        add_action = SyncRunItem.Action.WOULD_ADD if dry_run else SyncRunItem.Action.ADDED
+        entries: list[FunnelEntry] = []
+        items: list[SyncRunItem] = []
+
+        def skip(candidate: Candidate, reason: str, *, email: str = "", slug: str = "",
+                 detail: str = "") -> None:
+            outcome.skipped_by_reason[reason] += 1
+            items.append(
+                SyncRunItem(
+                    run=run, action=SyncRunItem.Action.SKIPPED, reason=reason,
+                    email=email[:255], funnel_type=slug, test_id=candidate.test_id,
+                    source_id=candidate.result_id, detail=detail,
+                )
+            )
+
+        for candidate, check in checked:
+            if not check.ok:
+                skip(candidate, check.reason, email=(candidate.raw_email or "").strip())
+                continue
+            email = check.email
+            if candidate.test_id is None:
+                skip(candidate, SkipReason.NO_TEST_ID, email=email)
+                continue
+            matching = [f for f in self.funnels if self.qualifies(f, candidate)]
+            if not matching:
+                skip(candidate, SkipReason.NO_MATCHING_FUNNEL, email=email,
+                     detail=f"test kind: {candidate.kind}")
+                continue
+            entered_at, detail = _entry_time(candidate, now=now)
+            for funnel in matching:
+                if not funnel.active:
+                    skip(candidate, SkipReason.FUNNEL_INACTIVE, email=email, slug=funnel.slug)
+                    continue
+                if not self.list_ids.get(funnel.slug):
+                    skip(candidate, SkipReason.NO_LIST_ID, email=email, slug=funnel.slug)
+                    continue
+                key = self.reentry_key(funnel, email, candidate.test_id)
+                if key in self._added_keys:
+                    skip(candidate, SkipReason.DUPLICATE_IN_BATCH, email=email, slug=funnel.slug)
+                    continue
+                if funnel.reentry == Funnel.Reentry.PER_TEST:
+                    already = (email, funnel.slug, candidate.test_id) in existing
+                else:
+                    already = (email, funnel.slug) in existing_once
+                if already:
+                    skip(candidate, SkipReason.ALREADY_IN_FUNNEL, email=email, slug=funnel.slug)
+                    continue
+                self._added_keys.add(key)
+                outcome.added += 1
+                entry = FunnelEntry(
+                    email=email,
+                    funnel_type=funnel.slug,
+                    user_id=candidate.result_id,
+                    test_id=candidate.test_id,
+                    entered_at=entered_at,
+                    test_completed_at=candidate.completed_at,
+                    sync_status=SyncStatus.PENDING,
+                    run=None if dry_run else run,
+                )
+                if not dry_run:
+                    entries.append(entry)
+                items.append(
+                    SyncRunItem(
+                        run=run, action=add_action, email=email, funnel_type=funnel.slug,
+                        test_id=candidate.test_id, source_id=candidate.result_id,
+                        entry=None if dry_run else entry, detail=detail,
+                    )
+                )
+        return entries, items, outcome
+
+
+def _entry_time(candidate: Candidate, *, now: datetime) -> tuple[datetime, str]:
+    completed = candidate.completed_at
+    if completed is None:
+        return now, "no completion time in MODX: entered at the run's time"
+    if completed > now:
+        return now, (
+            f"completion time {completed.isoformat()} is in the future: "
+            "entered at the run's time"
+        )
+    return completed, ""
+
+
+def entries_create_chunk(
+    *,
+    run: SyncRun,
+    planner: EntryPlanner,
+    candidates: list[Candidate],
+    dry_run: bool,
+    now: datetime,
+    lock: RunLock | None,
+) -> ChunkOutcome:
+    """Plan one chunk; in a live run commit entries, items and watermark together."""
+    entries, items, outcome = planner.plan_chunk(
+        run=run, candidates=candidates, dry_run=dry_run, now=now
+    )
+    if dry_run:
+        # A dry run writes its own plan and nothing else: no entries, no watermark.
+        SyncRunItem.objects.bulk_create(items, batch_size=1000)
+        return outcome
+    with transaction.atomic():
+        created = FunnelEntry.objects.bulk_create(entries, batch_size=500)
+        _ensure_pks(created, run=run)
+        # bulk_create copies each entry's new primary key into item.entry_id.
+        SyncRunItem.objects.bulk_create(items, batch_size=1000)
+        if outcome.last_id:
+            watermark_advance(key=WATERMARK_KEY, last_id=outcome.last_id, run=run)
+        if lock is not None:
+            lock.check()
+    return outcome
+
+
+def _ensure_pks(entries: list[FunnelEntry], *, run: SyncRun) -> None:
+    """Backends that cannot return ids from a bulk insert: one query to fetch them."""
+    missing = [e for e in entries if e.pk is None]
+    if not missing:
+        return
+    if connections["default"].features.can_return_rows_from_bulk_insert:
+        return
+    ids = {
+        (email, slug, test_id): pk
+        for pk, email, slug, test_id in FunnelEntry.objects.filter(
+            run=run, user_id__in=[e.user_id for e in missing]
+        ).values_list("id", "email", "funnel_type", "test_id")
+    }
+    for entry in missing:
+        entry.pk = ids[(entry.email, entry.funnel_type, entry.test_id)]
+
+
+def watermark_advance(*, key: str, last_id: int, run: SyncRun | None) -> None:
+    """Move the watermark forward (never back); call inside the chunk's transaction."""
+    updated = SyncState.objects.filter(key=key, last_id__lt=last_id).update(
+        last_id=last_id, run=run, updated_at=timezone.now()
+    )
+    if not updated and not SyncState.objects.filter(key=key).exists():
+        SyncState.objects.create(key=key, last_id=last_id, run=run)

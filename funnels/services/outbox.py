@@ -1,0 +1,416 @@
+"""Push due funnel entries to Brevo and record what Brevo confirmed.
+
+Invariants:
+- An entry is already committed (pending) when it gets here; it becomes synced only after
+  Brevo confirmed it (an upsert answered 2xx, or an import process reached `completed`),
+  and only if its sync_revision is still the one that was sent (compare-and-set): a
+  purchase recorded while the request was in flight bumps the revision, so the entry
+  stays pending and its new state goes out in the next push.
+- Every Brevo write is idempotent (upsert with updateEnabled, import with
+  updateExistingContacts), so a send repeated after a crash or a lost answer is harmless.
+- We never send emailBlacklisted (it would re-subscribe people who unsubscribed).
+
+Failures:
+- 401: the key is wrong; stop at once (BrevoAuthError propagates). What was confirmed
+  before is marked, everything else stays as it was.
+- 400 and other permanent answers for one contact: that contact's entries become failed
+  with the reason and no next attempt (the admin's retry resets them); the others go on.
+- Transient (429 beyond the client's patience, 5xx streak, timeout, dropped connection):
+  the entries become failed with a next attempt time on a capped exponential backoff.
+  After MAX_CONSECUTIVE_FAILURES in a row the push stops for this run and leaves the rest
+  untouched: Brevo is down, hammering it helps nobody.
+- An import whose process ends `failed` (or cannot be confirmed in time) leaves its
+  entries pending, with the attempt and the error recorded, for the next run.
+
+Upsert or import (cut-over BREVO_IMPORT_THRESHOLD, default 50)?
+Brevo allows 10 contact requests per second, and we keep to 9, so N upserts take about
+N/9 seconds and N requests: 50 contacts cost about 5.5 s and 50 requests. One import is a
+single POST of up to BREVO_IMPORT_BATCH_SIZE (5,000) contacts plus a few GET /processes
+polls, whatever the size; but /processes is limited to about 100 calls an hour, and an
+import is asynchronous (seconds to minutes before it completes). Below the threshold the
+per-contact upsert is faster end-to-end, confirms each contact on its own (a bad address
+fails alone), and spends no /processes budget; at or above it the import wins by orders
+of magnitude (a 100,000-contact backfill is ~20 imports, ~40-60 requests). Polls start at
+IMPORT_POLL_INTERVAL and grow by half each time (client.wait_for_process), so a typical
+import costs 2-6 polls. Imports are grouped by list id because an import's listIds apply
+to every contact in it; each list's buffer is flushed when it reaches the batch size, so
+the number of imports follows the number of contacts, not the number of chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from funnels.brevo.client import BrevoClient
+from funnels.brevo.errors import (
+    BrevoAuthError,
+    BrevoError,
+    BrevoPermanentError,
+)
+from funnels.brevo.masking import mask_email
+from funnels.locks import RunLock
+from funnels.models import FunnelEntry, SyncRun, SyncRunItem, SyncStatus
+from funnels.selectors.funnels import funnel_list_ids
+from funnels.selectors.outbox import DueEntry, outbox_due_chunk
+
+logger = logging.getLogger("funnels.outbox")
+
+IMPORT_POLL_INTERVAL = 1.0
+IMPORT_TIMEOUT = 300.0
+BACKOFF_BASE = timedelta(minutes=5)
+BACKOFF_CAP = timedelta(hours=6)
+MAX_CONSECUTIVE_FAILURES = 3
+_UPDATE_CHUNK = 1000
+
+
+@dataclass
+class OutboxResult:
+    contacts_sent: int = 0
+    contacts_failed: int = 0
+    entries_synced: int = 0
+    entries_failed: int = 0
+    entries_deferred: int = 0  # still pending: import not confirmed, revision moved on
+    imports: int = 0
+    upserts: int = 0
+    stopped: str = ""
+
+    @property
+    def had_failures(self) -> bool:
+        return bool(self.contacts_failed or self.stopped)
+
+
+def retry_delay(*, attempts: int) -> timedelta:
+    """Capped exponential backoff after `attempts` failed sends (1 -> 5 min, 2 -> 10...)."""
+    exponent = max(0, attempts - 1)
+    if exponent > 20:
+        return BACKOFF_CAP
+    return min(BACKOFF_CAP, BACKOFF_BASE * (2**exponent))
+
+
+def contact_attributes(*, funnel_type: str, entries: Iterable[DueEntry]) -> dict:
+    """Brevo attributes for one contact of one funnel (several entries under per_test)."""
+    entries = list(entries)
+    purchased = [e for e in entries if e.certificate_purchased]
+    attributes: dict = {
+        "FUNNEL_TYPE": funnel_type,
+        "CERTIFICATE_PURCHASED": bool(purchased),
+    }
+    dates = [e.certificate_purchased_at for e in purchased if e.certificate_purchased_at]
+    if dates:
+        # A calendar date as the business sees it (TIME_ZONE), which is what a Brevo date
+        # attribute holds.
+        attributes["CERTIFICATE_PURCHASED_AT"] = timezone.localtime(max(dates)).date().isoformat()
+    return attributes
+
+
+@dataclass
+class _Contact:
+    email: str
+    funnel_type: str
+    entries: list[DueEntry] = field(default_factory=list)
+
+    @property
+    def attributes(self) -> dict:
+        return contact_attributes(funnel_type=self.funnel_type, entries=self.entries)
+
+
+def _contacts_of(entries: list[DueEntry]) -> list[_Contact]:
+    contacts: dict[tuple[str, str], _Contact] = {}
+    for entry in entries:
+        key = (entry.email, entry.funnel_type)
+        contact = contacts.get(key)
+        if contact is None:
+            contact = contacts[key] = _Contact(email=entry.email, funnel_type=entry.funnel_type)
+        contact.entries.append(entry)
+    return list(contacts.values())
+
+
+def _chunks(ids: list[int], size: int = _UPDATE_CHUNK) -> Iterable[list[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def _error_text(exc: BrevoError) -> str:
+    # BrevoError messages are already scrubbed of the key and of addresses.
+    return str(exc)[:1000]
+
+
+def _error_reason(exc: BrevoError) -> str:
+    if exc.code:
+        return exc.code[:50]
+    if exc.status:
+        return f"http_{exc.status}"
+    return type(exc).__name__.lower()[:50]
+
+
+class _Pusher:
+    def __init__(
+        self,
+        *,
+        run: SyncRun,
+        client: BrevoClient,
+        now: datetime,
+        lock: RunLock | None,
+        threshold: int,
+        poll_interval: float,
+        import_timeout: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.run = run
+        self.client = client
+        self.now = now
+        self.lock = lock
+        self.threshold = threshold
+        self.poll_interval = poll_interval
+        self.import_timeout = import_timeout
+        self.clock = clock
+        self.result = OutboxResult()
+        self.consecutive_failures = 0
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.result.stopped)
+
+    def _failure(self) -> None:
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES and not self.stopped:
+            self.result.stopped = (
+                f"stopped after {self.consecutive_failures} consecutive Brevo failures"
+            )
+            logger.warning("outbox: %s; the rest stays due for the next run", self.result.stopped)
+
+    # -- flushing ---------------------------------------------------------------------
+
+    def flush(self, list_id: int, entries: list[DueEntry]) -> None:
+        if not entries:
+            return
+        contacts = _contacts_of(entries)
+        if len(contacts) >= self.threshold:
+            self._import(list_id, contacts)
+        else:
+            self._upsert(list_id, contacts)
+
+    def _import(self, list_id: int, contacts: list[_Contact]) -> None:
+        entries = [e for c in contacts for e in c.entries]
+        payload = [{"email": c.email, "attributes": c.attributes} for c in contacts]
+        self.result.imports += 1
+        try:
+            process_id = self.client.import_contacts(contacts=payload, list_ids=[list_id])
+            self.client.wait_for_process(
+                process_id=process_id,
+                poll_interval=self.poll_interval,
+                timeout=self.import_timeout,
+            )
+        except BrevoAuthError:
+            raise
+        except BrevoError as exc:
+            logger.warning(
+                "outbox: import of %d contacts to list %s not confirmed, they stay pending: %s",
+                len(contacts), list_id, _error_text(exc),
+            )
+            self.result.contacts_failed += len(contacts)
+            self._defer(entries, exc)
+            self._failure()
+            return
+        self.consecutive_failures = 0
+        logger.info(
+            "outbox: imported %d contacts to list %s (process %s)",
+            len(contacts), list_id, process_id,
+        )
+        self._mark_synced(entries, contacts=len(contacts))
+
+    def _upsert(self, list_id: int, contacts: list[_Contact]) -> None:
+        confirmed: list[_Contact] = []
+        try:
+            for contact in contacts:
+                if self.stopped:
+                    break
+                self.result.upserts += 1
+                try:
+                    self.client.upsert_contact(
+                        email=contact.email, attributes=contact.attributes, list_ids=[list_id]
+                    )
+                except BrevoAuthError:
+                    raise
+                except BrevoPermanentError as exc:
+                    # About this contact only (a 400): record it and go on with the others.
+                    self.consecutive_failures = 0
+                    self._fail(contact, exc, permanent=True)
+                except BrevoError as exc:
+                    self._fail(contact, exc, permanent=False)
+                    self._failure()
+                else:
+                    self.consecutive_failures = 0
+                    confirmed.append(contact)
+        finally:
+            # Also on a 401 half-way: what Brevo confirmed is recorded as confirmed.
+            if confirmed:
+                self._mark_synced(
+                    [e for c in confirmed for e in c.entries], contacts=len(confirmed)
+                )
+        logger.info(
+            "outbox: upserted %d of %d contacts to list %s", len(confirmed), len(contacts), list_id
+        )
+
+    # -- state transitions (compare-and-set on sync_revision) -------------------------
+
+    def _by_revision(self, entries: Iterable[DueEntry]) -> dict[int, list[int]]:
+        grouped: dict[int, list[int]] = defaultdict(list)
+        for entry in entries:
+            grouped[entry.sync_revision].append(entry.id)
+        return grouped
+
+    def _mark_synced(self, entries: list[DueEntry], *, contacts: int) -> None:
+        stamp = self.clock()
+        marked = 0
+        with transaction.atomic():
+            for revision, ids in self._by_revision(entries).items():
+                for chunk in _chunks(ids):
+                    marked += FunnelEntry.objects.filter(
+                        id__in=chunk, sync_revision=revision
+                    ).update(
+                        sync_status=SyncStatus.SYNCED,
+                        synced_revision=revision,
+                        synced_at=stamp,
+                        sync_attempts=0,
+                        sync_last_error="",
+                        sync_next_attempt_at=None,
+                        updated_at=stamp,
+                    )
+            self._check_lock()
+        self.result.contacts_sent += contacts
+        self.result.entries_synced += marked
+        self.result.entries_deferred += len(entries) - marked
+
+    def _fail(self, contact: _Contact, exc: BrevoError, *, permanent: bool) -> None:
+        reason = _error_reason(exc)
+        text = _error_text(exc)
+        logger.warning(
+            "outbox: Brevo %s %s for %s: %s",
+            "refused" if permanent else "failed (will retry)",
+            reason, mask_email(contact.email), text,
+        )
+        stamp = self.clock()
+        marked = 0
+        with transaction.atomic():
+            for entry in contact.entries:
+                next_attempt = (
+                    None if permanent
+                    else self.now + retry_delay(attempts=entry.sync_attempts + 1)
+                )
+                marked += FunnelEntry.objects.filter(
+                    id=entry.id, sync_revision=entry.sync_revision
+                ).update(
+                    sync_status=SyncStatus.FAILED,
+                    sync_attempts=F("sync_attempts") + 1,
+                    sync_last_error=text,
+                    sync_next_attempt_at=next_attempt,
+                    updated_at=stamp,
+                )
+            SyncRunItem.objects.bulk_create(
+                SyncRunItem(
+                    run=self.run, action=SyncRunItem.Action.FAILED, reason=reason,
+                    email=contact.email, funnel_type=contact.funnel_type,
+                    test_id=None, entry_id=entry.id,
+                    detail=("permanent: " if permanent else "will retry: ") + text,
+                )
+                for entry in contact.entries
+            )
+            self._check_lock()
+        self.result.contacts_failed += 1
+        self.result.entries_failed += marked
+        self.result.entries_deferred += len(contact.entries) - marked
+
+    def _defer(self, entries: list[DueEntry], exc: BrevoError) -> None:
+        """Not confirmed: keep pending for the next run, with the attempt recorded."""
+        stamp = self.clock()
+        text = _error_text(exc)
+        with transaction.atomic():
+            for revision, ids in self._by_revision(entries).items():
+                for chunk in _chunks(ids):
+                    FunnelEntry.objects.filter(id__in=chunk, sync_revision=revision).update(
+                        sync_status=SyncStatus.PENDING,
+                        sync_attempts=F("sync_attempts") + 1,
+                        sync_last_error=text,
+                        sync_next_attempt_at=None,
+                        updated_at=stamp,
+                    )
+            self._check_lock()
+        self.result.entries_deferred += len(entries)
+
+    def _fail_unroutable(self, entries: list[DueEntry]) -> None:
+        """Entries of a funnel with no Brevo list: nothing to send them to."""
+        stamp = self.clock()
+        with transaction.atomic():
+            for entry in entries:
+                FunnelEntry.objects.filter(id=entry.id, sync_revision=entry.sync_revision).update(
+                    sync_status=SyncStatus.FAILED,
+                    sync_attempts=F("sync_attempts") + 1,
+                    sync_last_error=f"no Brevo list id for funnel {entry.funnel_type!r}",
+                    sync_next_attempt_at=None,
+                    updated_at=stamp,
+                )
+            self._check_lock()
+        self.result.entries_failed += len(entries)
+        self.result.contacts_failed += len({(e.email, e.funnel_type) for e in entries})
+
+    def _check_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.check()
+
+
+def outbox_push(
+    *,
+    run: SyncRun,
+    client: BrevoClient,
+    now: datetime,
+    lock: RunLock | None = None,
+    batch_size: int | None = None,
+    threshold: int | None = None,
+    poll_interval: float = IMPORT_POLL_INTERVAL,
+    import_timeout: float = IMPORT_TIMEOUT,
+    clock: Callable[[], datetime] = timezone.now,
+) -> OutboxResult:
+    """Send every entry due at `now`; see the module docstring for the rules."""
+    batch_size = batch_size or settings.BREVO_IMPORT_BATCH_SIZE
+    threshold = threshold or settings.BREVO_IMPORT_THRESHOLD
+    list_ids = funnel_list_ids()
+    pusher = _Pusher(
+        run=run, client=client, now=now, lock=lock, threshold=threshold,
+        poll_interval=poll_interval, import_timeout=import_timeout, clock=clock,
+    )
+    buffers: dict[int, list[DueEntry]] = defaultdict(list)
+    after_id = 0
+    while not pusher.stopped:
+        rows = outbox_due_chunk(now=now, after_id=after_id, limit=batch_size)
+        if not rows:
+            break
+        after_id = rows[-1].id
+        unroutable: list[DueEntry] = []
+        for row in rows:
+            list_id = list_ids.get(row.funnel_type)
+            if not list_id:
+                unroutable.append(row)
+                continue
+            buffer = buffers[list_id]
+            buffer.append(row)
+            if len(buffer) >= batch_size:
+                buffers[list_id] = []
+                pusher.flush(list_id, buffer)
+                if pusher.stopped:
+                    break
+        if unroutable:
+            pusher._fail_unroutable(unroutable)
+    for list_id, buffer in buffers.items():
+        if not pusher.stopped:
+            pusher.flush(list_id, buffer)
+    return pusher.result

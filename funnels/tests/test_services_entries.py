@@ -1,0 +1,253 @@
+import datetime as dt
+
+import pytest
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+
+from funnels.locks import RunLockLost
+from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState
+from funnels.selectors.candidates import KindResolver, SkipReason, candidates_chunk
+from funnels.selectors.funnels import funnel_list_id, funnels_all
+from funnels.services.entries import EntryPlanner, entries_create_chunk, watermark_advance
+from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
+from funnels.tests.sync_support import (
+    LANG_TEST,
+    LANG_TEST_2,
+    OTHER_TEST,
+    catalogue,  # noqa: F401 - fixture
+    configured,  # noqa: F401 - fixture
+    modx_result,
+)
+
+pytestmark = pytest.mark.django_db(databases=["default", "modx"])
+
+
+class _Lock:
+    def __init__(self, *, lost: bool = False) -> None:
+        self.lost = lost
+        self.checks = 0
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.lost:
+            raise RunLockLost("lost")
+
+
+def _planner() -> EntryPlanner:
+    funnels = funnels_all()
+    return EntryPlanner(funnels=funnels, list_ids={f.slug: funnel_list_id(funnel=f) for f in funnels})
+
+
+def _process(now, *, dry_run=False, planner=None, lock=None, after_id=0, limit=1000):
+    run = SyncRunFactory(status=SyncRun.Status.RUNNING, dry_run=dry_run, finished_at=None)
+    candidates = candidates_chunk(after_id=after_id, limit=limit, kinds=KindResolver())
+    outcome = entries_create_chunk(
+        run=run, planner=planner or _planner(), candidates=candidates, dry_run=dry_run,
+        now=now, lock=lock or _Lock(),
+    )
+    return run, outcome
+
+
+def _skips(run):
+    return sorted(
+        SyncRunItem.objects.filter(run=run, action="skipped").values_list("reason", flat=True)
+    )
+
+
+def test_both_funnels_are_filled_by_test_kind(configured, now):
+    lang = modx_result("anna@example.com", LANG_TEST)
+    other = modx_result("boris@example.com", OTHER_TEST)
+    run, outcome = _process(now)
+    assert outcome.added == 2
+    entries = {e.funnel_type: e for e in FunnelEntry.objects.all()}
+    assert entries["language"].email == "anna@example.com"
+    assert entries["language"].user_id == lang.id
+    assert entries["language"].test_id == LANG_TEST
+    assert entries["non_language"].email == "boris@example.com"
+    assert entries["non_language"].test_id == OTHER_TEST
+    assert entries["non_language"].user_id == other.id
+    assert {e.sync_status for e in entries.values()} == {"pending"}
+    assert {e.run_id for e in entries.values()} == {run.id}
+    added = SyncRunItem.objects.filter(run=run, action="added")
+    assert {i.entry_id for i in added} == {e.id for e in entries.values()}
+
+
+def test_invalid_and_empty_emails_are_skipped_with_their_reason(configured, now):
+    modx_result(None)
+    modx_result("   ")
+    modx_result("not-an-email")
+    modx_result(" Good@Example.com ")
+    run, outcome = _process(now)
+    assert outcome.added == 1
+    assert FunnelEntry.objects.get().email == "good@example.com"
+    assert _skips(run) == ["empty_email", "empty_email", "invalid_email"]
+    assert dict(outcome.skipped_by_reason) == {"empty_email": 2, "invalid_email": 1}
+
+
+def test_once_means_one_entry_per_person_and_funnel(configured, now):
+    modx_result("anna@example.com", LANG_TEST)
+    modx_result("ANNA@example.com ", LANG_TEST)  # same person, same batch
+    modx_result("anna@example.com", LANG_TEST_2)  # same person, another language test
+    run, outcome = _process(now)
+    assert FunnelEntry.objects.count() == 1
+    assert _skips(run) == ["duplicate_in_batch", "duplicate_in_batch"]
+    # A later run sees the committed entry.
+    modx_result("anna@example.com", LANG_TEST_2)
+    run2, _ = _process(now, after_id=SyncState.objects.get(key="test_results").last_id)
+    assert FunnelEntry.objects.count() == 1
+    assert _skips(run2) == ["already_in_funnel"]
+
+
+def test_per_test_means_one_entry_per_person_and_test(configured, now):
+    Funnel.objects.filter(slug="language").update(reentry=Funnel.Reentry.PER_TEST)
+    modx_result("anna@example.com", LANG_TEST)
+    modx_result("anna@example.com", LANG_TEST_2)
+    modx_result("anna@example.com", LANG_TEST)
+    run, _ = _process(now)
+    assert sorted(FunnelEntry.objects.values_list("test_id", flat=True)) == [LANG_TEST, LANG_TEST_2]
+    assert _skips(run) == ["duplicate_in_batch"]
+
+
+def test_an_entry_adopted_with_an_unknown_test_still_counts_for_once(configured, now):
+    FunnelEntryFactory(email="anna@example.com", funnel_type="language", test_id=0)
+    modx_result("anna@example.com", LANG_TEST)
+    run, outcome = _process(now)
+    assert outcome.added == 0
+    assert _skips(run) == ["already_in_funnel"]
+
+
+def test_a_funnel_limited_to_some_tests_takes_only_those(configured, now):
+    Funnel.objects.filter(slug="language").update(test_ids=[LANG_TEST_2])
+    modx_result("anna@example.com", LANG_TEST)
+    modx_result("boris@example.com", LANG_TEST_2)
+    run, _ = _process(now)
+    assert list(FunnelEntry.objects.values_list("email", flat=True)) == ["boris@example.com"]
+    assert _skips(run) == ["no_matching_funnel"]
+
+
+def test_an_any_kind_funnel_takes_both_kinds(configured, now):
+    Funnel.objects.create(
+        slug="everyone", name="Everyone", test_kind="any", certificate_type=1, brevo_list_id=9
+    )
+    modx_result("anna@example.com", LANG_TEST)
+    modx_result("boris@example.com", OTHER_TEST)
+    _process(now)
+    assert FunnelEntry.objects.filter(funnel_type="everyone").count() == 2
+
+
+def test_inactive_funnel_and_missing_list_id_are_reasons(configured, now, settings):
+    settings.BREVO_NON_LANGUAGE_LIST_ID = None
+    Funnel.objects.filter(slug="language").update(active=False)
+    Funnel.objects.filter(slug="non_language").update(brevo_list_id=None)
+    modx_result("anna@example.com", LANG_TEST)
+    modx_result("boris@example.com", OTHER_TEST)
+    run, outcome = _process(now, dry_run=True)
+    assert outcome.added == 0
+    assert _skips(run) == ["funnel_inactive", "no_list_id"]
+
+
+def test_null_test_id_is_never_written(configured, now):
+    modx_result("anna@example.com", None)
+    run, _ = _process(now)
+    assert FunnelEntry.objects.count() == 0
+    assert _skips(run) == [SkipReason.NO_TEST_ID]
+
+
+def test_entry_time_is_the_completion_time(configured, now):
+    done = dt.datetime(2026, 11, 27, 8, 15, tzinfo=dt.timezone.utc)
+    modx_result("anna@example.com", completed_at=done)
+    _process(now)
+    entry = FunnelEntry.objects.get()
+    assert entry.entered_at == done
+    assert entry.test_completed_at == done
+
+
+def test_missing_completion_time_enters_at_the_run_time_and_says_so(configured, now):
+    modx_result("anna@example.com", completed_at=None)
+    run, _ = _process(now)
+    entry = FunnelEntry.objects.get()
+    assert entry.entered_at == now
+    assert entry.test_completed_at is None
+    assert "no completion time" in SyncRunItem.objects.get(run=run).detail
+
+
+def test_future_completion_time_is_clamped_to_the_run_time(configured, now):
+    future = now + dt.timedelta(days=3)
+    modx_result("anna@example.com", completed_at=future)
+    run, _ = _process(now)
+    entry = FunnelEntry.objects.get()
+    assert entry.entered_at == now
+    assert entry.test_completed_at == future
+    assert "in the future" in SyncRunItem.objects.get(run=run).detail
+
+
+def test_watermark_moves_with_the_entries_of_its_chunk(configured, now):
+    rows = [modx_result(f"p{n}@example.com") for n in range(3)]
+    lock = _Lock()
+    _process(now, lock=lock)
+    assert SyncState.objects.get(key="test_results").last_id == rows[-1].id
+    assert lock.checks == 1
+
+
+def test_a_lost_lock_rolls_back_entries_items_and_watermark(configured, now):
+    modx_result("anna@example.com")
+    watermark_advance(key="test_results", last_id=0, run=None)
+    with pytest.raises(RunLockLost):
+        _process(now, lock=_Lock(lost=True))
+    assert FunnelEntry.objects.count() == 0
+    assert SyncRunItem.objects.count() == 0
+    assert SyncState.objects.get(key="test_results").last_id == 0
+
+
+def test_watermark_never_moves_back(db):
+    watermark_advance(key="test_results", last_id=50, run=None)
+    watermark_advance(key="test_results", last_id=20, run=None)
+    assert SyncState.objects.get(key="test_results").last_id == 50
+
+
+def test_dry_run_writes_only_its_plan(configured, now):
+    modx_result("anna@example.com", LANG_TEST)
+    modx_result("bad")
+    run, outcome = _process(now, dry_run=True)
+    assert outcome.added == 1
+    assert FunnelEntry.objects.count() == 0
+    assert not SyncState.objects.filter(key="test_results").exists()
+    assert sorted(SyncRunItem.objects.filter(run=run).values_list("action", flat=True)) == [
+        "skipped", "would_add",
+    ]
+
+
+def test_dry_run_remembers_its_plan_across_chunks(configured, now):
+    modx_result("anna@example.com", LANG_TEST)
+    modx_result("anna@example.com", LANG_TEST_2)
+    planner = _planner()
+    run, first = _process(now, dry_run=True, planner=planner, limit=1)
+    run2, second = _process(now, dry_run=True, planner=planner, after_id=first.last_id, limit=1)
+    assert (first.added, second.added) == (1, 0)
+    assert _skips(run2) == ["duplicate_in_batch"]
+
+
+def _chunk_queries(now, size):
+    for n in range(size):
+        modx_result(f"q{size}-{n}@example.com", LANG_TEST if n % 2 else OTHER_TEST)
+        if n % 3 == 0:
+            FunnelEntryFactory(email=f"q{size}-{n}@example.com", funnel_type="non_language")
+    after = SyncState.objects.filter(key="test_results").values_list("last_id", flat=True).first() or 0
+    run = SyncRunFactory(status=SyncRun.Status.RUNNING, finished_at=None)
+    candidates = candidates_chunk(after_id=after, limit=1000, kinds=KindResolver())
+    with CaptureQueriesContext(connections["default"]) as queries:
+        entries_create_chunk(
+            run=run, planner=_planner(), candidates=candidates, dry_run=False, now=now,
+            lock=_Lock(),
+        )
+    return len(queries)
+
+
+def test_queries_per_chunk_do_not_grow_with_the_chunk(configured, now):
+    watermark_advance(key="test_results", last_id=0, run=None)
+    small = _chunk_queries(now, 5)
+    large = _chunk_queries(now, 120)
+    assert FunnelEntry.objects.filter(email__startswith="q120-").count() > 100
+    # No per-row query: 115 more rows may only add a few INSERT batches (SQLite caps the
+    # number of parameters per statement), never one query per row.
+    assert large - small <= 4
