@@ -127,9 +127,8 @@ class LegacyPlan:
 class LegacySource:
     alias: str
     table: str | None  # None: no legacy table to adopt
-    # What must happen before the copy: rename funnel_entries aside, then migrate.
+    # funnel_entries is the earlier tool's and must be renamed aside before migrate.
     needs_rename: bool = False
-    needs_migrate: bool = False
 
 
 @dataclass
@@ -214,8 +213,7 @@ def legacy_source_inspect(*, source: str) -> LegacySource:
             raise LegacyAdoptionRefused(_(
                 "the earlier tool's table can only be set aside on MySQL/MariaDB"
             ))
-        return LegacySource(alias=alias, table=LEGACY_TABLE, needs_rename=True,
-                            needs_migrate=True)
+        return LegacySource(alias=alias, table=LEGACY_TABLE, needs_rename=True)
     if current is not None and OUR_COLUMN in current and not applied:
         raise LegacyAdoptionRefused(_(
             "funnel_entries has our columns but funnels 0001 is not recorded as applied "
@@ -234,8 +232,8 @@ def legacy_source_inspect(*, source: str) -> LegacySource:
         if not applied:
             # Interrupted after the rename: our migrations still have to run.
             _refuse_half_migrated(alias=alias, tables=tables)
-        return LegacySource(alias=alias, table=SET_ASIDE_TABLE, needs_migrate=not applied)
-    return LegacySource(alias=alias, table=None, needs_migrate=not applied)
+        return LegacySource(alias=alias, table=SET_ASIDE_TABLE)
+    return LegacySource(alias=alias, table=None)
 
 
 def _modx_source_inspect() -> LegacySource:
@@ -252,8 +250,7 @@ def _modx_source_inspect() -> LegacySource:
         raise LegacyAdoptionRefused(_(
             "funnel_entries in the MODX database does not have the earlier tool's columns"
         ))
-    return LegacySource(alias=MODX_ALIAS, table=LEGACY_TABLE,
-                        needs_migrate=not _first_migration_applied("default"))
+    return LegacySource(alias=MODX_ALIAS, table=LEGACY_TABLE)
 
 
 def _refuse_half_migrated(*, alias: str, tables: set[str]) -> None:
@@ -562,7 +559,8 @@ def legacy_entries_adopt(
         legacy_table_set_aside(alias=found.alias)
         report.renamed = True
         report.table = SET_ASIDE_TABLE
-    if not dry_run and found.needs_migrate:
+    if not dry_run:
+        # Always: a no-op when up to date, and the copy needs every column the models have.
         migrate()
         report.migrated = True
     if found.table is None:

@@ -384,5 +384,5 @@ def test_without_a_legacy_table_it_is_a_plain_migrate(tmp_path):
         done = _adopt(tmp_path, default=name, modx=name)
 
         assert done.returncode == 0, done.stderr
-        assert "no earlier funnel_entries table found; migrations applied" in done.stdout
+        assert "no earlier funnel_entries table found; migrations up to date" in done.stdout
         assert {"funnel_entries", "django_migrations"} <= _tables(name)

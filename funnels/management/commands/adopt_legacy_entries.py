@@ -76,7 +76,7 @@ def report_lines(report: AdoptionReport) -> list[str]:
     if report.table is None:
         return [_(
             "legacy adoption (%(mode)s): no earlier funnel_entries table found%(migrated)s"
-        ) % {"mode": mode, "migrated": _("; migrations applied") if report.migrated else ""}]
+        ) % {"mode": mode, "migrated": _("; migrations up to date") if report.migrated else ""}]
     plan = report.plan
     verb = _("would adopt") if report.dry_run else _("adopted")
     lines = [_(
@@ -92,7 +92,7 @@ def report_lines(report: AdoptionReport) -> list[str]:
     if report.renamed:
         lines.append(_("funnel_entries renamed to funnel_entries_legacy (kept unchanged)"))
     if report.migrated:
-        lines.append(_("migrations applied"))
+        lines.append(_("migrations up to date"))
     sources = plan.test_id_sources
     unknown = {how: count for how, count in sorted(sources.items())
                if how not in (TestIdSource.RESOLVED, TestIdSource.LEGACY)}
