@@ -1,9 +1,10 @@
-from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
+
+from testizer_funnels.admin_site import site as admin_site
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/reports/", include("reports.urls")),
-    path("admin/", admin.site.urls),
+    path("admin/", admin_site.urls),
 ]

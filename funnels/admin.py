@@ -1,0 +1,561 @@
+"""The admin pages: funnel entries, sync runs, funnels, watermarks.
+
+Thin: reads are querysets the indexes fit, writes go through services. Registered on the
+project's own site (testizer_funnels.admin_site), which adds the mode and the health
+banners to every page.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import re
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db.models import Count, Q
+from django.urls import reverse
+from django.utils import formats, timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.text import Truncator
+from django.utils.translation import gettext, gettext_lazy as _, ngettext
+
+from funnels.admin_filters import (
+    FunnelFilter,
+    PurchasedFilter,
+    RunModeFilter,
+    RunStatusFilter,
+    SyncStateFilter,
+)
+from funnels.admin_paginator import CountFreeChangeList, CountFreePaginationMixin
+from funnels.emails import email_normalize
+from funnels.logging_filters import redact
+from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
+from funnels.modx.models import CERT_TYPE_LANGUAGE, CERT_TYPE_NON_LANGUAGE
+from funnels.services.sync_retry import entries_retry_sync
+from testizer_funnels.admin_site import duration_format, site
+
+DEFAULT_FUNNEL_SLUGS = frozenset({"language", "non_language"})
+MODX_INT_MAX = 2**31 - 1
+RUN_ITEMS_PER_PAGE = 100
+
+
+def _short(text: str, *, chars: int = 80) -> str:
+    # Run records are not supposed to hold secrets; if one slipped through, the page
+    # still does not show it.
+    return Truncator(redact(text or "")).chars(chars)
+
+
+def email_search_prefixes(*, term: str) -> list[str]:
+    """What an operator's search text may be the start of, in stored (normalised) form.
+
+    Stored emails are trimmed, lower-case, with the domain in punycode (funnels.emails).
+    A Cyrillic domain typed in the search box is therefore also looked up encoded.
+    """
+    term = email_normalize(term)
+    if not term:
+        return []
+    prefixes = [term]
+    local, at, domain = term.rpartition("@")
+    if at and domain:
+        try:
+            ascii_domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_domain = domain
+        if ascii_domain != domain:
+            prefixes.append(f"{local}@{ascii_domain}")
+    return prefixes
+
+
+# --- Funnel entries ----------------------------------------------------------------
+
+
+class FunnelEntryChangeList(CountFreeChangeList):
+    def get_ordering(self, request, queryset):
+        # Only entered_at is sortable, and the tie-breaker follows its direction so the
+        # index on entered_at (which ends in the primary key) serves the ORDER BY in
+        # either direction; a hand-made ?o= for another column falls back to the default.
+        ordering = super().get_ordering(request, queryset)
+        first = ordering[0] if ordering else "-entered_at"
+        if first not in ("entered_at", "-entered_at"):
+            first = "-entered_at"
+        return [first, "-pk" if first.startswith("-") else "pk"]
+
+    def date_hierarchy_links(self) -> dict:
+        """Year / month / day links without Django's DISTINCT over every row.
+
+        The bounds come from the first and last entry (two index look-ups), and every
+        year, month or day between them is offered: a link may lead to an empty page,
+        which is cheaper than finding out in advance.
+        """
+        field = self.date_hierarchy
+        year = self.params.get(f"{field}__year")
+        month = self.params.get(f"{field}__month")
+        day = self.params.get(f"{field}__day")
+        values = self.root_queryset.values_list(field, flat=True)
+        first = values.order_by(field).first()
+        last = values.order_by(f"-{field}").first()
+        if first is None or last is None:
+            return {"show": False}
+        first, last = timezone.localtime(first).date(), timezone.localtime(last).date()
+
+        def link(params: dict) -> str:
+            return self.get_query_string(params, [f"{field}__"])
+
+        try:
+            year_n = int(year) if year else None
+            month_n = int(month) if month else None
+            day_n = int(day) if day else None
+            if year_n and month_n and day_n:
+                chosen = dt.date(year_n, month_n, day_n)
+                return {
+                    "show": True,
+                    "back": {
+                        "link": link({f"{field}__year": year_n, f"{field}__month": month_n}),
+                        "title": formats.date_format(chosen, "YEAR_MONTH_FORMAT"),
+                    },
+                    "choices": [{"title": formats.date_format(chosen, "MONTH_DAY_FORMAT")}],
+                }
+            if year_n and month_n:
+                days_in_month = calendar.monthrange(year_n, month_n)[1]
+                days = [dt.date(year_n, month_n, d) for d in range(1, days_in_month + 1)]
+                days = [d for d in days if first <= d <= last]
+                return {
+                    "show": True,
+                    "back": {"link": link({f"{field}__year": year_n}), "title": str(year_n)},
+                    "choices": [
+                        {
+                            "link": link(
+                                {
+                                    f"{field}__year": year_n,
+                                    f"{field}__month": month_n,
+                                    f"{field}__day": d.day,
+                                }
+                            ),
+                            "title": formats.date_format(d, "MONTH_DAY_FORMAT"),
+                        }
+                        for d in days
+                    ],
+                }
+            if year_n is None and first.year == last.year:
+                year_n = first.year
+            if year_n:
+                months = [
+                    dt.date(year_n, m, 1)
+                    for m in range(1, 13)
+                    if (first.year, first.month) <= (year_n, m) <= (last.year, last.month)
+                ]
+                return {
+                    "show": True,
+                    "back": {"link": link({}), "title": gettext("All dates")},
+                    "choices": [
+                        {
+                            "link": link({f"{field}__year": year_n, f"{field}__month": m.month}),
+                            "title": formats.date_format(m, "YEAR_MONTH_FORMAT"),
+                        }
+                        for m in months
+                    ],
+                }
+        except (ValueError, OverflowError):
+            return {"show": False}
+        return {
+            "show": True,
+            "choices": [
+                {"link": link({f"{field}__year": y}), "title": str(y)}
+                for y in range(first.year, last.year + 1)
+            ],
+        }
+
+
+class FunnelEntryAdmin(CountFreePaginationMixin, admin.ModelAdmin):
+    list_display = [
+        "email",
+        "funnel_type",
+        "test_id",
+        "entered_at",
+        "sync_state",
+        "certificate_purchased",
+        "certificate_purchased_at",
+        "payment_id",
+    ]
+    list_filter = [FunnelFilter, SyncStateFilter, PurchasedFilter]
+    date_hierarchy = "entered_at"
+    search_fields = ["email"]
+    search_help_text = _(
+        "An email or its beginning; case and surrounding spaces do not matter."
+    )
+    sortable_by = ["entered_at"]
+    list_per_page = 100
+    # Facet counts would be a COUNT per filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
+    actions = ["retry_brevo_sync"]
+    fieldsets = [
+        (None, {"fields": ["email", "funnel_type", "test_id", "user_id", "entered_at",
+                           "test_completed_at", "run_link"]}),
+        (_("Certificate"), {"fields": ["certificate_purchased", "certificate_purchased_at",
+                                       "payment_id"]}),
+        (_("Brevo"), {"fields": ["sync_status", "sync_attempts", "sync_error",
+                                 "sync_next_attempt_at", "synced_at", "sync_revision",
+                                 "synced_revision"]}),
+        (_("Record"), {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    def get_changelist(self, request, **kwargs):
+        return FunnelEntryChangeList
+
+    def get_readonly_fields(self, request, obj=None):
+        return [
+            name
+            for _title, options in self.fieldsets
+            for name in options["fields"]
+        ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_retry_sync_permission(self, request) -> bool:
+        return request.user.has_perm("funnels.change_funnelentry")
+
+    def get_search_results(self, request, queryset, search_term):
+        prefixes = email_search_prefixes(term=search_term)
+        if not prefixes:
+            return queryset, False
+        # A prefix match on the indexed, already-normalised column: LIKE 'x%' is an index
+        # range, where Django's default '%x%' would read every row.
+        condition = Q()
+        for prefix in prefixes:
+            condition |= Q(email__istartswith=prefix)
+        return queryset.filter(condition), False
+
+    @admin.display(description=_("Brevo sync"), ordering=None)
+    def sync_state(self, obj: FunnelEntry):
+        label = obj.get_sync_status_display()
+        if obj.sync_status == SyncStatus.FAILED and obj.sync_last_error:
+            return format_html(
+                '<span class="funnels-sync funnels-sync-{}" title="{}">{}</span>',
+                obj.sync_status, redact(obj.sync_last_error), label,
+            )
+        return format_html(
+            '<span class="funnels-sync funnels-sync-{}">{}</span>', obj.sync_status, label
+        )
+
+    @admin.display(description=_("last sync error"))
+    def sync_error(self, obj: FunnelEntry) -> str:
+        return redact(obj.sync_last_error) or "—"
+
+    @admin.display(description=_("created by run"))
+    def run_link(self, obj: FunnelEntry):
+        if obj.run_id is None:
+            return "—"
+        url = reverse("admin:funnels_syncrun_change", args=[obj.run_id])
+        return format_html('<a href="{}">#{}</a>', url, obj.run_id)
+
+    @admin.action(
+        description=_("Retry Brevo sync of the selected failed entries"),
+        permissions=["retry_sync"],
+    )
+    def retry_brevo_sync(self, request, queryset):
+        ids = list(
+            queryset.filter(sync_status=SyncStatus.FAILED).order_by().values_list("id", flat=True)
+        )
+        reset = entries_retry_sync(entry_ids=ids, now=timezone.now())
+        if reset:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d failed entry will be sent to Brevo again by the next run.",
+                    "%(count)d failed entries will be sent to Brevo again by the next run.",
+                    reset,
+                ) % {"count": reset},
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request, gettext("None of the selected entries had failed."), messages.WARNING
+            )
+
+
+site.register(FunnelEntry, FunnelEntryAdmin)
+
+
+# --- Sync runs -----------------------------------------------------------------------
+
+
+class SyncRunAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "started_at",
+        "status",
+        "mode",
+        "trigger",
+        "duration_display",
+        "results_read",
+        "entries_added",
+        "skipped",
+        "contacts_sent",
+        "contacts_failed",
+        "purchases_found",
+        "error_short",
+    ]
+    list_display_links = ["id", "started_at"]
+    list_filter = [RunStatusFilter, RunModeFilter]
+    show_facets = admin.ShowFacets.NEVER
+    sortable_by = ["id", "started_at"]
+    list_per_page = 50
+    change_form_template = "admin/funnels/syncrun/change_form.html"
+    fieldsets = [
+        (None, {"fields": ["status", "mode", "trigger", "started_at", "finished_at",
+                           "duration_display", "heartbeat_at", "as_of", "hostname", "pid"]}),
+        (_("Counts"), {"fields": ["results_read", "entries_added", "skipped",
+                                  "skipped_reasons", "contacts_sent", "contacts_failed",
+                                  "payments_read", "purchases_found", "purchases_revoked"]}),
+        (_("Brevo"), {"fields": ["brevo_requests", "ratelimit_remaining", "ratelimit_limit"]}),
+        (_("Error"), {"fields": ["error_full"]}),
+    ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [name for _title, options in self.fieldsets for name in options["fields"]]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description=_("mode"))
+    def mode(self, obj: SyncRun) -> str:
+        return gettext("Dry run") if obj.dry_run else gettext("Live")
+
+    @admin.display(description=_("duration"))
+    def duration_display(self, obj: SyncRun) -> str:
+        return duration_format(obj.duration)
+
+    @admin.display(description=_("error"))
+    def error_short(self, obj: SyncRun) -> str:
+        return _short(obj.error) or ""
+
+    @admin.display(description=_("error"))
+    def error_full(self, obj: SyncRun) -> str:
+        return redact(obj.error) or "—"
+
+    @admin.display(description=_("skipped by reason"))
+    def skipped_reasons(self, obj: SyncRun):
+        reasons = obj.skipped_by_reason or {}
+        if not reasons:
+            return "—"
+        return format_html_join(
+            ", ", "{}: {}", sorted(reasons.items(), key=lambda item: (-int(item[1]), item[0]))
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        context = dict(extra_context or {})
+        try:
+            run_id = int(object_id)
+        except (TypeError, ValueError):
+            run_id = None
+        if run_id is not None:
+            context.update(self._items_context(request, run_id=run_id))
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def _items_context(self, request, *, run_id: int) -> dict:
+        items = SyncRunItem.objects.filter(run_id=run_id)
+        action_counts = dict(
+            items.values_list("action").annotate(n=Count("id")).order_by()
+        )
+        action = request.GET.get("action")
+        if action not in SyncRunItem.Action.values:
+            action = None
+        shown = items.filter(action=action) if action else items
+        page = Paginator(shown.order_by("id"), RUN_ITEMS_PER_PAGE).get_page(
+            request.GET.get("page")
+        )
+        labels = dict(SyncRunItem.Action.choices)
+
+        def url(**params) -> str:
+            query = {k: v for k, v in params.items() if v}
+            return "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "?"
+
+        return {
+            "items_page": page,
+            "items_action": action,
+            "items_rows": [
+                {
+                    "item": item,
+                    "action_label": labels.get(item.action, item.action),
+                    "detail": _short(item.detail, chars=300),
+                    "entry_url": (
+                        reverse("admin:funnels_funnelentry_change", args=[item.entry_id])
+                        if item.entry_id
+                        else None
+                    ),
+                }
+                for item in page.object_list
+            ],
+            "items_actions": [
+                {
+                    "action": key,
+                    "label": labels.get(key, key),
+                    "count": count,
+                    "url": url(action=key),
+                }
+                for key, count in sorted(action_counts.items())
+            ],
+            "items_total": sum(action_counts.values()),
+            "items_all_url": url(),
+            "items_previous_url": (
+                url(action=action, page=page.previous_page_number())
+                if page.has_previous()
+                else None
+            ),
+            "items_next_url": (
+                url(action=action, page=page.next_page_number()) if page.has_next() else None
+            ),
+        }
+
+
+site.register(SyncRun, SyncRunAdmin)
+
+
+# --- Funnels -------------------------------------------------------------------------
+
+
+class TestIdsField(forms.CharField):
+    """MODX test ids typed as "12, 15 17"; stored as a sorted list of distinct ints."""
+
+    default_error_messages = {
+        "not_positive": _("“%(value)s” is not a positive whole number."),
+        "too_big": _("“%(value)s” is larger than any MODX test id can be."),
+    }
+
+    def prepare_value(self, value):
+        if isinstance(value, (list, tuple)):
+            return ", ".join(str(v) for v in value)
+        return value
+
+    def to_python(self, value):
+        if isinstance(value, (list, tuple)):
+            return sorted({int(v) for v in value})
+        text = super().to_python(value)
+        ids = set()
+        for part in re.split(r"[\s,;]+", text):
+            if not part:
+                continue
+            if not (part.isascii() and part.isdigit()) or int(part) < 1:
+                raise forms.ValidationError(
+                    self.error_messages["not_positive"], code="not_positive",
+                    params={"value": part},
+                )
+            if int(part) > MODX_INT_MAX:
+                raise forms.ValidationError(
+                    self.error_messages["too_big"], code="too_big", params={"value": part}
+                )
+            ids.add(int(part))
+        return sorted(ids)
+
+
+class FunnelForm(forms.ModelForm):
+    brevo_list_id = forms.IntegerField(
+        label=_("Brevo list id"),
+        min_value=1,
+        max_value=MODX_INT_MAX,
+        required=False,
+        help_text=_("The id of the Brevo contact list people of this funnel are added to."),
+    )
+    test_ids = TestIdsField(
+        label=_("only these test ids"),
+        required=False,
+        help_text=_(
+            "MODX test ids separated by commas or spaces. Empty: every test of the kind "
+            "above qualifies."
+        ),
+    )
+    certificate_type = forms.TypedChoiceField(
+        label=_("certificate type"),
+        coerce=int,
+        choices=[
+            (CERT_TYPE_LANGUAGE, _("1 — language certificate")),
+            (CERT_TYPE_NON_LANGUAGE, _("2 — non-language certificate")),
+        ],
+        help_text=_("A paid certificate of this type after entry counts as a conversion."),
+    )
+
+    class Meta:
+        model = Funnel
+        fields = [
+            "name",
+            "slug",
+            "active",
+            "brevo_list_id",
+            "test_kind",
+            "test_ids",
+            "reentry",
+            "certificate_type",
+        ]
+
+
+class FunnelAdmin(admin.ModelAdmin):
+    form = FunnelForm
+    list_display = [
+        "name",
+        "slug",
+        "active",
+        "brevo_list_id",
+        "test_kind",
+        "test_ids_display",
+        "reentry",
+        "certificate_type",
+    ]
+    list_filter = ["active", "test_kind"]
+    show_facets = admin.ShowFacets.NEVER
+
+    def get_readonly_fields(self, request, obj=None):
+        # Entries refer to a funnel by its slug (funnel_entries.funnel_type): renaming it
+        # would orphan them.
+        return ["slug"] if obj is not None else []
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None:
+            if obj.slug in DEFAULT_FUNNEL_SLUGS:
+                return False
+            # Deactivate instead: its entries and their report would lose their funnel.
+            if FunnelEntry.objects.filter(funnel_type=obj.slug).exists():
+                return False
+        return super().has_delete_permission(request, obj)
+
+    @admin.display(description=_("only these test ids"))
+    def test_ids_display(self, obj: Funnel) -> str:
+        return ", ".join(str(v) for v in obj.test_ids) if obj.test_ids else gettext("all")
+
+
+site.register(Funnel, FunnelAdmin)
+
+
+# --- Watermarks ----------------------------------------------------------------------
+
+
+class SyncStateAdmin(admin.ModelAdmin):
+    list_display = ["key", "last_id", "run", "updated_at"]
+    readonly_fields = ["key", "last_id", "run", "updated_at"]
+    list_select_related = ["run"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+site.register(SyncState, SyncStateAdmin)

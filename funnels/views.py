@@ -1,0 +1,53 @@
+"""Admin views that are not a model's pages. Wired, behind the admin's login and CSRF
+checks, by testizer_funnels.admin_site."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseBadRequest
+from django.shortcuts import redirect
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from funnels.selectors.dashboard import live_mode_blockers_get
+from funnels.services.runtime import dry_run_set
+
+DRY_RUN_PERMISSION = "funnels.change_dry_run"
+
+
+class DryRunForm(forms.Form):
+    # The wanted mode, not "flip": a double submit or two operators at once must not
+    # switch it back.
+    mode = forms.ChoiceField(choices=[("dry", "dry"), ("live", "live")])
+    # Going live is a deliberate act: the index asks for a tick, and so does the server.
+    confirm = forms.BooleanField(required=False)
+
+
+@require_POST
+def dry_run_toggle(request):
+    if not request.user.has_perm(DRY_RUN_PERMISSION):
+        raise PermissionDenied
+    form = DryRunForm(request.POST)
+    if not form.is_valid():
+        return HttpResponseBadRequest(_("Unknown mode."))
+    want_dry_run = form.cleaned_data["mode"] == "dry"
+    if not want_dry_run:
+        if not form.cleaned_data["confirm"]:
+            messages.error(request, _("Not switched to live: tick the confirmation first."))
+            return redirect("admin:index")
+        blockers = live_mode_blockers_get()
+        if blockers:
+            messages.error(
+                request, _("Not switched to live: %(reasons)s") % {"reasons": " ".join(blockers)}
+            )
+            return redirect("admin:index")
+    dry_run_set(user=request.user, value=want_dry_run)
+    if want_dry_run:
+        messages.success(request, _("Dry run: the next runs will write nothing to Brevo."))
+    else:
+        messages.warning(
+            request, _("Live: the next run will add contacts to Brevo and record entries.")
+        )
+    return redirect("admin:index")

@@ -1,0 +1,86 @@
+"""The operator's admin site: the mode and the job's health on every page, the dashboard
+on the index, the dry-run switch.
+
+A site of our own (rather than a context processor) keeps the header's queries to admin
+pages only and needs no settings change. Views outside the admin that extend
+admin/base_site.html (the reports page) get the same header by using
+`site.each_context(request)`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
+from django.urls import path
+from django.utils import timezone
+from django.utils.translation import gettext, gettext_lazy as _
+
+from funnels import views
+from funnels.selectors.dashboard import (
+    admin_status_get,
+    dashboard_get,
+    funnels_without_list_get,
+    live_mode_blockers_get,
+)
+from funnels.services.runtime import dry_run_changes
+
+DRY_RUN_CHANGES_SHOWN = 5
+
+
+def duration_format(value: dt.timedelta | None) -> str:
+    if value is None:
+        return "—"
+    seconds = int(value.total_seconds())
+    if seconds < 60:
+        return gettext("%(s)d s") % {"s": seconds}
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return gettext("%(m)d min %(s)02d s") % {"m": minutes, "s": seconds}
+    hours, minutes = divmod(minutes, 60)
+    return gettext("%(h)d h %(m)02d min") % {"h": hours, "m": minutes}
+
+
+class FunnelsAdminSite(admin.AdminSite):
+    site_header = _("Testizer Funnels")
+    site_title = _("Testizer Funnels")
+    index_title = _("Dashboard")
+
+    def each_context(self, request):
+        context = super().each_context(request)
+        user = getattr(request, "user", None)
+        # The login page is an admin page too: strangers learn nothing about the job.
+        if user is not None and user.is_active and user.is_staff:
+            context["funnels_status"] = admin_status_get(now=timezone.now())
+        return context
+
+    def get_urls(self):
+        return [
+            path("dry-run/", self.admin_view(views.dry_run_toggle), name="funnels_dry_run"),
+            *super().get_urls(),
+        ]
+
+    def index(self, request, extra_context=None):
+        dashboard = dashboard_get(now=timezone.now())
+        context = {
+            "dashboard": dashboard,
+            "last_run_rows": [
+                {"run": run, "duration": duration_format(run.duration)}
+                for run in dashboard.last_runs
+            ],
+            "site_time_zone": settings.TIME_ZONE,
+            "dry_run_changes": dry_run_changes(limit=DRY_RUN_CHANGES_SHOWN),
+            "can_change_dry_run": request.user.has_perm(views.DRY_RUN_PERMISSION),
+            "live_mode_blockers": live_mode_blockers_get(),
+            "funnels_without_list": funnels_without_list_get(),
+            **(extra_context or {}),
+        }
+        return super().index(request, extra_context=context)
+
+
+site = FunnelsAdminSite(name="admin")
+site.register(User, UserAdmin)
+site.register(Group, GroupAdmin)
