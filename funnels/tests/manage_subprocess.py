@@ -67,6 +67,16 @@ def mariadb_connect(name: str | None = None):
     )
 
 
+def mariadb_query(name: str, sql: str) -> list[tuple]:
+    connection = mariadb_connect(name)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
 @contextlib.contextmanager
 def mariadb_scratch(prefix: str) -> Iterator[str]:
     """A uniquely named, empty database, dropped afterwards whatever happened."""

@@ -24,6 +24,7 @@ from funnels.tests.manage_subprocess import (
     SHARED_DOMAIN,
     manage_run,
     mariadb_connect,
+    mariadb_query,
     mariadb_scratch,
     mariadb_url,
     sql_script_run,
@@ -177,18 +178,8 @@ def _fill_modx_and_legacy(name: str) -> None:
         connection.close()
 
 
-def _query(name: str, sql: str) -> list[tuple]:
-    connection = mariadb_connect(name)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-            return list(cursor.fetchall())
-    finally:
-        connection.close()
-
-
 def _tables(name: str) -> set[str]:
-    return {row[0] for row in _query(name, "SHOW TABLES")}
+    return {row[0] for row in mariadb_query(name, "SHOW TABLES")}
 
 
 def _adopt(tmp_path: Path, *args: str, default: str, modx: str):
@@ -217,7 +208,7 @@ def _latest(tmp_path: Path, suffix: str) -> Path:
 def _entries(name: str) -> dict[int, tuple]:
     return {
         row[0]: row[1:]
-        for row in _query(
+        for row in mariadb_query(
             name,
             "SELECT id, email, funnel_type, test_id, entered_at, certificate_purchased_at, "
             "certificate_purchased, sync_status, sync_revision, synced_revision "
@@ -239,8 +230,8 @@ def same_schema():
 
 @pytest.mark.mariadb_only
 def test_adoption_sets_the_table_aside_migrates_and_loses_no_row(same_schema, tmp_path):
-    legacy_before = _query(same_schema, LEGACY_SELECT.format(table="funnel_entries"))
-    outbox_before = _query(same_schema, "SELECT * FROM brevo_sync_outbox ORDER BY id")
+    legacy_before = mariadb_query(same_schema, LEGACY_SELECT.format(table="funnel_entries"))
+    outbox_before = mariadb_query(same_schema, "SELECT * FROM brevo_sync_outbox ORDER BY id")
 
     done = _adopt(tmp_path, default=same_schema, modx=same_schema)
 
@@ -251,12 +242,12 @@ def test_adoption_sets_the_table_aside_migrates_and_loses_no_row(same_schema, tm
     assert "3 pending jobs left in brevo_sync_outbox" in done.stdout
     assert "funnel_entries renamed to funnel_entries_legacy" in done.stdout
     # Set aside, untouched; the old outbox stays as it was.
-    assert _query(same_schema, LEGACY_SELECT.format(table="funnel_entries_legacy")) == (
+    assert mariadb_query(same_schema, LEGACY_SELECT.format(table="funnel_entries_legacy")) == (
         legacy_before
     )
-    assert _query(same_schema, "SELECT * FROM brevo_sync_outbox ORDER BY id") == outbox_before
+    assert mariadb_query(same_schema, "SELECT * FROM brevo_sync_outbox ORDER BY id") == outbox_before
     assert ("funnels", "0001_initial") in set(
-        _query(same_schema, "SELECT app, name FROM django_migrations")
+        mariadb_query(same_schema, "SELECT app, name FROM django_migrations")
     )
 
     entries = _entries(same_schema)
@@ -314,7 +305,7 @@ def test_running_the_adoption_again_adopts_nothing_twice(same_schema, tmp_path):
 @pytest.mark.mariadb_only
 def test_dry_run_reports_the_plan_and_changes_nothing(same_schema, tmp_path):
     tables_before = _tables(same_schema)
-    legacy_before = _query(same_schema, LEGACY_SELECT.format(table="funnel_entries"))
+    legacy_before = mariadb_query(same_schema, LEGACY_SELECT.format(table="funnel_entries"))
 
     dry = _adopt(tmp_path, "--dry-run", default=same_schema, modx=same_schema)
 
@@ -323,7 +314,7 @@ def test_dry_run_reports_the_plan_and_changes_nothing(same_schema, tmp_path):
     assert "duplicate groups (legacy ids): 1 2; 3 4" in dry.stdout
     assert _tables(same_schema) == tables_before
     assert "django_migrations" not in tables_before
-    assert _query(same_schema, LEGACY_SELECT.format(table="funnel_entries")) == legacy_before
+    assert mariadb_query(same_schema, LEGACY_SELECT.format(table="funnel_entries")) == legacy_before
     assert list((tmp_path / "reports").glob("legacy-adoption-dry-run-*-duplicates.csv"))
 
 
@@ -333,7 +324,7 @@ def test_resync_leaves_adopted_entries_pending_for_the_next_run(same_schema, tmp
 
     assert done.returncode == 0, done.stderr
     assert "adopted 7 entries as pending" in done.stdout
-    rows = _query(
+    rows = mariadb_query(
         same_schema,
         "SELECT sync_status, synced_revision, sync_next_attempt_at IS NOT NULL "
         "FROM funnel_entries",
@@ -346,7 +337,7 @@ def test_legacy_table_in_the_modx_database_is_only_read(tmp_path):
     with mariadb_scratch("fnd_legacy_modx") as modx, mariadb_scratch("fnd_legacy_ours") as ours:
         _fill_modx_and_legacy(modx)
         modx_tables = _tables(modx)
-        checksums = _query(modx, "CHECKSUM TABLE " + ", ".join(sorted(modx_tables)))
+        checksums = mariadb_query(modx, "CHECKSUM TABLE " + ", ".join(sorted(modx_tables)))
 
         done = _adopt(tmp_path, "--source", "modx", default=ours, modx=modx)
         again = _adopt(tmp_path, "--source", "modx", default=ours, modx=modx)
@@ -357,7 +348,7 @@ def test_legacy_table_in_the_modx_database_is_only_read(tmp_path):
         assert again.returncode == 0, again.stderr
         assert "adopted 0 entries as synced, 7 already present" in again.stdout
         assert _tables(modx) == modx_tables
-        assert _query(modx, "CHECKSUM TABLE " + ", ".join(sorted(modx_tables))) == checksums
+        assert mariadb_query(modx, "CHECKSUM TABLE " + ", ".join(sorted(modx_tables))) == checksums
         assert "funnel_entries_legacy" not in _tables(ours)
         assert {pk: v[:5] for pk, v in _entries(ours).items()} == EXPECTED_ENTRIES
 

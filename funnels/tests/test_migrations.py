@@ -8,19 +8,18 @@ import pytest
 from django.core.management import call_command
 
 from funnels.models import FunnelEntry
-from funnels.tests.manage_subprocess import manage_run, mariadb_connect, mariadb_scratch, mariadb_url
+from funnels.tests.manage_subprocess import (
+    manage_run,
+    mariadb_query,
+    mariadb_scratch,
+    mariadb_url,
+)
 
 
 def _tables_and_checksums(name: str) -> tuple[set[str], list[tuple]]:
-    connection = mariadb_connect(name)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW TABLES")
-            tables = {row[0] for row in cursor.fetchall()}
-            cursor.execute("CHECKSUM TABLE " + ", ".join(f"`{t}`" for t in sorted(tables)))
-            return tables, list(cursor.fetchall())
-    finally:
-        connection.close()
+    tables = {row[0] for row in mariadb_query(name, "SHOW TABLES")}
+    checksums = mariadb_query(name, "CHECKSUM TABLE " + ", ".join(f"`{t}`" for t in sorted(tables)))
+    return tables, checksums
 
 
 @pytest.mark.mariadb_only
@@ -48,13 +47,12 @@ def test_migrate_creates_our_tables_and_nothing_in_the_modx_database(tmp_path):
             "funnels_paymentwatch", "django_migrations", "auth_user",
         } <= ours_tables
         assert not ours_tables & {"simpletest_users", "modx_cert_payment"}
-        connection = mariadb_connect(ours)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT name FROM django_migrations WHERE app = 'funnels'")
-            applied = {row[0] for row in cursor.fetchall()}
-            cursor.execute("SELECT slug FROM funnels_funnel ORDER BY slug")
-            funnels = [row[0] for row in cursor.fetchall()]
-        connection.close()
+        applied = {row[0] for row in mariadb_query(
+            ours, "SELECT name FROM django_migrations WHERE app = 'funnels'"
+        )}
+        funnels = [row[0] for row in mariadb_query(
+            ours, "SELECT slug FROM funnels_funnel ORDER BY slug"
+        )]
         assert {"0001_initial", "0002_default_funnels"} <= applied
         assert funnels == ["language", "non_language"]
 
