@@ -72,8 +72,11 @@ def lock_name_for(*, base: str, database: str) -> str:
 class RunLock:
     """Acquire with ``acquire()``, verify with ``check()``, let go with ``release()``."""
 
-    def __init__(self, *, alias: str = "default", name: str | None = None) -> None:
+    def __init__(
+        self, *, alias: str = "default", name: str | None = None, connection=None
+    ) -> None:
         self.alias = alias
+        self._connection = connection
         self.base_name = name or settings.FUNNELS_LOCK_NAME
         self.held = False
         self._fd: int | None = None
@@ -83,7 +86,7 @@ class RunLock:
 
     @property
     def connection(self):
-        return connections[self.alias]
+        return self._connection if self._connection is not None else connections[self.alias]
 
     @property
     def vendor(self) -> str:

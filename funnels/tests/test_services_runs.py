@@ -1,0 +1,370 @@
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+
+from funnels.locks import RunLock
+from funnels.models import FunnelEntry, RuntimeSettings, SyncRun, SyncRunItem, SyncState
+from funnels.services.runs import RunBusy, RunConfigError, run_funnels
+from funnels.tests.factories import (
+    CertPaymentFactory,
+    CertResultFactory,
+    CertTestFactory,
+    CertUserFactory,
+    SyncRunFactory,
+)
+from funnels.tests.sync_support import (
+    API_KEY,
+    LANG_TEST,
+    LANGUAGE_LIST,
+    OTHER_LIST,
+    OTHER_TEST,
+    RECENT,
+    catalogue,  # noqa: F401 - fixture
+    client_factory,  # noqa: F401 - fixture
+    configured,  # noqa: F401 - fixture
+    fake_brevo,  # noqa: F401 - fixture
+    live_settings,  # noqa: F401 - fixture
+    modx_result,
+    run_live,
+    sleeps,  # noqa: F401 - fixture
+)
+
+pytestmark = pytest.mark.django_db(databases=["default", "modx"])
+
+
+@pytest.fixture
+def funnels_log(caplog):
+    """The "funnels" logger does not propagate to the root: listen to it directly."""
+    logger = logging.getLogger("funnels")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.DEBUG, logger="funnels")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_live_run_fills_both_funnels_and_records_itself(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    modx_result("anna@example.com", LANG_TEST)
+    modx_result("Boris@Example.com ", OTHER_TEST)
+    last = modx_result("not-an-email", OTHER_TEST)
+    run = run_live(client_factory, now=now, trigger="cron")
+    assert run.status == SyncRun.Status.SUCCESS, run.error
+    assert fake_brevo.list_members(LANGUAGE_LIST) == {"anna@example.com"}
+    assert fake_brevo.list_members(OTHER_LIST) == {"boris@example.com"}
+    assert set(FunnelEntry.objects.values_list("sync_status", flat=True)) == {"synced"}
+    run.refresh_from_db()
+    assert (run.results_read, run.entries_added, run.skipped) == (3, 2, 1)
+    assert run.skipped_by_reason == {"invalid_email": 1}
+    assert (run.contacts_sent, run.contacts_failed) == (2, 0)
+    assert run.brevo_requests == fake_brevo.request_count == 2
+    assert run.ratelimit_limit is not None and run.ratelimit_remaining is not None
+    assert run.trigger == "cron" and run.dry_run is False
+    assert run.pid == os.getpid() and run.hostname == socket.gethostname()
+    assert run.as_of == now
+    assert run.finished_at >= run.started_at and run.heartbeat_at is not None
+    assert SyncState.objects.get(key="test_results").last_id == last.id
+
+
+def test_a_run_with_nothing_new_does_nothing_and_calls_nobody(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    modx_result("anna@example.com")
+    run_live(client_factory, now=now)
+    requests = fake_brevo.request_count
+    again = run_live(client_factory, now=now)
+    assert again.status == SyncRun.Status.SUCCESS
+    assert (again.results_read, again.entries_added, again.brevo_requests) == (0, 0, 0)
+    assert fake_brevo.request_count == requests
+    assert FunnelEntry.objects.count() == 1
+
+
+def test_a_backlog_of_any_size_is_worked_off_in_one_run(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    rows = [modx_result(f"p{n}@example.com", LANG_TEST if n % 2 else OTHER_TEST) for n in range(25)]
+    run = run_live(client_factory, now=now, chunk_size=4)
+    assert run.results_read == 25 and run.entries_added == 25
+    assert SyncState.objects.get(key="test_results").last_id == rows[-1].id
+    members = fake_brevo.list_members(LANGUAGE_LIST) | fake_brevo.list_members(OTHER_LIST)
+    assert members == {f"p{n}@example.com" for n in range(25)}
+
+
+def test_dry_run_writes_nothing_but_its_run_and_repeats_the_same_plan(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    modx_result("anna@example.com", LANG_TEST)
+    modx_result("anna@example.com", OTHER_TEST)
+    modx_result("")
+    plans = []
+    for _ in range(2):
+        run = run_live(client_factory, now=now, dry_run=True)
+        assert run.status == SyncRun.Status.SUCCESS and run.dry_run
+        plans.append(list(
+            SyncRunItem.objects.filter(run=run).values_list(
+                "action", "reason", "email", "funnel_type", "source_id"
+            )
+        ))
+    assert plans[0] == plans[1]
+    assert sorted(p[0] for p in plans[0]) == ["skipped", "would_add", "would_add"]
+    assert FunnelEntry.objects.count() == 0
+    assert SyncState.objects.count() == 0
+    assert fake_brevo.request_count == 0
+    assert SyncRun.objects.count() == 2
+
+
+def test_mode_comes_from_the_runtime_settings_unless_forced(
+    configured, live_settings, client_factory, now
+):
+    RuntimeSettings.objects.update_or_create(id=1, defaults={"dry_run": True})
+    assert run_live(client_factory, now=now, dry_run=None).dry_run is True
+    RuntimeSettings.objects.filter(id=1).update(dry_run=False)
+    assert run_live(client_factory, now=now, dry_run=None).dry_run is False
+    assert run_live(client_factory, now=now, dry_run=True).dry_run is True
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_crashed(
+    configured, live_settings, client_factory, now
+):
+    beat = now - dt.timedelta(hours=1)
+    dead = SyncRunFactory(status="running", finished_at=None, heartbeat_at=beat, pid=4242,
+                          hostname="web1")
+    run = run_live(client_factory, now=now)
+    dead.refresh_from_db()
+    assert run.status == "success"
+    assert dead.status == "crashed"
+    assert dead.finished_at == beat
+    assert "found dead" in dead.error and "pid 4242" in dead.error
+
+
+def test_401_fails_the_run_loses_nothing_and_leaks_no_key(
+    configured, live_settings, client_factory, fake_brevo, now, funnels_log
+):
+    modx_result("anna@example.com")
+    modx_result("boris@example.com")
+    fake_brevo.faults.add("401", count=None)
+    run = run_live(client_factory, now=now)
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.FAILED
+    assert "401" in run.error
+    assert list(FunnelEntry.objects.values_list("sync_status", flat=True)) == ["pending"] * 2
+    assert API_KEY not in run.error
+    assert funnels_log.records and API_KEY not in funnels_log.text
+    # Once the key is right again, the next run sends them: nothing was lost.
+    fake_brevo.faults.clear()
+    assert run_live(client_factory, now=now).status == "success"
+    assert fake_brevo.list_members(LANGUAGE_LIST) == {"anna@example.com", "boris@example.com"}
+
+
+def test_a_wrong_key_never_reaches_the_run_or_the_logs(
+    configured, live_settings, client_factory, now, funnels_log
+):
+    wrong = "xkeysib-wrong-key-do-not-print-0000"
+    live_settings.BREVO_API_KEY = wrong
+    modx_result("anna@example.com")
+    run = run_live(lambda: client_factory(api_key=wrong), now=now)
+    assert run.status == "failed"
+    assert wrong not in run.error and wrong not in funnels_log.text
+    assert "401" in run.error
+
+
+def test_info_logs_mask_emails(configured, live_settings, client_factory, fake_brevo, now, funnels_log):
+    modx_result("anna.secret@example.com")
+    fake_brevo.faults.add("400", email="anna.secret@example.com")
+    run_live(client_factory, now=now)
+    info = [r.getMessage() for r in funnels_log.records if r.levelno >= logging.INFO]
+    assert any("a***@example.com" in line for line in info)
+    assert not any("anna.secret@example.com" in line for line in info)
+
+
+def test_a_contact_refused_by_brevo_makes_the_run_partial(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    modx_result("anna@example.com")
+    modx_result("bad@example.com")
+    fake_brevo.faults.add("400", email="bad@example.com", count=None)
+    run = run_live(client_factory, now=now)
+    assert run.status == SyncRun.Status.PARTIAL
+    assert (run.contacts_sent, run.contacts_failed) == (1, 1)
+
+
+def test_first_run_starts_at_since_and_later_runs_at_the_watermark(
+    configured, live_settings, client_factory, now
+):
+    modx_result("old@example.com", completed_at=dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc))
+    modx_result("new@example.com", completed_at=dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc))
+    run = run_live(client_factory, now=now, since=dt.date(2026, 10, 1))
+    assert list(FunnelEntry.objects.values_list("email", flat=True)) == ["new@example.com"]
+    assert run.results_read == 1
+    # The watermark exists now: an earlier --since changes nothing.
+    again = run_live(client_factory, now=now, since=dt.date(2026, 1, 1))
+    assert again.results_read == 0
+    assert FunnelEntry.objects.count() == 1
+
+
+def test_default_first_run_looks_back_the_configured_days(
+    configured, live_settings, client_factory, now
+):
+    live_settings.FUNNELS_INITIAL_LOOKBACK_DAYS = 7
+    modx_result("eight@example.com", completed_at=now - dt.timedelta(days=8, hours=1))
+    modx_result("six@example.com", completed_at=now - dt.timedelta(days=6))
+    run_live(client_factory, now=now, since=None)
+    assert list(FunnelEntry.objects.values_list("email", flat=True)) == ["six@example.com"]
+
+
+def test_first_live_run_on_an_empty_modx_still_sets_the_watermark(
+    configured, live_settings, client_factory, now
+):
+    run_live(client_factory, now=now)
+    assert SyncState.objects.get(key="test_results").last_id == 0
+
+
+def test_live_without_a_key_is_a_config_error_recorded_on_the_run(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    live_settings.BREVO_API_KEY = ""
+    modx_result("anna@example.com")
+    with pytest.raises(RunConfigError, match="BREVO_API_KEY"):
+        run_live(client_factory, now=now)
+    run = SyncRun.objects.get()
+    assert run.status == "failed" and "BREVO_API_KEY" in run.error
+    assert FunnelEntry.objects.count() == 0 and fake_brevo.request_count == 0
+
+
+def test_live_without_a_list_id_is_a_config_error(configured, live_settings, client_factory, now):
+    live_settings.BREVO_NON_LANGUAGE_LIST_ID = None
+    from funnels.models import Funnel
+
+    Funnel.objects.filter(slug="non_language").update(brevo_list_id=None)
+    with pytest.raises(RunConfigError, match="non_language"):
+        run_live(client_factory, now=now)
+
+
+def test_a_second_run_while_one_holds_the_lock_is_refused(
+    configured, live_settings, client_factory, now
+):
+    holder = SyncRunFactory(status="running", finished_at=None, pid=31337)
+    other = connections.create_connection("default")
+    lock = RunLock(connection=other)
+    lock.acquire()
+    try:
+        with pytest.raises(RunBusy, match=r"another run_funnels is running \(since .*pid 31337"):
+            run_live(client_factory, now=now)
+    finally:
+        lock.release()
+        other.close()
+    holder.refresh_from_db()
+    assert holder.status == "running"  # the refused run touched nothing
+    assert SyncRun.objects.count() == 1
+
+
+def test_purchases_ride_in_the_same_push(configured, live_settings, client_factory, fake_brevo, now):
+    modx_result("anna@example.com", LANG_TEST, completed_at=RECENT)
+    user = CertUserFactory(email="Anna@Example.com")
+    result = CertResultFactory(user=user, test=CertTestFactory(type=1))
+    CertPaymentFactory(result=result, status_id=2, paid_at=RECENT + dt.timedelta(hours=2))
+    run = run_live(client_factory, now=now)
+    assert run.purchases_found == 1 and run.payments_read >= 1
+    attributes = fake_brevo.contact("anna@example.com")["attributes"]
+    assert attributes["CERTIFICATE_PURCHASED"] is True
+    assert attributes["CERTIFICATE_PURCHASED_AT"] == "2026-11-27"
+    assert fake_brevo.request_count == 1  # entry and purchase in one upsert
+
+
+def test_an_unexpected_error_is_recorded_and_raised(configured, live_settings, now):
+    modx_result("anna@example.com")
+
+    def broken_factory():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        run_funnels(now=now, dry_run=False, trigger="manual", since=dt.date(2026, 10, 1),
+                    chunk_size=10, brevo_client_factory=broken_factory)
+    run = SyncRun.objects.get()
+    assert run.status == "failed" and "RuntimeError: boom" in run.error
+    # The entries were committed before the push: the next run sends them.
+    assert FunnelEntry.objects.get().sync_status == "pending"
+
+
+def _queries_of_an_idle_run(client_factory, now):
+    with CaptureQueriesContext(connections["default"]) as ours, CaptureQueriesContext(
+        connections["modx"]
+    ) as theirs:
+        run = run_live(client_factory, now=now)
+    assert run.results_read == 0
+    return len(ours), len(theirs)
+
+
+def test_queries_of_a_run_with_nothing_new_do_not_grow_with_the_tables(
+    configured, live_settings, client_factory, now
+):
+    for n in range(3):
+        modx_result(f"a{n}@example.com")
+    run_live(client_factory, now=now)
+    small = _queries_of_an_idle_run(client_factory, now)
+    for n in range(150):
+        modx_result(f"b{n}@example.com", LANG_TEST if n % 2 else OTHER_TEST)
+    run_live(client_factory, now=now)
+    assert FunnelEntry.objects.count() == 153
+    large = _queries_of_an_idle_run(client_factory, now)
+    assert large == small
+
+
+class _PingRecorder(BaseHTTPRequestHandler):
+    paths: list
+
+    def do_GET(self):
+        self.paths.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def ping_server():
+    paths: list[str] = []
+    handler = type("Handler", (_PingRecorder,), {"paths": paths})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/ping/abc", paths
+    server.shutdown()
+    server.server_close()
+
+
+def test_pings_start_and_success(configured, live_settings, client_factory, now, ping_server):
+    url, paths = ping_server
+    live_settings.FUNNELS_PING_URL = url
+    run_live(client_factory, now=now)
+    assert paths == ["/ping/abc/start", "/ping/abc"]
+
+
+def test_pings_fail_when_the_run_fails(configured, live_settings, client_factory, fake_brevo, now, ping_server):
+    url, paths = ping_server
+    live_settings.FUNNELS_PING_URL = url
+    modx_result("anna@example.com")
+    fake_brevo.faults.add("401", count=None)
+    run_live(client_factory, now=now)
+    assert paths == ["/ping/abc/start", "/ping/abc/fail"]
+
+
+def test_an_unreachable_ping_url_does_not_fail_the_run(
+    configured, live_settings, client_factory, now, funnels_log
+):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    live_settings.FUNNELS_PING_URL = f"http://127.0.0.1:{port}/secret-token"
+    assert run_live(client_factory, now=now).status == "success"
+    assert "ping start not delivered" in funnels_log.text
+    assert "secret-token" not in funnels_log.text
