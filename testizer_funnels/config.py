@@ -9,6 +9,7 @@ which manage.py turns into one line on stderr.
 from __future__ import annotations
 
 import os
+import warnings
 import zoneinfo
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,11 @@ class Config:
 
     def database_from_url(self, *, name: str, url: str) -> dict[str, Any]:
         try:
-            parsed = self._parser.db_url_config(url)
+            # django-environ warns with the whole URL (password included) about some
+            # shapes of URL; the warning would reach stderr and the logs.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed = self._parser.db_url_config(url)
         except Exception:  # noqa: BLE001 - the URL may hold a password: never echo it
             raise ConfigError(f"{name} is not a valid database URL") from None
         engine = parsed.get("ENGINE", "")

@@ -3,6 +3,7 @@ from django.db import migrations
 
 
 def create_defaults(apps, schema_editor):
+    alias = schema_editor.connection.alias
     Funnel = apps.get_model("funnels", "Funnel")
     RuntimeSettings = apps.get_model("funnels", "RuntimeSettings")
     defaults = (
@@ -11,7 +12,7 @@ def create_defaults(apps, schema_editor):
          settings.BREVO_NON_LANGUAGE_LIST_ID),
     )
     for slug, name, kind, cert_type, list_id in defaults:
-        Funnel.objects.get_or_create(
+        Funnel.objects.using(alias).get_or_create(
             slug=slug,
             defaults={
                 "name": name,
@@ -20,7 +21,7 @@ def create_defaults(apps, schema_editor):
                 "brevo_list_id": list_id,
             },
         )
-    RuntimeSettings.objects.get_or_create(id=1, defaults={"dry_run": settings.APP_DRY_RUN})
+    RuntimeSettings.objects.using(alias).get_or_create(id=1, defaults={"dry_run": settings.APP_DRY_RUN})
 
 
 class Migration(migrations.Migration):

@@ -65,3 +65,19 @@ def test_no_model_change_lacks_a_migration():
     except SystemExit as exc:  # --check exits 1 when a migration is missing
         pytest.fail(f"makemigrations --check found changes (exit {exc.code}):\n{out.getvalue()}")
     assert "No changes detected" in out.getvalue()
+
+
+@pytest.mark.mariadb_only
+def test_migrate_refuses_the_modx_database():
+    with mariadb_scratch("mig_refuse_modx") as modx_db:
+        result = manage_run(
+            "migrate", "--database", "modx", "--no-input",
+            env={
+                "DATABASE_URL": mariadb_url(modx_db),
+                "MODX_DATABASE_URL": mariadb_url(modx_db),
+            },
+        )
+        tables = {row[0] for row in mariadb_query(modx_db, "SHOW TABLES")}
+    assert result.returncode != 0
+    assert "refusing to migrate the MODX database" in result.stderr
+    assert tables == set()

@@ -109,11 +109,6 @@ def test_unsupported_or_broken_urls_are_refused_without_echoing_the_password(url
     assert "s3cret-pw" not in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py: django-environ warns with the parsed URL, password included, when a "
-    "URL has no scheme; Config.database_from_url should silence that warning",
-)
 def test_a_url_without_scheme_does_not_warn_the_password_to_stderr(recwarn):
     with pytest.raises(ConfigError):
         cfg(DATABASE_URL="//app:s3cret-pw@db/funnels").database("DATABASE_URL", "sqlite:///x")

@@ -1,0 +1,28 @@
+"""Django's migrate, refusing the MODX database.
+
+The router already keeps every model off "modx", but the migration recorder ignores
+routers: `migrate --database modx` would still create django_migrations in the website's
+database and record every migration there.
+"""
+
+from django.core.management.base import CommandError
+from django.db import connections
+from django.core.management.commands.migrate import Command as DjangoMigrate
+
+from testizer_funnels.routers import MODX_ALIAS
+
+
+def _is_test_database(alias: str) -> bool:
+    # Test-database creation runs migrate on every alias (it creates nothing there: the
+    # router refuses every model); test databases are named test_*.
+    name = str(connections[alias].settings_dict["NAME"])
+    return name.rsplit("/", 1)[-1].startswith("test_")
+
+
+class Command(DjangoMigrate):
+    def handle(self, *args, **options):
+        if options.get("database") == MODX_ALIAS and not _is_test_database(MODX_ALIAS):
+            raise CommandError(
+                "refusing to migrate the MODX database: it is read only for this tool"
+            )
+        return super().handle(*args, **options)
