@@ -21,8 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import connections, transaction
 
 from funnels.emails import email_check, email_normalize
 from funnels.models import (
@@ -48,11 +47,7 @@ _ENTRY_FIELDS = (
     "id", "email", "funnel_type", "test_id", "entered_at",
     "certificate_purchased", "certificate_purchased_at", "payment_id",
 )
-_ENTRY_UPDATE_FIELDS = [
-    "certificate_purchased", "certificate_purchased_at", "payment_id",
-    "sync_status", "sync_revision", "sync_next_attempt_at", "updated_at",
-]
-# Keeps each CASE ... WHEN of bulk_update short: its cost grows with the square of a batch.
+# Keeps each CASE ... WHEN short: the database walks it for every row it updates.
 _UPDATE_BATCH = 500
 
 
@@ -266,16 +261,29 @@ class _PurchaseRun:
             if payment.paid:
                 emails.add(payment.email)
                 slugs.update(payment.funnels)
-        by_payment = FunnelEntry.objects.filter(payment_id__in=ids).order_by().only(*_ENTRY_FIELDS)
+        # A range, not `payment_id IN (...)`: almost every entry has no payment, so the
+        # index statistics make a long IN list look like the whole table and MariaDB
+        # scans it (1.5 s per chunk on a million entries); one range is estimated by an
+        # index dive. Entries in the range that point at other payments are dropped below.
+        by_payment = (
+            FunnelEntry.objects.filter(payment_id__range=(min(ids), max(ids)))
+            .order_by()
+            .only(*_ENTRY_FIELDS)
+        )
         if emails:
             by_email = (
                 FunnelEntry.objects.filter(email__in=sorted(emails), funnel_type__in=sorted(slugs))
                 .order_by()
                 .only(*_ENTRY_FIELDS)
             )
-            entries = list(by_email.union(by_payment))
+            fetched = list(by_email.union(by_payment))
         else:
-            entries = list(by_payment)
+            fetched = list(by_payment)
+        wanted = set(ids)
+        entries = [
+            e for e in fetched
+            if e.payment_id in wanted or (e.email in emails and e.funnel_type in slugs)
+        ]
         for entry in entries:
             planned = self.planned.get(entry.id)
             if planned is not None:
@@ -435,23 +443,54 @@ class _PurchaseRun:
     # -- writes (live only) ---------------------------------------------------------------
 
     def _write_entries(self, changes: list[_Change]) -> None:
+        """One UPDATE per batch of changed entries.
+
+        Hand-written because bulk_update builds a Django expression per row and field:
+        on 3,000 changed entries that was 8 s of Python and 5 s of MariaDB evaluating
+        searched CASEs. A simple `CASE id WHEN ...` for the three values that differ per
+        row, with the outbox columns set alike for all, does the same in a fraction.
+        """
         if not changes:
             return
-        updated = []
-        for change in changes:
-            entry = change.entry
-            payment = change.payment
-            entry.certificate_purchased = payment is not None
-            entry.certificate_purchased_at = payment.row.paid_at if payment else None
-            entry.payment_id = payment.payment_id if payment else None
+        connection = connections[FunnelEntry.objects.db]
+        q = connection.ops.quote_name
+        column = {name: q(FunnelEntry._meta.get_field(name).column) for name in (
+            "id", "certificate_purchased", "certificate_purchased_at", "payment_id",
+            "sync_status", "sync_revision", "sync_next_attempt_at", "updated_at",
+        )}
+        now = connection.ops.adapt_datetimefield_value(self.now)
+        max_params = connection.features.max_query_params or 10_000
+        batch = max(1, min(_UPDATE_BATCH, (max_params - 8) // 7))
+        for start in range(0, len(changes), batch):
+            part = changes[start:start + batch]
+            purchased, purchased_at, payment, ids = [], [], [], []
+            for change in part:
+                entry_id = change.entry.id
+                paid = change.payment
+                purchased += [entry_id, paid is not None]
+                purchased_at += [
+                    entry_id,
+                    connection.ops.adapt_datetimefield_value(paid.row.paid_at) if paid else None,
+                ]
+                payment += [entry_id, paid.payment_id if paid else None]
+                ids.append(entry_id)
+            whens = " ".join(["WHEN %s THEN %s"] * len(part))
+            placeholders = ", ".join(["%s"] * len(part))
             # The outbox sends the new state; a send in flight for the old revision will
             # not mark the entry synced (it compares revisions).
-            entry.sync_status = SyncStatus.PENDING
-            entry.sync_revision = F("sync_revision") + 1
-            entry.sync_next_attempt_at = self.now
-            entry.updated_at = self.now
-            updated.append(entry)
-        FunnelEntry.objects.bulk_update(updated, _ENTRY_UPDATE_FIELDS, batch_size=_UPDATE_BATCH)
+            sql = (
+                f"UPDATE {q(FunnelEntry._meta.db_table)} SET "
+                f"{column['certificate_purchased']} = CASE {column['id']} {whens} END, "
+                f"{column['certificate_purchased_at']} = CASE {column['id']} {whens} END, "
+                f"{column['payment_id']} = CASE {column['id']} {whens} END, "
+                f"{column['sync_status']} = %s, "
+                f"{column['sync_revision']} = {column['sync_revision']} + 1, "
+                f"{column['sync_next_attempt_at']} = %s, {column['updated_at']} = %s "
+                f"WHERE {column['id']} IN ({placeholders})"
+            )
+            params = [*purchased, *purchased_at, *payment, SyncStatus.PENDING, now, now, *ids]
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
 
     def _write_watches(
         self, *, ids: list[int], payments: dict[int, _Payment], watches: dict[int, PaymentWatch]
