@@ -1,0 +1,694 @@
+"""Synthetic MODX tables and funnel_entries at benchmark scale, loaded into MariaDB fast.
+
+The rows are generated from a seed and a clock, streamed to tab-separated files in chunks
+and loaded with `LOAD DATA LOCAL INFILE` (or, when the server refuses local files,
+multi-row INSERTs), so a million rows take seconds and the generator never holds a whole
+table in memory.
+
+The data is laid out so that each scenario has a known answer:
+
+* results 1..H (H = results - backfill) are history: people `p<n>` whose entries are
+  already in funnel_entries; the results watermark is set to H;
+* results H+1..results are the backfill: new people `b<n>` who must reach Brevo;
+* funnel_entries: `entries` rows over the last year for people `p<n>`, one or two each
+  (one per funnel), already synced, some already converted by the old payments;
+* payments 1..(payments - new_payments) are history (watermark at their end); the
+  `new_payments` are inserted by `new_payments_load` just before the purchase scenario.
+
+It writes to scratch databases only: every name must contain "bench" (see
+`scratch_name_check`), so a mistyped flag cannot reach a real database. MODX writes go
+straight through MySQLdb, never through the read-only "modx" alias of the application.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo
+
+import MySQLdb
+
+from funnels.emails import email_check
+
+BENCH_DIR = Path(__file__).resolve().parent
+# A verbatim copy of the shared stand-in DDL (domain/modx_schema.sql): the columns and
+# keys production is known to have. Kept beside the benchmark so CI does not depend on a
+# folder outside the repository; --modx-schema points at another file (e.g. a dump of
+# production's DDL).
+DEFAULT_MODX_DDL = BENCH_DIR / "modx_schema.sql"
+
+LANGUAGE = "language"
+NON_LANGUAGE = "non_language"
+LIST_IDS = {LANGUAGE: 1, NON_LANGUAGE: 2}
+LANGUAGES = [1, 2, 3, 4, 5]
+LANGUAGE_TESTS = list(range(1, 21))
+NON_LANGUAGE_TESTS = list(range(21, 41))
+ALL_TESTS = LANGUAGE_TESTS + NON_LANGUAGE_TESTS
+# modx_cert_test rows: id -> type (1 language, 2 non-language).
+CERT_TESTS = {1: 1, 2: 2, 3: 1}
+CERT_TEST_FOR = {LANGUAGE: (1, 3), NON_LANGUAGE: (2,)}
+PAID = 2
+DOMAINS = ["example.com", "mail.example.org", "test.example.net", "пример.рф"]
+INVALID_EMAILS = [None, "", "   ", "not-an-email", "bad@", "@nodomain.com", "a b@x.com"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+LOAD_CHUNK_ROWS = 100_000
+INSERT_CHUNK_ROWS = 5_000
+
+
+@dataclass(frozen=True)
+class Scale:
+    results: int = 1_000_000
+    payments: int = 200_000
+    backfill: int = 100_000
+    entries: int = 1_000_000
+    new_results: int = 1_000
+    new_payments: int = 5_000
+
+    def __post_init__(self) -> None:
+        if self.backfill > self.results:
+            raise ValueError("backfill cannot exceed results")
+        if self.new_payments > self.payments:
+            raise ValueError("new payments cannot exceed payments")
+        if min(self.results, self.payments, self.entries, self.backfill) < 1:
+            raise ValueError("every size must be at least 1")
+
+    @property
+    def history(self) -> int:
+        return self.results - self.backfill
+
+    @property
+    def old_payments(self) -> int:
+        return self.payments - self.new_payments
+
+
+TINY = Scale(
+    results=2_000, payments=500, backfill=500, entries=2_000, new_results=200, new_payments=100
+)
+
+
+# ------------------------------------------------------------------------ the server
+
+
+@dataclass(frozen=True)
+class Server:
+    """A MariaDB server reached over TCP; the password never appears in repr or logs."""
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    password: str = field(default="", repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> Server:
+        parts = urlsplit(url)
+        if parts.scheme not in {"mysql", "mariadb"}:
+            raise ValueError("the benchmark needs a mysql://user:password@host:port URL")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+        )
+
+    def url(self, database: str) -> str:
+        from urllib.parse import quote
+
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        return f"mysql://{auth}@{self.host}:{self.port}/{database}"
+
+    def display(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    def connect(self, database: str | None = None, *, local_infile: bool = False):
+        kwargs: dict[str, Any] = {
+            "host": self.host, "port": self.port, "user": self.user,
+            "password": self.password, "charset": "utf8mb4", "autocommit": True,
+        }
+        if database:
+            kwargs["database"] = database
+        if local_infile:
+            kwargs["local_infile"] = 1
+        return MySQLdb.connect(**kwargs)
+
+
+def scratch_name_check(name: str) -> str:
+    if not _NAME_RE.match(name) or "bench" not in name.lower():
+        raise ValueError(
+            f"{name!r} is not a benchmark scratch database: the name must contain 'bench' "
+            "and only letters, digits and underscores"
+        )
+    return name
+
+
+def databases_reset(*, server: Server, names: Sequence[str]) -> None:
+    """Drop and create the scratch databases (and only those)."""
+    for name in names:
+        scratch_name_check(name)
+    conn = server.connect()
+    try:
+        cursor = conn.cursor()
+        for name in names:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cursor.execute(
+                f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            )
+    finally:
+        conn.close()
+
+
+def databases_drop(*, server: Server, names: Sequence[str]) -> None:
+    for name in names:
+        scratch_name_check(name)
+    conn = server.connect()
+    try:
+        cursor = conn.cursor()
+        for name in names:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        conn.close()
+
+
+def ddl_statements(path: Path) -> list[str]:
+    text = "\n".join(
+        line for line in Path(path).read_text(encoding="utf-8").splitlines()
+        if not line.lstrip().startswith("--")
+    )
+    return [statement.strip() for statement in text.split(";") if statement.strip()]
+
+
+def modx_schema_create(*, server: Server, database: str, ddl_path: Path = DEFAULT_MODX_DDL) -> None:
+    scratch_name_check(database)
+    conn = server.connect(database)
+    try:
+        cursor = conn.cursor()
+        for statement in ddl_statements(ddl_path):
+            cursor.execute(statement)
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------------ loading rows
+
+
+def _field(value: Any) -> str:
+    """One value in LOAD DATA's default text format; datetimes must be naive already."""
+    kind = type(value)
+    if kind is str:
+        if "\\" in value or "\t" in value or "\n" in value:
+            return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+        return value
+    if value is None:
+        return "\\N"
+    if kind is bool:
+        return "1" if value else "0"
+    return str(value)
+
+
+def local_infile_allowed(conn) -> bool:
+    cursor = conn.cursor()
+    cursor.execute("SELECT @@GLOBAL.local_infile")
+    return bool(int(cursor.fetchone()[0]))
+
+
+def _chunked(rows: Iterable[Sequence[Any]], size: int) -> Iterator[list[Sequence[Any]]]:
+    chunk: list[Sequence[Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def rows_load(
+    *, conn, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
+    method: str = "auto",
+) -> int:
+    """Write rows into `table`; returns how many. `method`: auto, infile or insert.
+
+    The connection must have been opened with local_infile=True for the infile method.
+    """
+    if method not in {"auto", "infile", "insert"}:
+        raise ValueError(f"unknown load method {method!r}")
+    if method == "auto":
+        method = "infile" if local_infile_allowed(conn) else "insert"
+    column_sql = ", ".join(f"`{c}`" for c in columns)
+    cursor = conn.cursor()
+    total = 0
+    if method == "insert":
+        sql = f"INSERT INTO `{table}` ({column_sql}) VALUES ({', '.join(['%s'] * len(columns))})"
+        for chunk in _chunked(rows, INSERT_CHUNK_ROWS):
+            # mysqlclient turns executemany of INSERT ... VALUES into multi-row statements.
+            cursor.executemany(sql, chunk)
+            total += len(chunk)
+        conn.commit()
+        return total
+    fd, path = tempfile.mkstemp(prefix="bench_load_", suffix=".tsv")
+    os.close(fd)
+    try:
+        for chunk in _chunked(rows, LOAD_CHUNK_ROWS):
+            with open(path, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write("".join("\t".join(map(_field, row)) + "\n" for row in chunk))
+            cursor.execute(
+                f"LOAD DATA LOCAL INFILE %s INTO TABLE `{table}` CHARACTER SET utf8mb4 "
+                "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
+                f"({column_sql})",
+                (path,),
+            )
+            total += len(chunk)
+        conn.commit()
+    finally:
+        os.unlink(path)
+    return total
+
+
+def table_columns(*, conn, table: str) -> dict[str, dict[str, Any]]:
+    cursor = conn.cursor()
+    cursor.execute(
+        "SELECT COLUMN_NAME, IS_NULLABLE, COLUMN_DEFAULT, EXTRA FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+        (table,),
+    )
+    return {
+        name: {"nullable": nullable == "YES", "default": default, "extra": extra}
+        for name, nullable, default, extra in cursor.fetchall()
+    }
+
+
+# ------------------------------------------------------------------------ the data
+
+
+def _ascii(email: str) -> str:
+    checked = email_check(email)
+    assert checked.email is not None, email
+    return checked.email
+
+
+_ASCII_DOMAINS = [_ascii(f"x@{domain}").split("@")[1] for domain in DOMAINS]
+
+
+def _messy(rng: random.Random, email: str) -> str:
+    roll = rng.random()
+    if roll < 0.15:
+        return email.upper()
+    if roll < 0.25:
+        return f"  {email} "
+    if roll < 0.30:
+        return email.capitalize()
+    return email
+
+
+def _funnel_of_test(test_id: int) -> str:
+    return LANGUAGE if test_id <= LANGUAGE_TESTS[-1] else NON_LANGUAGE
+
+
+@dataclass
+class LoadReport:
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    method: str = ""
+
+
+class BenchData:
+    """Deterministic generator of every row the benchmark loads, and the expected answers.
+
+    `now` is the benchmark's clock (aware, UTC): history lies before it, the backfill in
+    the two days before it, new rows in the minutes before it.
+    """
+
+    def __init__(
+        self, *, scale: Scale, now: datetime, seed: int = 20261128,
+        modx_time_zone: str = "Europe/Moscow",
+    ) -> None:
+        if now.tzinfo is None:
+            raise ValueError("now must be aware")
+        self.scale = scale
+        self.now = now.astimezone(timezone.utc).replace(microsecond=0)
+        self.seed = seed
+        self.modx_zone = ZoneInfo(modx_time_zone)
+        self.entry_people = max(math.ceil(scale.entries / 2), int(scale.entries * 0.7))
+        # Which funnel each entry person's first entry is in (their second, if any, is in
+        # the other): a compact table rather than a million-key dict.
+        rng = random.Random(seed + 1)
+        self._first_funnel = bytearray(
+            1 if rng.random() < 0.6 else 2 for _ in range(self.entry_people)
+        )
+        self.entries_start = self.now - timedelta(days=365)
+        self.entries_end = self.now - timedelta(days=3)
+        self._entry_step = (self.entries_end - self.entries_start).total_seconds() / scale.entries
+        # Expected answers, filled as rows are generated.
+        self.expected_backfill: dict[str, set[str]] = {LANGUAGE: set(), NON_LANGUAGE: set()}
+        self.expected_new: dict[str, set[str]] = {LANGUAGE: set(), NON_LANGUAGE: set()}
+        self.backfill_invalid = 0
+        self.entries_converted = 0
+        self.expected_new_conversions = 0
+        self._converted: dict[int, tuple[datetime, int]] = {}
+        # The purchase sync re-reads payments first seen in the last
+        # FUNNELS_PURCHASE_RECHECK_DAYS (30): at an even pace over a year, the newest 30/365
+        # of the old payments are on that watch list.
+        self.watch_count = round(scale.old_payments * 30 / 365)
+        self._watched: list[tuple[int, bool, datetime | None]] = []
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _modx_time(self, moment: datetime | None) -> datetime | None:
+        if moment is None:
+            return None
+        return moment.astimezone(self.modx_zone).replace(tzinfo=None)
+
+    @staticmethod
+    def _utc_naive(moment: datetime | None) -> datetime | None:
+        # Django stores aware datetimes in MySQL as naive UTC.
+        return None if moment is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def person_email(self, n: int, prefix: str = "p") -> str:
+        return f"{prefix}{n}@{DOMAINS[n % len(DOMAINS)]}"
+
+    def person_email_normalized(self, n: int, prefix: str = "p") -> str:
+        # Same as email_check(person_email(n)).email, without its cost a million times.
+        return f"{prefix}{n}@{_ASCII_DOMAINS[n % len(DOMAINS)]}"
+
+    def entry_funnel(self, k: int) -> str:
+        person = k % self.entry_people
+        first = LANGUAGE if self._first_funnel[person] == 1 else NON_LANGUAGE
+        if k < self.entry_people:
+            return first
+        return NON_LANGUAGE if first == LANGUAGE else LANGUAGE
+
+    def entry_index(self, person: int, funnel: str) -> int | None:
+        """The entry of `person` in `funnel`, if the pre-filled table has one."""
+        first = LANGUAGE if self._first_funnel[person] == 1 else NON_LANGUAGE
+        k = person if first == funnel else person + self.entry_people
+        return k if k < self.scale.entries else None
+
+    def entry_entered_at(self, k: int) -> datetime:
+        return self.entries_start + timedelta(seconds=self._entry_step * k // 1)
+
+    # -- MODX ----------------------------------------------------------------------
+
+    def tests(self) -> list[tuple[int, int, int]]:
+        """(newid, Id, LangId); one test id repeated, as MODX allows."""
+        rng = random.Random(self.seed + 2)
+        rows = []
+        for test_id in LANGUAGE_TESTS:
+            rows.append((len(rows) + 1, test_id, rng.choice(LANGUAGES)))
+        for test_id in NON_LANGUAGE_TESTS:
+            # 0, or a language id with no simpletest_lang row: both mean "not a language test".
+            rows.append((len(rows) + 1, test_id, rng.choice([0, 0, 99])))
+        rows.append((len(rows) + 1, 3, rows[2][2]))
+        return rows
+
+    def history_results(self) -> Iterator[tuple]:
+        rng = random.Random(self.seed + 3)
+        history = self.scale.history
+        people = max(1, int(history * 0.6))
+        start = self.now - timedelta(days=3 * 365)
+        span = (timedelta(days=3 * 365) - timedelta(days=3)).total_seconds()
+        for result_id in range(1, history + 1):
+            roll = rng.random()
+            if roll < 0.02:
+                email = rng.choice(INVALID_EMAILS)
+            else:
+                email = _messy(rng, self.person_email(rng.randrange(people)))
+            completed = start + timedelta(seconds=span * result_id / (history + 1))
+            datep = None if rng.random() < 0.01 else self._modx_time(completed)
+            yield (result_id, email, rng.choice(ALL_TESTS), datep, rng.choice((0, 1, 1, 1)))
+
+    def _fresh_results(
+        self, *, first_id: int, count: int, prefix: str, start: datetime, end: datetime,
+        repeat: float, expected: dict[str, set[str]], rng: random.Random,
+    ) -> Iterator[tuple]:
+        span = (end - start).total_seconds()
+        for i in range(count):
+            result_id = first_id + i
+            test_id = rng.choice(ALL_TESTS)
+            # Mostly one result per person; a `repeat` share are people taking another test.
+            person = rng.randrange(i) if i and rng.random() < repeat else i
+            if rng.random() < 0.01:
+                email = rng.choice(INVALID_EMAILS)
+                if prefix == "b":
+                    self.backfill_invalid += 1
+            else:
+                email = _messy(rng, self.person_email(person, prefix))
+                expected[_funnel_of_test(test_id)].add(_ascii(email))
+            completed = start + timedelta(seconds=span * (i + 1) / (count + 1))
+            yield (result_id, email, test_id, self._modx_time(completed), 1)
+
+    def backfill_results(self) -> Iterator[tuple]:
+        count = self.scale.backfill
+        return self._fresh_results(
+            first_id=self.scale.history + 1, count=count, prefix="b",
+            start=self.now - timedelta(days=2), end=self.now - timedelta(minutes=30),
+            repeat=0.03, expected=self.expected_backfill,
+            rng=random.Random(self.seed + 4),
+        )
+
+    def new_results(self, *, now: datetime | None = None) -> Iterator[tuple]:
+        """The steady-state batch: ids after the backfill, completed minutes before `now`."""
+        now = now or self.now
+        count = self.scale.new_results
+        return self._fresh_results(
+            first_id=self.scale.results + 1, count=count, prefix="s",
+            start=now - timedelta(minutes=14), end=now - timedelta(seconds=5),
+            repeat=0.0, expected=self.expected_new, rng=random.Random(self.seed + 5),
+        )
+
+    def _payments(
+        self, *, first_id: int, count: int, rng: random.Random, new: bool, now: datetime,
+    ) -> Iterator[tuple[tuple, tuple, tuple]]:
+        """(cert_user, cert_result, payment) rows, one of each per payment."""
+        for i in range(count):
+            payment_id = first_id + i
+            person = rng.randrange(self.entry_people)
+            funnel = self.entry_funnel(person)
+            if rng.random() < 0.15:
+                funnel = NON_LANGUAGE if funnel == LANGUAGE else LANGUAGE
+            cert_test = rng.choice(CERT_TEST_FOR[funnel])
+            target = self.entry_index(person, funnel)
+            if new:
+                paid_at = now - timedelta(seconds=rng.uniform(5, 3600))
+            elif target is not None:
+                entered = self.entry_entered_at(target)
+                if rng.random() < 0.08:
+                    paid_at = entered - timedelta(hours=rng.uniform(1, 72))  # before entry
+                else:
+                    paid_at = entered + timedelta(hours=rng.expovariate(1 / 72))
+                paid_at = min(paid_at, self.entries_end)
+            else:
+                paid_at = self.entries_end - timedelta(days=rng.uniform(0, 300))
+            paid_at = paid_at.replace(microsecond=0)
+            roll = rng.random()
+            status = PAID
+            if roll > 0.85:
+                status = rng.choice((1, 3, 4))
+            elif roll > 0.80:
+                paid_at = None
+            paid = status == PAID and paid_at is not None
+            if paid and target is not None and paid_at >= self.entry_entered_at(target):
+                # The rule the purchase sync applies: the earliest paid payment of the
+                # funnel's type at or after entry, ties broken by payment id.
+                if new:
+                    if target not in self._converted:
+                        self.expected_new_conversions += 1
+                        self._converted[target] = (paid_at, payment_id)
+                elif target not in self._converted or (paid_at, payment_id) < self._converted[
+                    target
+                ]:
+                    self._converted[target] = (paid_at, payment_id)
+            if not new and payment_id > self.scale.old_payments - self.watch_count:
+                self._watched.append((payment_id, paid, paid_at))
+            email = _messy(rng, self.person_email(person))
+            yield (
+                (payment_id, email),
+                (payment_id, payment_id, cert_test),
+                (payment_id, payment_id, status, self._modx_time(paid_at)),
+            )
+
+    def modx_load(self, *, server: Server, database: str, method: str = "auto") -> LoadReport:
+        scratch_name_check(database)
+        report = LoadReport()
+        conn = server.connect(database, local_infile=True)
+        try:
+            report.method = method if method != "auto" else (
+                "infile" if local_infile_allowed(conn) else "insert"
+            )
+
+            def load(table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+                started = time.perf_counter()
+                report.rows[table] = rows_load(
+                    conn=conn, table=table, columns=columns, rows=rows, method=report.method
+                )
+                report.seconds[table] = round(time.perf_counter() - started, 2)
+
+            load("simpletest_lang", ["Id"], [(lang,) for lang in LANGUAGES])
+            load("simpletest_test", ["newid", "Id", "LangId"], self.tests())
+            columns = ["Id", "Email", "TestId", "Datep", "Status"]
+            load("simpletest_users", columns, self.history_results())
+            started = time.perf_counter()
+            report.rows["simpletest_users"] += rows_load(
+                conn=conn, table="simpletest_users", columns=columns,
+                rows=self.backfill_results(), method=report.method,
+            )
+            report.seconds["simpletest_users"] += round(time.perf_counter() - started, 2)
+            load("modx_cert_test", ["id", "type"], sorted(CERT_TESTS.items()))
+            self._payments_load(
+                conn=conn, report=report, first_id=1, count=self.scale.old_payments, new=False,
+                now=self.now,
+            )
+        finally:
+            conn.close()
+        return report
+
+    def _payments_load(
+        self, *, conn, report: LoadReport, first_id: int, count: int, new: bool, now: datetime,
+    ) -> None:
+        rng = random.Random(self.seed + (7 if new else 6))
+        users, results, payments = [], [], []
+        for user, result, payment in self._payments(
+            first_id=first_id, count=count, rng=rng, new=new, now=now
+        ):
+            users.append(user)
+            results.append(result)
+            payments.append(payment)
+        for table, columns, rows in (
+            ("modx_cert_users", ["id", "email"], users),
+            ("modx_cert_result", ["id", "id_user", "id_test"], results),
+            ("modx_cert_payment", ["id", "id_result", "id_status", "datetime_payment"], payments),
+        ):
+            started = time.perf_counter()
+            report.rows[table] = report.rows.get(table, 0) + rows_load(
+                conn=conn, table=table, columns=columns, rows=rows, method=report.method
+            )
+            report.seconds[table] = round(
+                report.seconds.get(table, 0) + time.perf_counter() - started, 2
+            )
+
+    def new_results_load(
+        self, *, server: Server, database: str, now: datetime, method: str = "auto"
+    ) -> int:
+        scratch_name_check(database)
+        conn = server.connect(database, local_infile=True)
+        try:
+            return rows_load(
+                conn=conn, table="simpletest_users",
+                columns=["Id", "Email", "TestId", "Datep", "Status"],
+                rows=self.new_results(now=now), method=method,
+            )
+        finally:
+            conn.close()
+
+    def new_payments_load(
+        self, *, server: Server, database: str, now: datetime, method: str = "auto"
+    ) -> int:
+        scratch_name_check(database)
+        conn = server.connect(database, local_infile=True)
+        report = LoadReport(method=method if method != "auto" else (
+            "infile" if local_infile_allowed(conn) else "insert"
+        ))
+        try:
+            self._payments_load(
+                conn=conn, report=report, first_id=self.scale.old_payments + 1,
+                count=self.scale.new_payments, new=True, now=now,
+            )
+        finally:
+            conn.close()
+        return report.rows["modx_cert_payment"]
+
+    # -- funnel_entries --------------------------------------------------------------
+
+    ENTRY_COLUMNS = (
+        "id", "email", "funnel_type", "user_id", "test_id", "entered_at",
+        "certificate_purchased", "certificate_purchased_at", "test_completed_at", "payment_id",
+        "sync_status", "sync_revision", "synced_revision", "sync_attempts", "sync_last_error",
+        "sync_next_attempt_at", "synced_at", "run_id", "created_at", "updated_at",
+    )
+
+    def entries(self) -> Iterator[tuple]:
+        """Pre-filled entries, already synced; call after modx_load (conversions known).
+
+        Times are built as naive UTC directly (how Django stores them in MySQL): converting
+        five aware datetimes per row would triple the time this takes for a million rows.
+        """
+        rng = random.Random(self.seed + 8)
+        history = max(1, self.scale.history)
+        quarter = timedelta(minutes=15)
+        for k in range(self.scale.entries):
+            person = k % self.entry_people
+            funnel = self.entry_funnel(k)
+            tests = LANGUAGE_TESTS if funnel == LANGUAGE else NON_LANGUAGE_TESTS
+            entered = self._utc_naive(self.entry_entered_at(k))
+            converted = self._converted.get(k)
+            purchased_at = self._utc_naive(converted[0]) if converted else None
+            payment_id = converted[1] if converted else None
+            synced = entered + quarter
+            if purchased_at is not None:
+                self.entries_converted += 1
+                synced = max(synced, purchased_at + quarter)
+            yield (
+                k + 1, self.person_email_normalized(person), funnel, rng.randint(1, history),
+                rng.choice(tests), entered, purchased_at is not None,
+                purchased_at, entered, payment_id,
+                "synced", 2 if purchased_at else 1, 2 if purchased_at else 1, 1, "",
+                None, synced, None, entered, synced,
+            )
+
+    def watches(self) -> Iterator[tuple]:
+        """PaymentWatch rows as the purchase sync leaves them: payments first seen over the
+        last 30 days, unpaid ones and those paid within the horizon when first seen."""
+        horizon = timedelta(days=30)
+        count = max(1, len(self._watched))
+        for j, (payment_id, paid, paid_at) in enumerate(self._watched):
+            seen = self.now - horizon + horizon * (j + 1) / (count + 1)
+            if paid_at is not None and paid_at < seen - horizon:
+                continue
+            yield (payment_id, paid, self._utc_naive(seen), self._utc_naive(seen + horizon))
+
+    def entries_load(self, *, server: Server, database: str, method: str = "auto") -> LoadReport:
+        scratch_name_check(database)
+        conn = server.connect(database, local_infile=True)
+        report = LoadReport()
+        try:
+            present = table_columns(conn=conn, table="funnel_entries")
+            missing = [
+                name for name, info in present.items()
+                if name not in self.ENTRY_COLUMNS and not info["nullable"]
+                and info["default"] is None and "auto_increment" not in info["extra"]
+            ]
+            if missing:
+                raise RuntimeError(
+                    "funnel_entries has NOT NULL columns the benchmark does not fill: "
+                    + ", ".join(sorted(missing))
+                )
+            report.method = method if method != "auto" else (
+                "infile" if local_infile_allowed(conn) else "insert"
+            )
+            started = time.perf_counter()
+            report.rows["funnel_entries"] = rows_load(
+                conn=conn, table="funnel_entries", columns=self.ENTRY_COLUMNS,
+                rows=self.entries(), method=report.method,
+            )
+            report.seconds["funnel_entries"] = round(time.perf_counter() - started, 2)
+            started = time.perf_counter()
+            report.rows["funnels_paymentwatch"] = rows_load(
+                conn=conn, table="funnels_paymentwatch",
+                columns=["payment_id", "paid", "first_seen_at", "recheck_until"],
+                rows=self.watches(), method=report.method,
+            )
+            report.seconds["funnels_paymentwatch"] = round(time.perf_counter() - started, 2)
+        finally:
+            conn.close()
+        return report
