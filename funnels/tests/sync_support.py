@@ -133,7 +133,9 @@ def catalogue():
 
 
 @pytest.fixture
-def configured(catalogue):
+def configured():
+    """The MODX catalogue plus list ids on both funnels."""
+    modx_catalogue()
     funnels_configure()
 
 

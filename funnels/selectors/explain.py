@@ -1,0 +1,139 @@
+"""Why is (or isn't) a person in each funnel? For the explain_funnel command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from funnels.emails import email_check
+from funnels.models import Funnel, FunnelEntry, SyncRunItem, SyncStatus
+from funnels.selectors.candidates import (
+    WATERMARK_KEY,
+    Candidate,
+    SkipReason,
+    candidates_for_email,
+)
+from funnels.selectors.funnels import funnel_accepts, funnels_all, watermark_get
+
+
+@dataclass
+class FunnelVerdict:
+    funnel: Funnel
+    member: bool
+    lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Explanation:
+    email: str | None
+    invalid_reason: str | None
+    results: list[Candidate]
+    verdicts: list[FunnelVerdict]
+
+
+def _when(moment) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M %Z") if moment else "?"
+
+
+def _entry_line(entry: FunnelEntry) -> str:
+    line = _("in it since %(when)s (test %(test)s, MODX result #%(result)s)") % {
+        "when": _when(entry.entered_at), "test": entry.test_id, "result": entry.user_id or "?",
+    }
+    if entry.sync_status == SyncStatus.SYNCED:
+        brevo = _("in Brevo since %(when)s") % {"when": _when(entry.synced_at)}
+    elif entry.sync_status == SyncStatus.FAILED:
+        brevo = _("Brevo failed: %(error)s") % {"error": entry.sync_last_error or "?"}
+    else:
+        brevo = _("waiting to be sent to Brevo")
+    line += "; " + brevo
+    if entry.certificate_purchased:
+        line += "; " + _("certificate bought %(when)s") % {
+            "when": _when(entry.certificate_purchased_at)
+        }
+    return line
+
+
+def funnel_explain(*, raw_email: str) -> Explanation:
+    check = email_check(raw_email)
+    funnels = funnels_all()
+    if not check.ok:
+        verdicts = [
+            FunnelVerdict(f, False, [_("not in it: invalid email (%(r)s)") % {"r": check.reason}])
+            for f in funnels
+        ]
+        return Explanation(None, check.reason, [], verdicts)
+    email = check.email
+    results = candidates_for_email(email=email)
+    watermark = watermark_get(key=WATERMARK_KEY)
+    entries: dict[str, list[FunnelEntry]] = {}
+    for entry in FunnelEntry.objects.filter(email=email).order_by("entered_at", "id"):
+        entries.setdefault(entry.funnel_type, []).append(entry)
+    result_ids = [r.result_id for r in results]
+    items: dict[tuple[int, str], SyncRunItem] = {}
+    if result_ids:
+        # Latest live-run verdict per (result, funnel); dry-run plans do not decide anything.
+        for item in (
+            SyncRunItem.objects.filter(
+                source_id__in=result_ids,
+                run__dry_run=False,
+                action=SyncRunItem.Action.SKIPPED,
+                reason__in=SkipReason.ALL,
+            ).order_by("id")
+        ):
+            items[(item.source_id, item.funnel_type)] = item
+    verdicts = []
+    for funnel in funnels:
+        if funnel.slug in entries:
+            verdicts.append(
+                FunnelVerdict(funnel, True, [_entry_line(e) for e in entries[funnel.slug]])
+            )
+            continue
+        verdicts.append(
+            FunnelVerdict(funnel, False, [_why_not(funnel, results, watermark, items)])
+        )
+    return Explanation(email, None, results, verdicts)
+
+
+def _why_not(funnel: Funnel, results: list[Candidate], watermark: int | None, items) -> str:
+    if not results:
+        return _("not in it: no test result in MODX for this email")
+    qualifying = [
+        r for r in results if funnel_accepts(funnel=funnel, kind=r.kind, test_id=r.test_id)
+    ]
+    if not qualifying:
+        same_kind = [
+            r for r in results
+            if funnel.test_kind in (Funnel.TestKind.ANY, r.kind) and r.test_id is not None
+        ]
+        if same_kind:
+            return _("not in it: tests %(tests)s are not among the funnel's tests %(wanted)s") % {
+                "tests": sorted({r.test_id for r in same_kind}), "wanted": funnel.test_ids,
+            }
+        return _("not in it: only tests of the other kind (%(tests)s)") % {
+            "tests": ", ".join(f"test {r.test_id}: {r.kind or '?'}" for r in results),
+        }
+    if not funnel.active:
+        return _("not in it: funnel inactive")
+    ids = ", ".join(f"#{r.result_id}" for r in qualifying)
+    if watermark is None:
+        return _("not in it yet: no live run has read MODX yet (results %(ids)s)") % {"ids": ids}
+    unread = [r for r in qualifying if r.result_id > watermark]
+    reasons = []
+    for r in qualifying:
+        item = items.get((r.result_id, funnel.slug)) or items.get((r.result_id, ""))
+        if item is not None:
+            reasons.append(
+                _("result #%(id)s skipped in run #%(run)s: %(reason)s")
+                % {"id": r.result_id, "run": item.run_id, "reason": item.reason}
+            )
+    if reasons:
+        return _("not in it: ") + "; ".join(reasons)
+    if unread:
+        return _("not in it yet: not yet read (results %(ids)s are beyond the watermark "
+                 "#%(w)s); the next run will read them") % {
+            "ids": ", ".join(f"#{r.result_id}" for r in unread), "w": watermark,
+        }
+    return _("not in it: results %(ids)s were before the first run's starting point "
+             "(older than the initial look-back)") % {"ids": ids}

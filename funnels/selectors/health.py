@@ -1,0 +1,96 @@
+"""Is the funnel job alive? Judged from the run records only (a handful of queries)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils.translation import gettext as _
+
+from funnels.models import SyncRun
+
+OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
+EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2}
+RECENT_RUNS = 4
+
+_COMPLETED = (SyncRun.Status.SUCCESS, SyncRun.Status.PARTIAL)
+_BROKEN = (SyncRun.Status.FAILED, SyncRun.Status.CRASHED)
+
+
+@dataclass(frozen=True)
+class Health:
+    level: str
+    message: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.level]
+
+    @property
+    def line(self) -> str:
+        return f"{self.level}: {self.message}"
+
+
+def _minutes(delta: timedelta) -> int:
+    return max(0, int(delta.total_seconds() // 60))
+
+
+def run_health(*, now: datetime, schedule_minutes: int | None = None) -> Health:
+    """CRITICAL when no run completed within twice the schedule; WARNING when one of the
+    last RECENT_RUNS runs failed or crashed, the latest one had Brevo failures, or a run
+    has shown no heartbeat for twice the schedule; OK otherwise."""
+    schedule = schedule_minutes or settings.FUNNELS_SCHEDULE_MINUTES
+    limit = timedelta(minutes=2 * schedule)
+    last_good = (
+        SyncRun.objects.filter(status__in=_COMPLETED, finished_at__isnull=False)
+        .order_by("-started_at", "-id")
+        .first()
+    )
+    if last_good is None:
+        return Health(CRITICAL, _("no run has completed yet"))
+    age = now - last_good.finished_at
+    mode = _("dry run") if last_good.dry_run else _("live")
+    if age > limit:
+        return Health(
+            CRITICAL,
+            _("last completed run #%(id)s finished %(m)s min ago (limit %(limit)s min)")
+            % {"id": last_good.pk, "m": _minutes(age), "limit": _minutes(limit)},
+        )
+    recent = list(
+        SyncRun.objects.exclude(status=SyncRun.Status.RUNNING)
+        .order_by("-started_at", "-id")
+        .values("id", "status", "contacts_failed")[:RECENT_RUNS]
+    )
+    broken = [r for r in recent if r["status"] in _BROKEN]
+    if broken:
+        return Health(
+            WARNING,
+            _("%(n)s of the last %(total)s runs failed (latest failed: #%(id)s); last "
+              "completed run #%(good)s finished %(m)s min ago")
+            % {"n": len(broken), "total": len(recent), "id": broken[0]["id"],
+               "good": last_good.pk, "m": _minutes(age)},
+        )
+    stale = (
+        SyncRun.objects.filter(status=SyncRun.Status.RUNNING, heartbeat_at__lt=now - limit)
+        .order_by("id")
+        .first()
+    )
+    if stale is not None:
+        return Health(
+            WARNING,
+            _("run #%(id)s shows no heartbeat for %(m)s min")
+            % {"id": stale.pk, "m": _minutes(now - stale.heartbeat_at)},
+        )
+    if recent and recent[0]["status"] == SyncRun.Status.PARTIAL:
+        return Health(
+            WARNING,
+            _("last run #%(id)s finished with %(n)s contacts failed in Brevo")
+            % {"id": recent[0]["id"], "n": recent[0]["contacts_failed"]},
+        )
+    return Health(
+        OK,
+        _("last run #%(id)s completed %(m)s min ago (%(mode)s)")
+        % {"id": last_good.pk, "m": _minutes(age), "mode": mode},
+    )
+

@@ -1,0 +1,107 @@
+import datetime as dt
+import io
+
+import pytest
+from django.core.management import call_command
+
+from funnels.models import Funnel
+from funnels.services.entries import watermark_advance
+from funnels.tests.sync_support import (
+    LANG_TEST,
+    LANG_TEST_2,
+    OTHER_TEST,
+    client_factory,  # noqa: F401 - fixture
+    configured,  # noqa: F401 - fixture
+    fake_brevo,  # noqa: F401 - fixture
+    live_settings,  # noqa: F401 - fixture
+    modx_result,
+    run_live,
+    sleeps,  # noqa: F401 - fixture
+)
+
+pytestmark = pytest.mark.django_db(databases=["default", "modx"])
+
+
+def _explain(email):
+    out = io.StringIO()
+    call_command("explain_funnel", email, stdout=out)
+    return dict(
+        line.split(": ", 1) for line in out.getvalue().splitlines()[1:]
+    ), out.getvalue().splitlines()[0]
+
+
+def test_member_since_and_why_not_the_other_kind(configured, live_settings, client_factory, now):
+    result = modx_result("Anna@Example.com", LANG_TEST,
+                         completed_at=dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.timezone.utc))
+    run_live(client_factory, now=now)
+    lines, header = _explain("  ANNA@example.com")
+    assert header == "anna@example.com: 1 test result(s) in MODX"
+    assert lines["language"].startswith("in it since 2026-11-27 12:00 MSK")
+    assert f"MODX result #{result.id}" in lines["language"]
+    assert "in Brevo since" in lines["language"]
+    assert lines["non_language"] == f"not in it: only tests of the other kind (test {LANG_TEST}: language)"
+
+
+def test_no_test_result(configured):
+    lines, _ = _explain("nobody@example.com")
+    assert set(lines.values()) == {"not in it: no test result in MODX for this email"}
+
+
+def test_invalid_email(configured):
+    lines, _ = _explain("not-an-email")
+    assert set(lines.values()) == {"not in it: invalid email (invalid_email)"}
+
+
+def test_funnel_inactive(configured):
+    Funnel.objects.filter(slug="non_language").update(active=False)
+    modx_result("boris@example.com", OTHER_TEST)
+    lines, _ = _explain("boris@example.com")
+    assert lines["non_language"] == "not in it: funnel inactive"
+
+
+def test_not_among_the_funnels_tests(configured):
+    Funnel.objects.filter(slug="language").update(test_ids=[LANG_TEST_2])
+    modx_result("anna@example.com", LANG_TEST)
+    lines, _ = _explain("anna@example.com")
+    assert lines["language"] == (
+        f"not in it: tests [{LANG_TEST}] are not among the funnel's tests [{LANG_TEST_2}]"
+    )
+
+
+def test_not_yet_read_beyond_the_watermark(configured):
+    first = modx_result("someone@example.com")
+    watermark_advance(key="test_results", last_id=first.id, run=None)
+    later = modx_result("anna@example.com", LANG_TEST)
+    lines, _ = _explain("anna@example.com")
+    assert lines["language"] == (
+        f"not in it yet: not yet read (results #{later.id} are beyond the watermark "
+        f"#{first.id}); the next run will read them"
+    )
+
+
+def test_no_live_run_yet(configured):
+    result = modx_result("anna@example.com", LANG_TEST)
+    lines, _ = _explain("anna@example.com")
+    assert lines["language"] == (
+        f"not in it yet: no live run has read MODX yet (results #{result.id})"
+    )
+
+
+def test_skipped_by_a_run_says_which_run_and_why(configured, live_settings, client_factory, now):
+    Funnel.objects.filter(slug="language").update(active=False)
+    result = modx_result("anna@example.com", LANG_TEST)
+    run = run_live(client_factory, now=now)
+    Funnel.objects.filter(slug="language").update(active=True)
+    lines, _ = _explain("anna@example.com")
+    assert lines["language"] == (
+        f"not in it: result #{result.id} skipped in run #{run.pk}: funnel_inactive"
+    )
+
+
+def test_before_the_first_runs_starting_point(configured, live_settings, client_factory, now):
+    old = modx_result("anna@example.com", LANG_TEST,
+                      completed_at=dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc))
+    modx_result("recent@example.com", LANG_TEST)
+    run_live(client_factory, now=now, since=dt.date(2026, 11, 1))
+    lines, _ = _explain("anna@example.com")
+    assert lines["language"].startswith(f"not in it: results #{old.id} were before the first run")

@@ -1,0 +1,94 @@
+import datetime as dt
+import io
+
+import pytest
+from django.core.management import call_command
+
+from funnels.selectors.health import run_health
+from funnels.tests.factories import SyncRunFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _health(now):
+    out = io.StringIO()
+    code = 0
+    try:
+        call_command("funnels_health", "--as-of", now.isoformat(), stdout=out)
+    except SystemExit as exc:
+        code = exc.code
+    return code, out.getvalue()
+
+
+def _run(now, *, minutes_ago, status="success", **kwargs):
+    finished = now - dt.timedelta(minutes=minutes_ago)
+    return SyncRunFactory(
+        started_at=finished - dt.timedelta(seconds=20), finished_at=finished, status=status,
+        **kwargs,
+    )
+
+
+def test_ok_when_a_run_completed_recently(now, settings):
+    settings.FUNNELS_SCHEDULE_MINUTES = 15
+    run = _run(now, minutes_ago=10)
+    code, out = _health(now)
+    assert code == 0
+    assert out.strip() == f"OK: last run #{run.pk} completed 10 min ago (live)"
+
+
+def test_critical_when_no_run_ever_completed(now):
+    SyncRunFactory(status="failed", started_at=now - dt.timedelta(minutes=5))
+    code, out = _health(now)
+    assert code == 2
+    assert out.startswith("CRITICAL: no run has completed yet")
+
+
+def test_critical_when_the_last_completed_run_is_older_than_twice_the_schedule(now, settings):
+    settings.FUNNELS_SCHEDULE_MINUTES = 15
+    run = _run(now, minutes_ago=29)
+    assert _health(now)[0] == 0
+    code, out = _health(now + dt.timedelta(minutes=2))  # now 31 min old
+    assert code == 2
+    assert out.strip() == (
+        f"CRITICAL: last completed run #{run.pk} finished 31 min ago (limit 30 min)"
+    )
+
+
+def test_warning_after_a_recent_failure(now):
+    _run(now, minutes_ago=40, status="success")
+    failed = _run(now, minutes_ago=25, status="crashed")
+    _run(now, minutes_ago=10, status="success")
+    code, out = _health(now)
+    assert code == 1
+    assert out.startswith("WARNING: 1 of the last 3 runs failed")
+    assert f"#{failed.pk}" in out
+
+
+def test_warning_when_the_last_run_had_brevo_failures(now):
+    _run(now, minutes_ago=5, status="partial", contacts_failed=2)
+    code, out = _health(now)
+    assert code == 1
+    assert "2 contacts failed" in out
+
+
+def test_warning_for_a_run_without_heartbeat(now, settings):
+    settings.FUNNELS_SCHEDULE_MINUTES = 15
+    _run(now, minutes_ago=5)
+    SyncRunFactory(status="running", finished_at=None, started_at=now - dt.timedelta(hours=2),
+                   heartbeat_at=now - dt.timedelta(minutes=45))
+    code, out = _health(now)
+    assert code == 1
+    assert "no heartbeat for 45 min" in out
+
+
+def test_dry_runs_keep_the_job_healthy_and_say_so(now):
+    _run(now, minutes_ago=3, dry_run=True)
+    code, out = _health(now)
+    assert code == 0 and "(dry run)" in out
+
+
+def test_health_reads_a_constant_number_of_queries(now, django_assert_max_num_queries):
+    for minutes in range(0, 600, 15):
+        _run(now, minutes_ago=minutes)
+    with django_assert_max_num_queries(3):
+        assert run_health(now=now).level == "OK"
