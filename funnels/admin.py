@@ -312,12 +312,14 @@ class SyncRunAdmin(admin.ModelAdmin):
     change_form_template = "admin/funnels/syncrun/change_form.html"
     fieldsets = [
         (None, {"fields": ["status", "mode", "trigger", "started_at", "finished_at",
-                           "duration_display", "heartbeat_at", "as_of", "hostname", "pid"]}),
+                           "duration_display", "error_full"]}),
         (_("Counts"), {"fields": ["results_read", "entries_added", "skipped",
                                   "skipped_reasons", "contacts_sent", "contacts_failed",
                                   "payments_read", "purchases_found", "purchases_revoked"]}),
-        (_("Brevo"), {"fields": ["brevo_requests", "ratelimit_remaining", "ratelimit_limit"]}),
-        (_("Error"), {"fields": ["error_full"]}),
+        (_("Brevo"), {"classes": ["collapse"],
+                      "fields": ["brevo_requests", "ratelimit_remaining", "ratelimit_limit"]}),
+        (_("Process"), {"classes": ["collapse"],
+                        "fields": ["heartbeat_at", "as_of", "hostname", "pid"]}),
     ]
 
     def get_readonly_fields(self, request, obj=None):
