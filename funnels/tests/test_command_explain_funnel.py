@@ -39,7 +39,9 @@ def test_member_since_and_why_not_the_other_kind(configured, live_settings, clie
     assert lines["language"].startswith("in it since 2026-11-27 12:00 MSK")
     assert f"MODX result #{result.id}" in lines["language"]
     assert "in Brevo since" in lines["language"]
-    assert lines["non_language"] == f"not in it: only tests of the other kind (test {LANG_TEST}: language)"
+    assert lines["non_language"] == (
+        f"not in it: only tests of the other kind (test {LANG_TEST}: language)"
+    )
 
 
 def test_no_test_result(configured):

@@ -62,7 +62,9 @@ def test_transient_faults_are_retried_within_the_run(
     _delivered(fake_brevo)
 
 
-def test_429_waits_for_the_reset_header(takers, live_settings, client_factory, fake_brevo, sleeps, now):
+def test_429_waits_for_the_reset_header(
+    takers, live_settings, client_factory, fake_brevo, sleeps, now
+):
     fake_brevo.faults.add("429", count=1, reset=7)
     run_live(client_factory, now=now)
     assert 7.0 in sleeps.calls

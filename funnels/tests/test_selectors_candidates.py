@@ -101,16 +101,19 @@ def test_completion_time_is_read_as_an_aware_datetime(catalogue):
 
 def test_start_id_is_just_below_the_first_result_of_the_day(catalogue, settings):
     settings.TIME_ZONE = "Europe/Moscow"
-    old = modx_result("old@example.com", completed_at=dt.datetime(2026, 11, 19, 20, 59, tzinfo=dt.timezone.utc))
+    utc = dt.timezone.utc
+    old = modx_result("old@example.com", completed_at=dt.datetime(2026, 11, 19, 20, 59, tzinfo=utc))
     # 21:00 UTC on the 19th is midnight of the 20th in Moscow.
-    first = modx_result("new@example.com", completed_at=dt.datetime(2026, 11, 19, 21, 0, tzinfo=dt.timezone.utc))
+    first = modx_result("new@example.com", completed_at=dt.datetime(2026, 11, 19, 21, 0, tzinfo=utc))
     modx_result("later@example.com", completed_at=None)
     assert candidates_start_id(since=dt.date(2026, 11, 20)) == first.id - 1
     assert candidates_start_id(since=dt.date(2026, 11, 19)) == old.id - 1
 
 
 def test_start_id_with_nothing_recent_is_after_the_newest_result(catalogue):
-    newest = modx_result("old@example.com", completed_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    newest = modx_result(
+        "old@example.com", completed_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    )
     assert candidates_start_id(since=dt.date(2026, 11, 20)) == newest.id
 
 

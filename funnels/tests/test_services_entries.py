@@ -14,7 +14,6 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     LANG_TEST_2,
     OTHER_TEST,
-    catalogue,  # noqa: F401 - fixture
     configured,  # noqa: F401 - fixture
     modx_result,
 )
@@ -35,7 +34,8 @@ class _Lock:
 
 def _planner() -> EntryPlanner:
     funnels = funnels_all()
-    return EntryPlanner(funnels=funnels, list_ids={f.slug: funnel_list_id(funnel=f) for f in funnels})
+    list_ids = {f.slug: funnel_list_id(funnel=f) for f in funnels}
+    return EntryPlanner(funnels=funnels, list_ids=list_ids)
 
 
 def _process(now, *, dry_run=False, planner=None, lock=None, after_id=0, limit=1000):
@@ -232,7 +232,7 @@ def _chunk_queries(now, size):
         modx_result(f"q{size}-{n}@example.com", LANG_TEST if n % 2 else OTHER_TEST)
         if n % 3 == 0:
             FunnelEntryFactory(email=f"q{size}-{n}@example.com", funnel_type="non_language")
-    after = SyncState.objects.filter(key="test_results").values_list("last_id", flat=True).first() or 0
+    after = SyncState.objects.get(key="test_results").last_id
     run = SyncRunFactory(status=SyncRun.Status.RUNNING, finished_at=None)
     candidates = candidates_chunk(after_id=after, limit=1000, kinds=KindResolver())
     with CaptureQueriesContext(connections["default"]) as queries:

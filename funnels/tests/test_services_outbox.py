@@ -41,7 +41,9 @@ def _ops(fake):
     return [entry.operation for entry in fake.requests_log]
 
 
-def test_small_batches_are_upserted_with_the_funnel_attributes(run, client_factory, fake_brevo, now):
+def test_small_batches_are_upserted_with_the_funnel_attributes(
+    run, client_factory, fake_brevo, now
+):
     a = FunnelEntryFactory(email="anna@example.com", funnel_type="language")
     b = FunnelEntryFactory(email="boris@example.com", funnel_type="non_language")
     result = _push(run, client_factory(), now)
@@ -230,7 +232,9 @@ def test_401_stops_and_keeps_what_brevo_confirmed(run, client_factory, fake_brev
     ) == [("pending", 0), ("pending", 0)]
 
 
-def test_purchase_attributes_use_the_local_calendar_date(run, client_factory, fake_brevo, now, settings):
+def test_purchase_attributes_use_the_local_calendar_date(
+    run, client_factory, fake_brevo, now, settings
+):
     settings.TIME_ZONE = "Europe/Moscow"
     FunnelEntryFactory(
         email="anna@example.com", certificate_purchased=True,
@@ -270,7 +274,9 @@ def test_one_request_for_several_entries_of_one_person(run, client_factory, fake
     assert result.entries_synced == 2 and result.contacts_sent == 1
 
 
-def test_entries_of_a_funnel_without_a_list_fail_with_a_reason(run, client_factory, fake_brevo, now):
+def test_entries_of_a_funnel_without_a_list_fail_with_a_reason(
+    run, client_factory, fake_brevo, now
+):
     entry = FunnelEntryFactory(funnel_type="retired_funnel")
     _push(run, client_factory(), now)
     entry.refresh_from_db()

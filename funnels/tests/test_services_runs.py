@@ -26,7 +26,6 @@ from funnels.tests.sync_support import (
     OTHER_LIST,
     OTHER_TEST,
     RECENT,
-    catalogue,  # noqa: F401 - fixture
     client_factory,  # noqa: F401 - fixture
     configured,  # noqa: F401 - fixture
     fake_brevo,  # noqa: F401 - fixture
@@ -175,7 +174,9 @@ def test_a_wrong_key_never_reaches_the_run_or_the_logs(
     assert "401" in run.error
 
 
-def test_info_logs_mask_emails(configured, live_settings, client_factory, fake_brevo, now, funnels_log):
+def test_info_logs_mask_emails(
+    configured, live_settings, client_factory, fake_brevo, now, funnels_log
+):
     modx_result("anna.secret@example.com")
     fake_brevo.faults.add("400", email="anna.secret@example.com")
     run_live(client_factory, now=now)
@@ -265,7 +266,9 @@ def test_a_second_run_while_one_holds_the_lock_is_refused(
     assert SyncRun.objects.count() == 1
 
 
-def test_purchases_ride_in_the_same_push(configured, live_settings, client_factory, fake_brevo, now):
+def test_purchases_ride_in_the_same_push(
+    configured, live_settings, client_factory, fake_brevo, now
+):
     modx_result("anna@example.com", LANG_TEST, completed_at=RECENT)
     user = CertUserFactory(email="Anna@Example.com")
     result = CertResultFactory(user=user, test=CertTestFactory(type=1))
@@ -349,7 +352,9 @@ def test_pings_start_and_success(configured, live_settings, client_factory, now,
     assert paths == ["/ping/abc/start", "/ping/abc"]
 
 
-def test_pings_fail_when_the_run_fails(configured, live_settings, client_factory, fake_brevo, now, ping_server):
+def test_pings_fail_when_the_run_fails(
+    configured, live_settings, client_factory, fake_brevo, now, ping_server
+):
     url, paths = ping_server
     live_settings.FUNNELS_PING_URL = url
     modx_result("anna@example.com")
