@@ -17,8 +17,6 @@ A dry run does every read and writes only its own run row and plan items.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
 import socket
@@ -46,11 +44,10 @@ from funnels.services.entries import (
 )
 from funnels.services.outbox import outbox_push
 from funnels.services.pings import ping_send
+from funnels.services.purchases import purchases_sync
 from funnels.services.runtime import runtime_settings_get
 
 logger = logging.getLogger("funnels.sync")
-
-PURCHASES_MODULE = "funnels.services.purchases"
 
 
 class RunBusy(Exception):
@@ -115,13 +112,6 @@ def _busy_message(exc: RunLockBusy) -> str:
 
 def _default_since(*, now: datetime) -> date:
     return timezone.localtime(now).date() - timedelta(days=settings.FUNNELS_INITIAL_LOOKBACK_DAYS)
-
-
-def _purchases_sync():
-    """The purchase detector, if installed; its own import errors are not hidden."""
-    if importlib.util.find_spec(PURCHASES_MODULE) is None:
-        return None
-    return importlib.import_module(PURCHASES_MODULE).purchases_sync
 
 
 class _Run:
@@ -190,10 +180,6 @@ class _Run:
             )
 
     def purchases_phase(self) -> None:
-        purchases_sync = _purchases_sync()
-        if purchases_sync is None:
-            logger.warning("run #%s: purchase detection is not installed; skipped", self.run.pk)
-            return
         result = purchases_sync(
             run=self.run, dry_run=self.run.dry_run, now=self.now, chunk_size=self.chunk_size,
             lock_check=self.lock.check,
@@ -201,7 +187,14 @@ class _Run:
         self.run.payments_read = result.payments_read
         self.run.purchases_found = result.purchases_found
         self.run.purchases_revoked = result.purchases_revoked
-        self.heartbeat("payments_read", "purchases_found", "purchases_revoked")
+        # Namespaced: `skipped` counts test results, these reasons are about payments.
+        self.skipped_by_reason.update(
+            {f"payment:{reason}": n for reason, n in result.skipped_by_reason.items()}
+        )
+        self.run.skipped_by_reason = dict(sorted(self.skipped_by_reason.items()))
+        self.heartbeat(
+            "payments_read", "purchases_found", "purchases_revoked", "skipped_by_reason"
+        )
 
     def outbox_phase(self) -> bool:
         """Push to Brevo; True if every due contact went through."""

@@ -281,6 +281,23 @@ def test_purchases_ride_in_the_same_push(
     assert fake_brevo.request_count == 1  # entry and purchase in one upsert
 
 
+def test_payment_skips_are_recorded_on_the_run_apart_from_result_skips(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    modx_result("anna@example.com", LANG_TEST, completed_at=RECENT)
+    user = CertUserFactory(email="anna@example.com")
+    result = CertResultFactory(user=user, test=CertTestFactory(type=1))
+    CertPaymentFactory(result=result, status_id=2, paid_at=RECENT - dt.timedelta(days=2))
+    CertPaymentFactory(result=result, status_id=1, paid_at=None)
+    run = run_live(client_factory, now=now)
+    assert run.skipped == 0  # no test result was skipped
+    assert run.skipped_by_reason == {
+        "payment:not_paid": 1,
+        "payment:purchase_before_entry": 1,
+    }
+    assert run.purchases_found == 0
+
+
 def test_an_unexpected_error_is_recorded_and_raised(configured, live_settings, now):
     modx_result("anna@example.com")
 
