@@ -357,11 +357,9 @@ class BenchData:
         self.entries_converted = 0
         self.expected_new_conversions = 0
         self._converted: dict[int, tuple[datetime, int]] = {}
-        # The purchase sync re-reads payments first seen in the last
-        # FUNNELS_PURCHASE_RECHECK_DAYS (30): at an even pace over a year, the newest 30/365
-        # of the old payments are on that watch list.
-        self.watch_count = round(scale.old_payments * 30 / 365)
-        self._watched: list[tuple[int, bool, datetime | None]] = []
+        # Payments first seen in the last 30 days of the history: the purchase sync's watch
+        # list (it re-reads them by id every run until their 30 days are over).
+        self._watched: list[tuple[int, bool, datetime]] = []
 
     # -- helpers ------------------------------------------------------------------
 
@@ -470,9 +468,13 @@ class BenchData:
     def _payments(
         self, *, first_id: int, count: int, rng: random.Random, new: bool, now: datetime,
     ) -> Iterator[tuple[tuple, tuple, tuple]]:
-        """(cert_user, cert_result, payment) rows, one of each per payment."""
-        for i in range(count):
-            payment_id = first_id + i
+        """(cert_user, cert_result, payment) rows, one of each per payment.
+
+        Ids follow the time a payment was made (or, unpaid, started), as on the site: the
+        purchase sync's watch list is then the newest ids, as it is in production.
+        """
+        drafts = []
+        for _ in range(count):
             person = rng.randrange(self.entry_people)
             funnel = self.entry_funnel(person)
             if rng.random() < 0.15:
@@ -480,23 +482,30 @@ class BenchData:
             cert_test = rng.choice(CERT_TEST_FOR[funnel])
             target = self.entry_index(person, funnel)
             if new:
-                paid_at = now - timedelta(seconds=rng.uniform(5, 3600))
+                made = now - timedelta(seconds=rng.uniform(5, 3600))
             elif target is not None:
                 entered = self.entry_entered_at(target)
                 if rng.random() < 0.08:
-                    paid_at = entered - timedelta(hours=rng.uniform(1, 72))  # before entry
+                    made = entered - timedelta(hours=rng.uniform(1, 72))  # before entry
                 else:
-                    paid_at = entered + timedelta(hours=rng.expovariate(1 / 72))
-                paid_at = min(paid_at, self.entries_end)
+                    made = entered + timedelta(hours=rng.expovariate(1 / 72))
+                made = min(made, self.entries_end)
             else:
-                paid_at = self.entries_end - timedelta(days=rng.uniform(0, 300))
-            paid_at = paid_at.replace(microsecond=0)
+                made = self.entries_end - timedelta(days=rng.uniform(0, 300))
+            made = made.replace(microsecond=0)
             roll = rng.random()
             status = PAID
+            paid_at: datetime | None = made
             if roll > 0.85:
                 status = rng.choice((1, 3, 4))
             elif roll > 0.80:
                 paid_at = None
+            email = _messy(rng, self.person_email(person))
+            drafts.append((made, person, cert_test, target, status, paid_at, email))
+        drafts.sort(key=lambda d: d[0])
+        watched_from = self.entries_end - timedelta(days=30)
+        for i, (made, _person, cert_test, target, status, paid_at, email) in enumerate(drafts):
+            payment_id = first_id + i
             paid = status == PAID and paid_at is not None
             if paid and target is not None and paid_at >= self.entry_entered_at(target):
                 # The rule the purchase sync applies: the earliest paid payment of the
@@ -509,9 +518,8 @@ class BenchData:
                     target
                 ]:
                     self._converted[target] = (paid_at, payment_id)
-            if not new and payment_id > self.scale.old_payments - self.watch_count:
-                self._watched.append((payment_id, paid, paid_at))
-            email = _messy(rng, self.person_email(person))
+            if not new and made >= watched_from:
+                self._watched.append((payment_id, paid, made))
             yield (
                 (payment_id, email),
                 (payment_id, payment_id, cert_test),
@@ -647,14 +655,12 @@ class BenchData:
             )
 
     def watches(self) -> Iterator[tuple]:
-        """PaymentWatch rows as the purchase sync leaves them: payments first seen over the
-        last 30 days, unpaid ones and those paid within the horizon when first seen."""
+        """PaymentWatch rows as the purchase sync leaves them: every payment first seen in
+        the last 30 days (FUNNELS_PURCHASE_RECHECK_DAYS) before the history ends, each seen
+        when it was made and watched for 30 days from then."""
         horizon = timedelta(days=30)
-        count = max(1, len(self._watched))
-        for j, (payment_id, paid, paid_at) in enumerate(self._watched):
-            seen = self.now - horizon + horizon * (j + 1) / (count + 1)
-            if paid_at is not None and paid_at < seen - horizon:
-                continue
+        for payment_id, paid, made in self._watched:
+            seen = made + timedelta(minutes=15)
             yield (payment_id, paid, self._utc_naive(seen), self._utc_naive(seen + horizon))
 
     def entries_load(self, *, server: Server, database: str, method: str = "auto") -> LoadReport:

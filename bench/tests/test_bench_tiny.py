@@ -1,0 +1,215 @@
+"""The benchmark at CI size, on MariaDB: keeps `python -m bench.run` working.
+
+The whole benchmark (data, migrate, fake Brevo, every scenario in its own process) runs at
+the --tiny scale against scratch databases named after this run's test database, so
+parallel checkouts do not collide; they are dropped at the end. The small tests below pin
+the pieces whose mistakes would silently skew the figures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+from django.core.management import get_commands
+from django.db import connections
+
+from bench import datagen
+from bench.datagen import TINY, BenchData, Scale, Server
+from bench.harness import sql_shape
+from bench.run import BEGIN, END, bench_run, docs_write, markdown
+from funnels.emails import email_check
+
+SHARED_DDL = Path(__file__).resolve().parents[3] / "shared" / "domain" / "modx_schema.sql"
+
+
+@pytest.fixture
+def server() -> Server:
+    settings = connections["default"].settings_dict
+    return Server(
+        host=settings["HOST"] or "127.0.0.1", port=int(settings["PORT"] or 3306),
+        user=settings["USER"] or "root", password=settings["PASSWORD"] or "",
+    )
+
+
+@pytest.fixture
+def scratch_name() -> str:
+    # Named after this checkout's test database: two checkouts never share scratch tables.
+    base = re.sub(r"[^A-Za-z0-9_]", "_", str(connections["default"].settings_dict["NAME"]))
+    return f"{base[:40]}_bench"
+
+
+def _expected_backfill() -> dict[str, set[str]]:
+    # The addresses depend on the seed only, not on the clock.
+    data = BenchData(scale=TINY, now=dt.datetime(2026, 11, 28, 15, 30, tzinfo=dt.timezone.utc))
+    list(data.backfill_results())
+    return data.expected_backfill
+
+
+@pytest.mark.mariadb_only
+@pytest.mark.slow
+def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
+    report = bench_run(
+        scale=TINY, server=server, db_name=scratch_name, out_dir=tmp_path, keep=False,
+        log=lambda line: None,
+    )
+
+    # The report command and page are written in parallel with the benchmark: until they
+    # exist their scenarios cannot run; once they do, they must.
+    not_built = set()
+    if "report_conversions" not in get_commands():
+        not_built.add("report_command")
+    if not import_module("reports.urls").urlpatterns:
+        not_built.add("report_page")
+    assert set(report["errors"]) == not_built, report["errors"]
+    scenarios = report["scenarios"]
+    assert set(scenarios) == {
+        "backfill", "steady_0_after_backfill", "steady_0", "steady_new", "purchases", "purchases_push",
+        "report_command", "report_page",
+    }
+    expected = _expected_backfill()
+    backfill = scenarios["backfill"]
+    assert backfill["detail"]["status"] == "success"
+    assert backfill["detail"]["entries_added"] == sum(len(v) for v in expected.values())
+    # Every valid backfill address reached its funnel's list, and no other contact exists.
+    check = report["checks"]["backfill"]
+    assert check["ok"], check
+    assert check["contacts_total"] == len(expected["language"] | expected["non_language"])
+    assert 0 < backfill["brevo_requests"] < backfill["detail"]["contacts_sent"]
+
+    steady = scenarios["steady_0"]
+    assert steady["detail"]["status"] == "success"
+    assert steady["detail"]["results_read"] == 0
+    assert steady["brevo_requests"] == 0
+    explained = [plan["sql"] for plan in steady["explain"]]
+    assert any("simpletest_users" in sql for sql in explained)
+    assert all(plan["plan"] for plan in steady["explain"])
+    assert report["checks"]["steady_new"]["ok"], report["checks"]["steady_new"]
+
+    purchases = scenarios["purchases"]
+    assert purchases["detail"]["purchases_found"] == report["checks"]["purchases"][
+        "expected_new_conversions"
+    ] > 0
+    assert scenarios["purchases_push"]["detail"]["contacts_sent"] >= purchases["detail"][
+        "purchases_found"
+    ]
+    if "report_page" not in not_built:
+        assert scenarios["report_page"]["detail"]["status"] == 200
+    for name, scenario in scenarios.items():
+        if name in not_built:
+            continue
+        assert 0 < scenario["peak_rss_mb"] < 1000, name
+        assert sum(scenario["queries"].values()) > 0, name
+        assert scenario["targets"], name
+
+    text = markdown(report, command="python -m bench.run --tiny")
+    assert "| Scenario |" in text and "EXPLAIN of every query" in text
+    conn = server.connect()
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SHOW DATABASES LIKE %s", (scratch_name + "%",))
+        assert cursor.fetchall() == (), "the scratch databases were dropped"
+    finally:
+        conn.close()
+
+
+@pytest.mark.mariadb_only
+@pytest.mark.parametrize("method", ["infile", "insert"])
+def test_rows_load_keeps_awkward_values(server, scratch_name, method):
+    name = f"{scratch_name}_load"
+    rows = [
+        (1, "tab\there", dt.datetime(2026, 11, 28, 15, 30, 1)),
+        (2, "back\\slash and new\nline", None),
+        (3, "  Пример@Пример.рф ", dt.datetime(2026, 1, 2, 3, 4, 5, 600000)),
+        (4, None, dt.datetime(2026, 1, 2, 3, 4, 5)),
+        (5, "", None),
+    ]
+    datagen.databases_reset(server=server, names=[name])
+    try:
+        conn = server.connect(name, local_infile=True)
+        cursor = conn.cursor()
+        cursor.execute("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(255) NULL, d DATETIME(6) NULL)"
+                       " CHARACTER SET utf8mb4")
+        assert datagen.rows_load(
+            conn=conn, table="t", columns=["id", "v", "d"], rows=iter(rows), method=method
+        ) == len(rows)
+        cursor.execute("SELECT id, v, d FROM t ORDER BY id")
+        assert list(cursor.fetchall()) == rows
+        conn.close()
+    finally:
+        datagen.databases_drop(server=server, names=[name])
+
+
+def test_scratch_names_must_say_bench():
+    assert datagen.scratch_name_check("bench_tf") == "bench_tf"
+    for name in ("testizer", "modx", "bench-tf", "bench;drop", ""):
+        with pytest.raises(ValueError):
+            datagen.scratch_name_check(name)
+
+
+def test_backfill_data_has_a_known_answer():
+    data = BenchData(scale=TINY, now=dt.datetime(2026, 11, 28, 15, 30, tzinfo=dt.timezone.utc))
+    rows = list(data.backfill_results())
+    assert [r[0] for r in rows] == list(range(TINY.history + 1, TINY.results + 1))
+    valid = {}
+    for _id, email, test_id, _datep, _status in rows:
+        checked = email_check(email)
+        if checked.ok:
+            funnel = "language" if test_id <= 20 else "non_language"
+            valid.setdefault(funnel, set()).add(checked.email)
+    assert valid == data.expected_backfill
+    assert data.backfill_invalid == len(rows) - sum(
+        1 for r in rows if email_check(r[1]).ok
+    ) > 0
+    # Times are naive MODX (Moscow) times within the two days before `now`.
+    assert all(dt.datetime(2026, 11, 26, 18, 0) <= r[3] <= dt.datetime(2026, 11, 28, 18, 30)
+               for r in rows)
+
+
+def test_entries_are_unique_and_conversions_follow_the_rule():
+    scale = Scale(results=300, payments=400, backfill=100, entries=500, new_results=10,
+                  new_payments=50)
+    data = BenchData(scale=scale, now=dt.datetime(2026, 11, 28, 15, 30, tzinfo=dt.timezone.utc))
+    payments = [p for _u, _r, p in data._payments(
+        first_id=1, count=scale.old_payments, rng=__import__("random").Random(1), new=False,
+        now=data.now,
+    )]
+    entries = list(data.entries())
+    keys = {(e[1], e[2], e[4]) for e in entries}
+    assert len(keys) == len(entries) == scale.entries
+    assert len({(e[1], e[2]) for e in entries}) == len(entries), "once per person and funnel"
+    converted = [e for e in entries if e[6]]
+    assert converted and data.entries_converted == len(converted)
+    by_id = {p[0]: p for p in payments}
+    for entry in converted:
+        payment = by_id[entry[9]]
+        assert payment[2] == datagen.PAID and payment[3] is not None
+        assert entry[7] >= entry[5], "a purchase before entry is not a conversion"
+
+
+def test_sql_shape_groups_variable_lists():
+    assert sql_shape("SELECT a FROM t WHERE id IN (%s, %s, %s)") == (
+        "SELECT a FROM t WHERE id IN (%s, ...)"
+    )
+    assert sql_shape("INSERT INTO t (a, b) VALUES (%s, %s), (%s, %s), (%s, %s)") == (
+        "INSERT INTO t (a, b) VALUES (...), ..."
+    )
+
+
+def test_docs_write_keeps_hand_written_text(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    docs_write(path, f"{BEGIN}\nfirst\n{END}\n")
+    path.write_text("# Benchmarks\n\nIntro.\n\n" + path.read_text().split("\n", 2)[2]
+                    + "\n## Analysis\nkept\n")
+    docs_write(path, f"{BEGIN}\nsecond\n{END}\n")
+    text = path.read_text()
+    assert "second" in text and "first" not in text
+    assert "Intro." in text and "## Analysis\nkept" in text
+
+
+@pytest.mark.skipif(not SHARED_DDL.exists(), reason="the shared domain folder is not beside the repo")
+def test_vendored_ddl_is_the_shared_one():
+    assert datagen.ddl_statements(datagen.DEFAULT_MODX_DDL) == datagen.ddl_statements(SHARED_DDL)
