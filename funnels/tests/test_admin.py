@@ -548,6 +548,8 @@ def admin_urls() -> list[str]:
     entry = FunnelEntryFactory()
     return [
         reverse("admin:index"),
+        reverse("admin:app_list", args=["funnels"]),
+        reverse("admin:app_list", args=["auth"]),
         ENTRIES_URL,
         reverse("admin:funnels_funnelentry_change", args=[entry.pk]),
         RUNS_URL,

@@ -155,6 +155,13 @@ def test_index_query_count_does_not_grow_with_data(admin_client, now, django_ass
 # --- The dry-run switch -----------------------------------------------------------------------
 
 
+def test_app_pages_do_not_repeat_the_dashboard(admin_client, django_assert_max_num_queries):
+    with django_assert_max_num_queries(8):
+        html = admin_client.get(reverse("admin:app_list", args=["funnels"])).content.decode()
+    assert 'id="funnels-dashboard"' not in html
+    assert 'id="funnels-mode"' in html
+
+
 def test_index_offers_the_switch_to_those_allowed(admin_client):
     html = admin_client.get(INDEX_URL).content.decode()
     assert f'action="{TOGGLE_URL}"' in html
