@@ -49,14 +49,14 @@ def email_check(raw: str | None) -> EmailCheck:
     local, sep, domain = email.rpartition("@")
     if not sep or not local or not domain or len(local) > 64:
         return EmailCheck(None, Reason.INVALID)
-    if not _LOCAL.match(local):
+    if not _LOCAL.fullmatch(local):
         return EmailCheck(None, Reason.INVALID)
     try:
         ascii_domain = domain.encode("idna").decode("ascii")
     except UnicodeError:
         return EmailCheck(None, Reason.INVALID)
     labels = ascii_domain.split(".")
-    if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
         return EmailCheck(None, Reason.INVALID)
     if labels[-1].isdigit():
         return EmailCheck(None, Reason.INVALID)
