@@ -269,6 +269,10 @@ def _is_scan(row: Mapping[str, Any]) -> bool:
     """A plan step that reads much of a table: a full table or index scan over 1,000 rows,
     or any access the optimizer expects to examine 10,000 rows or more (a "range" over most
     of the primary key is a full scan in all but name)."""
+    if str(row.get("table") or "").startswith("<"):
+        # <subqueryN>, <derivedN>, <unionN,M>: MariaDB's own temporary tables (a long IN
+        # list becomes one), not a table of ours.
+        return False
     rows = int(row.get("rows") or 0)
     kind = str(row.get("type")).upper()
     return (kind in {"ALL", "INDEX"} and rows >= 1000) or rows >= 10_000
