@@ -1,0 +1,598 @@
+"""The conversion dataset: one selector that every view of the report formats.
+
+Definitions (also on the page, in `report_conversions --help` and in docs/reports.md):
+
+- Cohort: the people who entered a funnel between `date_from` and `date_to` inclusive,
+  days being local days in the site time zone (settings.TIME_ZONE).
+- People, not rows: a person is a normalised email within a funnel. A person with several
+  entries in the period counts once, at their first entry in the period, with their
+  earliest purchase at or after an entry (`certificate_purchased_at`, which the sync
+  engine sets only for purchases at or after the entry; earlier ones are ignored here too).
+- Converted: that purchase came at most `window_days` days after the first entry.
+- Rate: converted / entered. Time to purchase in whole hours (rounded down); median and
+  90th percentile by nearest rank, so they are exact to the hour.
+- Histogram: converted people by day after entry (day 0 = the first 24 hours); the last
+  day also holds a purchase at exactly the end of the window.
+- Breakdown by test: each person counts under the test of their first entry, so the rows
+  add up to the totals.
+- Previous period: the same number of days just before `date_from`, by funnel.
+
+How it stays fast: everything is aggregated in the database, one grouped query for the
+period and one for the previous period. The inner query reduces entries to one row per
+person (GROUP BY funnel, email); the outer one counts people by (funnel, group, whole
+hours to purchase), so Python only sees a few thousand rows however many entries there
+are. A large cohort is read in person order from idx_fe_person when the model declares
+that index (see PERSON_INDEX). Local days are computed from UTC seconds plus the zone's
+offset, with the offset changes (DST) of the period worked out in Python: MariaDB's time
+zone tables are often empty, and CONVERT_TZ would then return NULL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import connections, router
+from django.utils.translation import gettext as _
+
+from funnels.models import Funnel, FunnelEntry
+
+GROUP_BY_FUNNEL = "funnel"
+GROUP_BY_TEST = "test"
+GROUP_BY_DAY = "day"
+GROUP_BY_WEEK = "week"
+GROUP_BY_MONTH = "month"
+GROUP_BY_CHOICES = (GROUP_BY_FUNNEL, GROUP_BY_TEST, GROUP_BY_DAY, GROUP_BY_WEEK, GROUP_BY_MONTH)
+PERIOD_GROUPINGS = (GROUP_BY_DAY, GROUP_BY_WEEK, GROUP_BY_MONTH)
+
+DEFAULT_WINDOW_DAYS = 30
+MAX_WINDOW_DAYS = 3660
+# The first-entry test is packed with the seconds since the period start into one BIGINT
+# (see _cohort_sql); 2**31 seconds is 68 years, far beyond any sensible report.
+MAX_PERIOD_DAYS = 365 * 60
+
+_EPOCH = dt.date(1970, 1, 1)
+_DAY = 86400
+_HOUR = 3600
+_TEST_SHIFT = 2**32
+_TEST_BIAS = 2**31
+
+
+class ReportError(ValueError):
+    """The report was asked for with filters that make no sense."""
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """Numbers for one funnel and group (group is None for a whole funnel or the totals;
+    funnel is None for totals across funnels)."""
+
+    funnel: str | None
+    group: str | None
+    entered: int
+    converted: int
+    median_hours: int | None
+    p90_hours: int | None
+
+    @property
+    def rate(self) -> float | None:
+        if not self.entered:
+            return None
+        return self.converted / self.entered
+
+
+@dataclass(frozen=True)
+class HistogramBin:
+    day: int
+    converted: int
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    date_from: dt.date
+    date_to: dt.date
+    funnel: str | None
+    test_id: int | None
+    window_days: int
+    group_by: str
+    time_zone: str
+    funnels: list[str]
+    rows: list[ReportRow]
+    totals: ReportRow
+    histogram: list[HistogramBin]
+    previous_from: dt.date
+    previous_to: dt.date
+    previous_rows: list[ReportRow]
+    previous_totals: ReportRow
+    # Entries on or after this local day have had less than the full window to convert
+    # (None when the whole period is older than the window, or no `as_of` was given).
+    window_open_from: dt.date | None = None
+    period_days: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "period_days", (self.date_to - self.date_from).days + 1)
+
+
+# --- Public selectors --------------------------------------------------------------------
+
+
+def funnel_slugs_list() -> list[str]:
+    """The funnels a report can be asked for, in display order."""
+    return list(Funnel.objects.order_by("slug").values_list("slug", flat=True))
+
+
+def conversion_report(
+    *,
+    date_from: dt.date,
+    date_to: dt.date,
+    funnel: str | None = None,
+    test_id: int | None = None,
+    window_days: int = DEFAULT_WINDOW_DAYS,
+    group_by: str = GROUP_BY_FUNNEL,
+    tz: dt.tzinfo | str | None = None,
+    as_of: dt.datetime | None = None,
+    funnel_slugs: Sequence[str] | None = None,
+) -> ConversionReport:
+    """Build the conversion dataset for [date_from, date_to] (local days, inclusive).
+
+    `funnel_slugs` is the list of known funnels when the caller already has it (it saves
+    a query); `as_of` (aware) only marks the days whose window is still open.
+    """
+    zone = _zone(tz)
+    _validate(
+        date_from=date_from, date_to=date_to, window_days=window_days, group_by=group_by
+    )
+    known = list(funnel_slugs) if funnel_slugs is not None else funnel_slugs_list()
+    if funnel and funnel not in known:
+        raise ReportError(
+            _("Unknown funnel %(funnel)s; known funnels: %(known)s.")
+            % {"funnel": funnel, "known": ", ".join(known) or "-"}
+        )
+    funnels = [funnel] if funnel else known
+
+    counts = _cohort_counts(
+        date_from=date_from, date_to=date_to, funnels=funnels, test_id=test_id,
+        window_days=window_days, group_by=group_by, zone=zone,
+    )
+    rows = _rows(
+        counts=counts, funnels=funnels, group_by=group_by,
+        date_from=date_from, date_to=date_to,
+    )
+    all_hours = _merge(counts.values())
+
+    length = (date_to - date_from).days + 1
+    previous_to = date_from - dt.timedelta(days=1)
+    previous_from = date_from - dt.timedelta(days=length)
+    previous_counts = _cohort_counts(
+        date_from=previous_from, date_to=previous_to, funnels=funnels, test_id=test_id,
+        window_days=window_days, group_by=GROUP_BY_FUNNEL, zone=zone,
+    )
+    previous_rows = _rows(
+        counts=previous_counts, funnels=funnels, group_by=GROUP_BY_FUNNEL,
+        date_from=previous_from, date_to=previous_to,
+    )
+
+    return ConversionReport(
+        date_from=date_from,
+        date_to=date_to,
+        funnel=funnel,
+        test_id=test_id,
+        window_days=window_days,
+        group_by=group_by,
+        time_zone=str(zone),
+        funnels=funnels,
+        rows=rows,
+        totals=_row(funnel=None, group=None, hours=all_hours),
+        histogram=_histogram(hours=all_hours, window_days=window_days),
+        previous_from=previous_from,
+        previous_to=previous_to,
+        previous_rows=previous_rows,
+        previous_totals=_row(
+            funnel=None, group=None, hours=_merge(previous_counts.values())
+        ),
+        window_open_from=_window_open_from(
+            as_of=as_of, zone=zone, window_days=window_days,
+            date_from=date_from, date_to=date_to,
+        ),
+    )
+
+
+# --- Validation --------------------------------------------------------------------------
+
+
+def _validate(*, date_from, date_to, window_days, group_by) -> None:
+    if date_from > date_to:
+        raise ReportError(
+            _("The start date %(start)s is after the end date %(end)s.")
+            % {"start": date_from.isoformat(), "end": date_to.isoformat()}
+        )
+    if (date_to - date_from).days + 1 > MAX_PERIOD_DAYS:
+        raise ReportError(
+            _("The period is longer than %(days)s days.") % {"days": MAX_PERIOD_DAYS}
+        )
+    if not 1 <= window_days <= MAX_WINDOW_DAYS:
+        raise ReportError(
+            _("The conversion window must be between 1 and %(max)s days.")
+            % {"max": MAX_WINDOW_DAYS}
+        )
+    if group_by not in GROUP_BY_CHOICES:
+        raise ReportError(
+            _("Unknown grouping %(group_by)s; use one of: %(choices)s.")
+            % {"group_by": group_by, "choices": ", ".join(GROUP_BY_CHOICES)}
+        )
+
+
+def _zone(tz: dt.tzinfo | str | None) -> dt.tzinfo:
+    if tz is None:
+        return zoneinfo.ZoneInfo(settings.TIME_ZONE)
+    if isinstance(tz, str):
+        return zoneinfo.ZoneInfo(tz)
+    return tz
+
+
+# --- Time zone arithmetic ----------------------------------------------------------------
+
+
+def local_midnight(*, day: dt.date, zone: dt.tzinfo) -> dt.datetime:
+    """The aware UTC instant at which `day` begins in `zone`."""
+    naive = dt.datetime.combine(day, dt.time())
+    # fold=0 picks the first of two midnights in a backward jump; a midnight skipped by a
+    # forward jump resolves to the first instant after it, as zoneinfo does.
+    return naive.replace(tzinfo=zone).astimezone(dt.timezone.utc)
+
+
+def _offset_at(seconds: int, zone: dt.tzinfo) -> int:
+    instant = dt.datetime.fromtimestamp(seconds, dt.timezone.utc).astimezone(zone)
+    return int(instant.utcoffset().total_seconds())
+
+
+def offset_segments(*, start: int, end: int, zone: dt.tzinfo) -> list[tuple[int, int]]:
+    """[(from_second, utc_offset)] covering [start, end) in Unix seconds.
+
+    Offsets are sampled once a day and a change is located to the second by bisection;
+    no zone changes its offset twice within a day.
+    """
+    current = _offset_at(start, zone)
+    segments = [(start, current)]
+    at = start
+    while at < end:
+        step = min(at + _DAY, end)
+        if _offset_at(step, zone) == current:
+            at = step
+            continue
+        low, high = at, step
+        while high - low > 1:
+            middle = (low + high) // 2
+            if _offset_at(middle, zone) == current:
+                low = middle
+            else:
+                high = middle
+        current = _offset_at(high, zone)
+        segments.append((high, current))
+        at = high
+    return segments
+
+
+# --- The grouped query -------------------------------------------------------------------
+
+
+# An index to read people in order, (funnel_type, email, entered_at,
+# certificate_purchased_at, test_id): grouping a large cohort then needs no temporary
+# table. It is used when the model declares it and the cohort is large; see
+# docs/reports.md for the measurements.
+PERSON_INDEX = "idx_fe_person"
+# Below this many entries in the period, a range read of idx_fe_report and a temporary
+# table is faster than reading the whole person index; counting stops here.
+LARGE_COHORT_ENTRIES = 100_000
+
+
+def person_index_declared() -> bool:
+    return any(index.name == PERSON_INDEX for index in FunnelEntry._meta.indexes)
+
+
+class _Dialect:
+    """The few SQL spellings that differ; every literal % is doubled (params follow)."""
+
+    def __init__(self, vendor: str, *, in_person_order: bool) -> None:
+        if vendor not in {"sqlite", "mysql"}:
+            raise NotImplementedError(f"conversion reports do not support {vendor}")
+        self.vendor = vendor
+        self.in_person_order = in_person_order
+
+    def epoch(self, value: str) -> str:
+        """Unix seconds of a stored (naive UTC) datetime, without any time zone tables."""
+        if self.vendor == "sqlite":
+            return f"CAST(strftime('%%s', {value}) AS INTEGER)"
+        return f"TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', {value})"
+
+    def div(self, left: str, right: int) -> str:
+        # Both operands are non-negative integers here, so truncation is floor division.
+        if self.vendor == "sqlite":
+            return f"(({left}) / {right})"
+        return f"(({left}) DIV {right})"
+
+    def year_month(self, seconds: str) -> str:
+        """YYYYMM of Unix seconds read as a naive local time."""
+        if self.vendor == "sqlite":
+            return f"CAST(strftime('%%Y%%m', {seconds}, 'unixepoch') AS INTEGER)"
+        return (
+            "EXTRACT(YEAR_MONTH FROM DATE_ADD('1970-01-01 00:00:00',"
+            f" INTERVAL ({seconds}) SECOND))"
+        )
+
+    def index_hint(self) -> str:
+        # Left to themselves both planners take the date range of idx_fe_report and group
+        # a large range in a temporary table, several times slower than the ordered read.
+        if not self.in_person_order:
+            return ""
+        if self.vendor == "sqlite":
+            return f" INDEXED BY {PERSON_INDEX}"
+        return f" FORCE INDEX ({PERSON_INDEX})"
+
+    def person(self) -> str:
+        """What makes entries one person, within a funnel."""
+        if self.vendor == "mysql" and not self.in_person_order:
+            # In a temporary table MariaDB keeps a VARCHAR(255) utf8mb4 key as 1 KB a row
+            # and soon spills to disk; the 16-byte MD5 keeps it small. Addresses are stored
+            # lower-case ASCII (funnels.emails), so this groups as the collation would.
+            return "UNHEX(MD5(email))"
+        return "email"
+
+
+class _Sql:
+    """Text with its parameters, so pieces keep their placeholders in order."""
+
+    def __init__(self, text: str = "", params: Sequence = ()) -> None:
+        self.text = text
+        self.params = list(params)
+
+    def __add__(self, other: _Sql | str) -> _Sql:
+        if isinstance(other, str):
+            return _Sql(self.text + other, self.params)
+        return _Sql(self.text + other.text, self.params + other.params)
+
+    def __radd__(self, other: str) -> _Sql:
+        return _Sql(other + self.text, self.params)
+
+
+def _cohort_sql(
+    *, dialect: _Dialect, table: str, funnels: Sequence[str], test_id: int | None,
+    window_days: int, group_by: str, segments: list[tuple[int, int]],
+    start_seconds: int, start_param, end_param,
+) -> _Sql:
+    """People counted by (funnel index, group key, whole hours to purchase or NULL).
+
+    The inner query makes one row per person (GROUP BY funnel, email) and reduces it at
+    once to three small integers, so what MariaDB materialises for the outer count stays
+    small; the outer query counts people.
+    """
+    entered = dialect.epoch("MIN(entered_at)")
+    purchased = dialect.epoch(
+        "MIN(CASE WHEN certificate_purchased_at >= entered_at"
+        " THEN certificate_purchased_at END)"
+    )
+
+    funnel_index = _Sql(
+        "CASE funnel_type " + " ".join(["WHEN %s THEN %s"] * len(funnels)) + " END",
+        [value for i, slug in enumerate(funnels) for value in (slug, i)],
+    )
+
+    if group_by == GROUP_BY_FUNNEL:
+        group = _Sql("0")
+    elif group_by == GROUP_BY_TEST:
+        # The test of the first entry without a second pass: the minimum of (seconds since
+        # the period start, test id) packed into one BIGINT, then unpacked.
+        packed = _Sql(
+            f"MIN(({dialect.epoch('entered_at')} - %s) * {_TEST_SHIFT}"
+            f" + COALESCE(test_id, 0) + {_TEST_BIAS})",
+            [start_seconds],
+        )
+        group = "(" + packed + f" %% {_TEST_SHIFT} - {_TEST_BIAS})"
+    else:
+        local = _Sql(f"({entered} + ") + _offset_sql(segments, entered) + ")"
+        if group_by == GROUP_BY_DAY:
+            group = _Sql(dialect.div(local.text, _DAY), local.params)
+        elif group_by == GROUP_BY_WEEK:
+            # Day 0 (1970-01-01) was a Thursday: +3 makes weeks start on Monday.
+            group = _Sql(dialect.div(dialect.div(local.text, _DAY) + " + 3", 7), local.params)
+        else:
+            group = _Sql(dialect.year_month(local.text), local.params)
+
+    # NULL without a purchase: NULL - x is NULL, and so is the CASE.
+    elapsed = f"({purchased} - {entered})"
+    hours = _Sql(
+        f"CASE WHEN {elapsed} <= %s THEN {dialect.div(elapsed, _HOUR)} END",
+        [window_days * _DAY],
+    )
+
+    where = _Sql(
+        "funnel_type IN (" + ", ".join(["%s"] * len(funnels)) + ")"
+        " AND entered_at >= %s AND entered_at < %s",
+        [*funnels, start_param, end_param],
+    )
+    if test_id is not None:
+        where += _Sql(" AND test_id = %s", [test_id])
+
+    people = (
+        "SELECT " + funnel_index + " AS funnel_index, " + group + " AS group_key, "
+        + hours + f" AS hours FROM {table}{dialect.index_hint()} WHERE " + where
+        + f" GROUP BY funnel_type, {dialect.person()}"
+    )
+    return (
+        "SELECT funnel_index, group_key, hours, COUNT(*) FROM (" + people + ") people"
+        " GROUP BY funnel_index, group_key, hours"
+    )
+
+
+def _offset_sql(segments: list[tuple[int, int]], seconds: str) -> _Sql:
+    """The zone's UTC offset at `seconds` (an SQL expression), segment by segment."""
+    if len(segments) == 1:
+        return _Sql("%s", [segments[0][1]])
+    sql = _Sql("(CASE")
+    for (_, offset), (next_start, _next) in zip(segments, segments[1:]):
+        sql += _Sql(f" WHEN {seconds} < %s THEN %s", [next_start, offset])
+    return sql + _Sql(" ELSE %s END)", [segments[-1][1]])
+
+
+def _cohort_is_large(*, funnels, start, end) -> bool:
+    """Whether the period holds at least LARGE_COHORT_ENTRIES entries (reads at most
+    that many index entries of idx_fe_report)."""
+    probe = FunnelEntry.objects.filter(
+        funnel_type__in=funnels, entered_at__gte=start, entered_at__lt=end
+    ).order_by()
+    return probe[:LARGE_COHORT_ENTRIES].count() >= LARGE_COHORT_ENTRIES
+
+
+Counts = dict[tuple[str, int], Counter]
+
+
+def _cohort_counts(
+    *, date_from, date_to, funnels, test_id, window_days, group_by, zone
+) -> Counts:
+    """{(funnel, group key): Counter({whole hours to purchase or None: people})}."""
+    if not funnels:
+        return {}
+    start = local_midnight(day=date_from, zone=zone)
+    end = local_midnight(day=date_to + dt.timedelta(days=1), zone=zone)
+    start_seconds = int(start.timestamp())
+    # idx_fe_report lacks test_id: a test breakdown or filter would fetch every row.
+    in_person_order = person_index_declared() and (
+        group_by == GROUP_BY_TEST
+        or test_id is not None
+        or _cohort_is_large(funnels=funnels, start=start, end=end)
+    )
+    connection = connections[router.db_for_read(FunnelEntry)]
+    adapt = connection.ops.adapt_datetimefield_value
+    sql = _cohort_sql(
+        dialect=_Dialect(connection.vendor, in_person_order=in_person_order),
+        table=connection.ops.quote_name(FunnelEntry._meta.db_table),
+        funnels=funnels,
+        test_id=test_id,
+        window_days=window_days,
+        group_by=group_by,
+        segments=offset_segments(
+            start=start_seconds, end=int(end.timestamp()), zone=zone
+        ),
+        start_seconds=start_seconds,
+        start_param=adapt(start),
+        end_param=adapt(end),
+    )
+    counts: Counts = defaultdict(Counter)
+    with connection.cursor() as cursor:
+        cursor.execute(sql.text, sql.params)
+        for funnel_index, group, hours, people in cursor.fetchall():
+            key = (funnels[int(funnel_index)], int(group))
+            counts[key][None if hours is None else int(hours)] += int(people)
+    return counts
+
+
+# --- From counts to rows -----------------------------------------------------------------
+
+
+def _merge(counters: Iterable[Counter]) -> Counter:
+    merged: Counter = Counter()
+    for counter in counters:
+        merged.update(counter)
+    return merged
+
+
+def nearest_rank(*, hours: Counter, percent: int) -> int | None:
+    """The percentile of whole hours to purchase by nearest rank (None key = no purchase)."""
+    values = sorted((h, n) for h, n in hours.items() if h is not None and n)
+    total = sum(n for _, n in values)
+    if not total:
+        return None
+    rank = -(-percent * total // 100)  # ceil without floats
+    seen = 0
+    for value, n in values:
+        seen += n
+        if seen >= rank:
+            return value
+    return values[-1][0]
+
+
+def _row(*, funnel: str | None, group: str | None, hours: Counter) -> ReportRow:
+    return ReportRow(
+        funnel=funnel,
+        group=group,
+        entered=sum(hours.values()),
+        converted=sum(n for h, n in hours.items() if h is not None),
+        median_hours=nearest_rank(hours=hours, percent=50),
+        p90_hours=nearest_rank(hours=hours, percent=90),
+    )
+
+
+def _histogram(*, hours: Counter, window_days: int) -> list[HistogramBin]:
+    days = Counter()
+    for h, n in hours.items():
+        if h is not None:
+            days[min(h // 24, window_days - 1)] += n
+    return [HistogramBin(day=d, converted=days[d]) for d in range(window_days)]
+
+
+def _period_keys(*, group_by: str, date_from: dt.date, date_to: dt.date) -> list[int]:
+    """Every group key of the period, so a quiet day shows as a zero, not a gap."""
+    first = (date_from - _EPOCH).days
+    last = (date_to - _EPOCH).days
+    if group_by == GROUP_BY_DAY:
+        return list(range(first, last + 1))
+    if group_by == GROUP_BY_WEEK:
+        return list(range((first + 3) // 7, (last + 3) // 7 + 1))
+    keys = []
+    year, month = date_from.year, date_from.month
+    while (year, month) <= (date_to.year, date_to.month):
+        keys.append(year * 100 + month)
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return keys
+
+
+def group_label(*, group_by: str, key: int) -> str | None:
+    """The machine-readable group: a date, a week's Monday, YYYY-MM or a test id."""
+    if group_by == GROUP_BY_FUNNEL:
+        return None
+    if group_by == GROUP_BY_TEST:
+        return str(key)
+    if group_by == GROUP_BY_DAY:
+        return (_EPOCH + dt.timedelta(days=key)).isoformat()
+    if group_by == GROUP_BY_WEEK:
+        return (_EPOCH + dt.timedelta(days=key * 7 - 3)).isoformat()
+    return f"{key // 100:04d}-{key % 100:02d}"
+
+
+def _rows(*, counts, funnels, group_by, date_from, date_to) -> list[ReportRow]:
+    if group_by == GROUP_BY_FUNNEL:
+        return [
+            _row(funnel=f, group=None, hours=counts.get((f, 0), Counter())) for f in funnels
+        ]
+    if group_by == GROUP_BY_TEST:
+        rows = [
+            _row(funnel=f, group=group_label(group_by=group_by, key=key), hours=hours)
+            for (f, key), hours in counts.items()
+        ]
+        # Top tests first; ties in a stable, readable order.
+        rows.sort(key=lambda r: (-r.entered, r.funnel, int(r.group)))
+        return rows
+    keys = _period_keys(group_by=group_by, date_from=date_from, date_to=date_to)
+    return [
+        _row(
+            funnel=f,
+            group=group_label(group_by=group_by, key=key),
+            hours=counts.get((f, key), Counter()),
+        )
+        for f in funnels
+        for key in keys
+    ]
+
+
+def _window_open_from(*, as_of, zone, window_days, date_from, date_to) -> dt.date | None:
+    if as_of is None:
+        return None
+    # An entry made after (as_of - window) has not had the whole window yet.
+    open_from = (as_of - dt.timedelta(days=window_days)).astimezone(zone).date()
+    if open_from > date_to:
+        return None
+    return max(open_from, date_from)
