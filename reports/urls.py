@@ -1,2 +1,8 @@
+from django.urls import path
+
+from reports import views
+
 app_name = "reports"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.conversions, name="conversions"),
+]

@@ -344,7 +344,7 @@ def person_index(transactional_db, monkeypatch):
         editor.remove_index(FunnelEntry, PERSON_INDEX)
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("group_by", ["funnel", "test", "day", "week", "month"])
 def test_reading_in_person_order_gives_the_same_numbers(funnels, group_by, request):
     entry("before@example.com", utc(2026, 11, 9, 20, 59, 59), purchased_at=utc(2026, 11, 10))

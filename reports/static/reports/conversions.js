@@ -1,0 +1,71 @@
+/* Draws the report page's two charts from the JSON the server put in the page
+   (json_script); the same numbers are in the tables beside them. */
+"use strict";
+
+(function () {
+  const source = document.getElementById("report-chart-data");
+  if (!source || typeof window.Chart === "undefined") {
+    return;
+  }
+  const data = JSON.parse(source.textContent);
+  const ChartJs = window.Chart;
+
+  const trendCanvas = document.getElementById("trend-chart");
+  if (trendCanvas) {
+    new ChartJs(trendCanvas, {
+      type: "bar",
+      data: {
+        labels: data.trend.labels,
+        datasets: data.trend.datasets.map(function (set) {
+          return {
+            type: set.type,
+            label: set.label,
+            data: set.data,
+            yAxisID: set.axis,
+            // A period without entries has no rate: leave a gap rather than invent a line.
+            spanGaps: false,
+          };
+        }),
+      },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        interaction: { mode: "index", intersect: false },
+        scales: {
+          people: {
+            type: "linear",
+            position: "left",
+            beginAtZero: true,
+            title: { display: true, text: data.trend.people_axis },
+          },
+          rate: {
+            type: "linear",
+            position: "right",
+            beginAtZero: true,
+            grid: { drawOnChartArea: false },
+            title: { display: true, text: data.trend.rate_axis },
+          },
+        },
+      },
+    });
+  }
+
+  const histogramCanvas = document.getElementById("histogram-chart");
+  if (histogramCanvas) {
+    new ChartJs(histogramCanvas, {
+      type: "bar",
+      data: {
+        labels: data.histogram.labels,
+        datasets: [{ label: data.histogram.label, data: data.histogram.data }],
+      },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        scales: {
+          x: { title: { display: true, text: data.histogram.axis } },
+          y: { beginAtZero: true },
+        },
+      },
+    });
+  }
+})();

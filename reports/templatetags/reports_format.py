@@ -1,0 +1,24 @@
+"""Template filters that show report numbers the way the table formatter does."""
+
+from django import template
+
+from reports.formatters import hours_display, rate_display, rate_value
+
+register = template.Library()
+
+
+@register.filter
+def rate(value):
+    return rate_display(value)
+
+
+@register.filter
+def rate_raw(value):
+    """The machine value (a fraction, 4 places) for data attributes; empty for none."""
+    number = rate_value(value)
+    return "" if number is None else repr(number)
+
+
+@register.filter
+def hours(value):
+    return hours_display(value)

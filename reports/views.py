@@ -1,0 +1,73 @@
+"""The conversion report page in the admin: a filter form, charts, tables and the CSV."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib import admin
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse, QueryDict
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET
+
+from reports.formatters import report_chart_data, report_csv, report_data
+from reports.forms import ConversionReportForm
+from reports.selectors import conversion_report, funnel_slugs_list
+
+
+def staff_required(view):
+    """Anonymous visitors go to the admin login; signed-in non-staff are refused."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+        if not (request.user.is_active and request.user.is_staff):
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@require_GET
+@staff_required
+def conversions(request):
+    now = timezone.now()
+    funnel_slugs = funnel_slugs_list()
+    data = request.GET if "from_date" in request.GET else ConversionReportForm.defaults(
+        today=timezone.localdate(now)
+    )
+    form = ConversionReportForm(data, funnel_slugs=funnel_slugs)
+    report = None
+    if form.is_valid():
+        report = conversion_report(
+            **form.report_filters(), as_of=now, funnel_slugs=funnel_slugs
+        )
+        if request.GET.get("format") == "csv":
+            response = HttpResponse(report_csv(report), content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = (
+                f'attachment; filename="conversions_{report.date_from}_{report.date_to}.csv"'
+            )
+            return response
+
+    csv_query = None
+    if report is not None:
+        query = request.GET.copy() if "from_date" in request.GET else QueryDict(mutable=True)
+        if "from_date" not in request.GET:
+            query.update(data)
+        query["format"] = "csv"
+        csv_query = query.urlencode()
+    context = {
+        **admin.site.each_context(request),
+        "title": _("Conversion report"),
+        "form": form,
+        "report": report,
+        "data": report_data(report) if report else None,
+        "chart_data": report_chart_data(report) if report else None,
+        "csv_query": csv_query,
+    }
+    return render(request, "reports/conversions.html", context)
