@@ -3,7 +3,8 @@
 A run reads payments in two passes, both in chunks, each chunk applied in one transaction:
 
 1. the watch list (`PaymentWatch`): payments seen before that may still change (unpaid ones
-   that may be paid later, paid ones that may be refunded), re-read by primary key;
+   that may be paid later, paid ones that may be refunded), re-read by primary key when
+   they are due (young ones every run, old ones rarely), at most one chunk per run;
 2. new payments above the "payments" watermark, in id order; the watermark moves in the
    transaction that applies the chunk it covers.
 
@@ -19,9 +20,11 @@ import datetime as dt
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from django.conf import settings
 from django.db import connections, transaction
+from django.db.models import Case, DateTimeField, Q, Value, When
 
 from funnels.emails import email_check, email_normalize
 from funnels.models import (
@@ -49,6 +52,26 @@ _ENTRY_FIELDS = (
 )
 # Keeps each CASE ... WHEN short: the database walks it for every row it updates.
 _UPDATE_BATCH = 500
+
+# How soon a watched payment is read again, by how long ago its watch (re)started: a
+# payment is usually completed minutes after it was started and refunded, if at all, within
+# days, so young payments are read often and old ones rarely. The first step is shorter than
+# the 15-minute cron period, so a young payment is read by every scheduled run but not again
+# by a manual run a few minutes later. Over a 30-day watch that is ~75 reads, not ~2,900.
+_RECHECK_STEPS: tuple[tuple[dt.timedelta, dt.timedelta], ...] = (
+    # (watched for less than, read again after)
+    (dt.timedelta(hours=1), dt.timedelta(minutes=10)),
+    (dt.timedelta(days=1), dt.timedelta(hours=1)),
+    (dt.timedelta(days=7), dt.timedelta(hours=6)),
+)
+_RECHECK_LATEST = dt.timedelta(days=1)
+
+# Entries holding a payment of the chunk are looked up by payment-id ranges, never by a
+# long IN list: almost every entry has no payment, so InnoDB's statistics for the index
+# are dominated by NULLs and a long IN list (estimated from them, past
+# eq_range_index_dive_limit = 200) can look like the whole table, which MariaDB then
+# scans. Ranges are estimated by index dives; this many keep every one of them dived.
+_MAX_ID_RANGES = 100
 
 
 class SkipReason:
@@ -162,11 +185,6 @@ class _PurchaseRun:
         self.chunk_size = chunk_size
         self.lock_check = lock_check
         self.horizon = dt.timedelta(days=settings.FUNNELS_PURCHASE_RECHECK_DAYS)
-        self.funnels_by_type: dict[int, tuple[str, ...]] = {}
-        for slug, cert_type in Funnel.objects.order_by("slug").values_list(
-            "slug", "certificate_type"
-        ):
-            self.funnels_by_type[cert_type] = (*self.funnels_by_type.get(cert_type, ()), slug)
         # A dry run writes nothing, so later chunks must see what earlier ones would have
         # done: entry id -> (purchased, purchased_at, payment_id).
         self.planned: dict[int, tuple[bool, dt.datetime | None, int | None]] = {}
@@ -177,25 +195,41 @@ class _PurchaseRun:
         self.updated = 0
         self.skipped: Counter[str] = Counter()
 
+    @cached_property
+    def funnels_by_type(self) -> dict[int, tuple[str, ...]]:
+        # Read when the first chunk needs it: a run with nothing to read does not ask.
+        by_type: dict[int, tuple[str, ...]] = {}
+        for slug, cert_type in Funnel.objects.order_by("slug").values_list(
+            "slug", "certificate_type"
+        ):
+            by_type[cert_type] = (*by_type.get(cert_type, ()), slug)
+        return by_type
+
     # -- passes ---------------------------------------------------------------------------
 
     def recheck_watched(self) -> None:
-        last = 0
-        while True:
-            watches = list(
-                PaymentWatch.objects.filter(recheck_until__gt=self.now, payment_id__gt=last)
-                .order_by("payment_id")[: self.chunk_size]
-            )
-            if not watches:
-                return
-            ids = [w.payment_id for w in watches]
-            rows = payments_by_ids(payment_ids=ids)
-            self.rechecked += len(ids)
-            self.read += len(rows)
-            self._apply(ids=ids, rows=rows, watches={w.payment_id: w for w in watches})
-            if len(watches) < self.chunk_size:
-                return
-            last = ids[-1]
+        """Re-read the watched payments that are due, most overdue first, one chunk at most.
+
+        One chunk bounds what a run with nothing new costs, whatever the size of the watch
+        list; a larger due set (a burst of payments, the first run after an outage) is
+        worked off by the next runs, and the reads it leaves spread over time.
+        """
+        due = PaymentWatch.objects.filter(next_check_at__lte=self.now)
+        if self.dry_run:
+            # A live run has just deleted the expired watches; a dry run may not.
+            due = due.filter(recheck_until__gt=self.now)
+        # Only the columns idx_watch_due holds: the read stays inside the index.
+        watches = list(
+            due.order_by("next_check_at", "payment_id")
+            .only("payment_id", "paid", "recheck_until", "next_check_at")[: self.chunk_size]
+        )
+        if not watches:
+            return
+        ids = sorted(w.payment_id for w in watches)
+        rows = payments_by_ids(payment_ids=ids)
+        self.rechecked += len(ids)
+        self.read += len(rows)
+        self._apply(ids=ids, rows=rows, watches={w.payment_id: w for w in watches})
 
     def read_new(self, *, after_id: int) -> int:
         while True:
@@ -255,35 +289,39 @@ class _PurchaseRun:
     def _entries_for(self, *, payments: Iterable[_Payment], ids: list[int]) -> list[FunnelEntry]:
         """One query: entries the paid payments may count for, and entries that point at
         any payment of the chunk (their purchase may have to be withdrawn)."""
+        if not ids:
+            return []
         emails: set[str] = set()
         slugs: set[str] = set()
         for payment in payments:
             if payment.paid:
                 emails.add(payment.email)
                 slugs.update(payment.funnels)
-        # A range, not `payment_id IN (...)`: almost every entry has no payment, so the
-        # index statistics make a long IN list look like the whole table and MariaDB
-        # scans it (1.5 s per chunk on a million entries); one range is estimated by an
-        # index dive. Entries in the range that point at other payments are dropped below.
-        by_payment = (
-            FunnelEntry.objects.filter(payment_id__range=(min(ids), max(ids)))
-            .order_by()
-            .only(*_ENTRY_FIELDS)
-        )
+        # Ranges, not `payment_id IN (...)` (see _MAX_ID_RANGES; a long IN list made
+        # MariaDB scan a million entries, 1.5 s per chunk). New payments are one range;
+        # watched ones due together may lie far apart, so the ids are cut at their widest
+        # gaps rather than spanned by one range over the whole watch list. Entries in a
+        # range that point at other payments are dropped below.
+        in_ranges = Q()
+        for low, high in _id_ranges(ids, most=_MAX_ID_RANGES):
+            in_ranges |= Q(payment_id__range=(low, high))
+        by_payment = FunnelEntry.objects.filter(in_ranges).order_by().only(*_ENTRY_FIELDS)
         if emails:
             by_email = (
                 FunnelEntry.objects.filter(email__in=sorted(emails), funnel_type__in=sorted(slugs))
                 .order_by()
                 .only(*_ENTRY_FIELDS)
             )
-            fetched = list(by_email.union(by_payment))
+            # UNION ALL: a plain UNION de-duplicates whole rows in a temporary table, which
+            # cost more than both reads together; duplicates are dropped by id below.
+            fetched = list(by_email.union(by_payment, all=True))
         else:
             fetched = list(by_payment)
         wanted = set(ids)
-        entries = [
-            e for e in fetched
+        entries = list({
+            e.id: e for e in fetched
             if e.payment_id in wanted or (e.email in emails and e.funnel_type in slugs)
-        ]
+        }.values())
         for entry in entries:
             planned = self.planned.get(entry.id)
             if planned is not None:
@@ -492,6 +530,20 @@ class _PurchaseRun:
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
 
+    def _next_check(self) -> Case:
+        """When each watch read now is due again, from how long ago its watch (re)started
+        (`recheck_until - horizon`), computed by the database: one UPDATE for the chunk."""
+        whens = [
+            When(
+                recheck_until__gt=self.now - younger_than + self.horizon,
+                then=Value(self.now + every),
+            )
+            for younger_than, every in _RECHECK_STEPS
+        ]
+        return Case(
+            *whens, default=Value(self.now + _RECHECK_LATEST), output_field=DateTimeField()
+        )
+
     def _write_watches(
         self, *, ids: list[int], payments: dict[int, _Payment], watches: dict[int, PaymentWatch]
     ) -> None:
@@ -499,6 +551,7 @@ class _PurchaseRun:
             return
         oldest_worth_watching = self.now - self.horizon
         until = self.now + self.horizon
+        first_check = self.now + _RECHECK_STEPS[0][1]
         created: list[PaymentWatch] = []
         changed: list[PaymentWatch] = []
         for payment_id in ids:
@@ -521,13 +574,21 @@ class _PurchaseRun:
             created.append(
                 PaymentWatch(
                     payment_id=payment_id, paid=paid, first_seen_at=self.now,
-                    recheck_until=until,
+                    recheck_until=until, next_check_at=first_check,
                 )
             )
         if created:
             PaymentWatch.objects.bulk_create(created)
         if changed:
             PaymentWatch.objects.bulk_update(changed, ["paid", "recheck_until"])
+        if watches:
+            # After the flips above: a payment that turned paid starts a new window. By
+            # primary key: exact statistics, so the database reads just these rows unless
+            # they are a fair part of the watch list (a burst), when one pass over it is
+            # cheaper and MariaDB takes that instead.
+            PaymentWatch.objects.filter(pk__in=sorted(w.pk for w in watches.values())).update(
+                next_check_at=self._next_check()
+            )
 
     def result(self, *, watermark: int) -> PurchaseSyncResult:
         return PurchaseSyncResult(
@@ -539,6 +600,26 @@ class _PurchaseRun:
             skipped_by_reason=dict(sorted(self.skipped.items())),
             watermark=watermark,
         )
+
+
+def _id_ranges(ids: Iterable[int], *, most: int) -> list[tuple[int, int]]:
+    """At most `most` inclusive (low, high) ranges covering `ids`, cut at the widest gaps,
+    so that they cover as few other ids as that many ranges can. Consecutive ids are never
+    cut apart."""
+    if most < 1:
+        raise ValueError("most must be at least 1")
+    ordered = sorted(set(ids))
+    if not ordered:
+        return []
+    widest = sorted(range(1, len(ordered)), key=lambda i: ordered[i] - ordered[i - 1],
+                    reverse=True)[: most - 1]
+    cuts = sorted(i for i in widest if ordered[i] - ordered[i - 1] > 1)
+    ranges, start = [], 0
+    for cut in cuts:
+        ranges.append((ordered[start], ordered[cut - 1]))
+        start = cut
+    ranges.append((ordered[start], ordered[-1]))
+    return ranges
 
 
 def purchases_sync(

@@ -20,10 +20,13 @@ from funnels.services.purchases import (
     PurchaseSyncConflict,
     PurchaseSyncResult,
     SkipReason,
+    _id_ranges,
     purchases_sync,
 )
 from funnels.tests.factories import (
     CertPaymentFactory,
+    CertResultFactory,
+    CertTestFactory,
     CertUserFactory,
     FunnelEntryFactory,
     SyncRunFactory,
@@ -577,9 +580,10 @@ def test_queries_per_chunk_do_not_grow_with_the_rows_in_it(now, settings):
     # bulk_create and bulk_update are the only thing that may add a query per chunk.
     many = _queries_for_one_chunk(now, buyers=40, offset=100)
     assert few == many
-    # Ours: the run row (the test's own), funnels, watermark, expired watches, watch list;
-    # for the chunk: its watches, entries (one UNION query), savepoint, entries update,
-    # run items, watermark, release. MODX: one query for the single (short) chunk.
+    # Ours: the run row (the test's own), watermark, expired watches, due watches; for the
+    # chunk: funnels (read once, when first needed), its watches, entries (one UNION ALL
+    # query), savepoint, entries update, run items, watermark, release. MODX: one query
+    # for the single (short) chunk.
     assert few == (12, 1)
 
 
@@ -606,3 +610,229 @@ def test_entry_lookup_is_one_query_per_chunk(now, settings):
                    if q["sql"].lstrip().upper().startswith(("SELECT", "(SELECT"))
                    and "funnel_entries" in q["sql"]]
     assert len(entry_reads) == 2
+
+
+# --- when watched payments are read again --------------------------------------------------
+
+MINUTE = dt.timedelta(minutes=1)
+
+
+def watch_of(payment):
+    return PaymentWatch.objects.get(payment_id=payment.id)
+
+
+def test_a_watched_payment_is_read_again_only_when_due_young_ones_often_old_ones_rarely(now):
+    entry = FunnelEntryFactory(email="ann@example.com", entered_at=ENTERED)
+    payment = pay("ann@example.com", at=ENTERED + DAY)
+    sync(now)
+    assert watch_of(payment).next_check_at == now + 10 * MINUTE
+
+    # A manual run minutes after the scheduled one does not read it again ...
+    assert sync(now + 5 * MINUTE).payments_rechecked == 0
+    # ... the next scheduled run does, and a young watch stays on every run.
+    assert sync(now + 15 * MINUTE).payments_rechecked == 1
+    assert watch_of(payment).next_check_at == now + 25 * MINUTE
+    # Watched for two hours: hourly; for two days: every six hours; a week on: daily.
+    for age, every in [(2 * 60 * MINUTE, 60 * MINUTE), (2 * DAY, 6 * 60 * MINUTE),
+                       (8 * DAY, DAY)]:
+        assert sync(now + age).payments_rechecked == 1
+        assert watch_of(payment).next_check_at == now + age + every
+        assert sync(now + age + every - MINUTE).payments_rechecked == 0
+    assert refreshed(entry).payment_id == payment.id  # nothing changed along the way
+
+
+def test_a_refund_is_noticed_on_the_first_read_after_it(now):
+    entry = FunnelEntryFactory(email="ann@example.com", entered_at=ENTERED)
+    payment = pay("ann@example.com", at=ENTERED + DAY)
+    sync(now)
+    sync(now + 3 * DAY)  # watched for three days: next read six hours later
+    modx_update(payment, status_id=4)
+
+    assert sync(now + 3 * DAY + 5 * 60 * MINUTE).purchases_revoked == 0  # not due yet
+    assert refreshed(entry).certificate_purchased is True
+    assert sync(now + 3 * DAY + 6 * 60 * MINUTE).purchases_revoked == 1
+    assert refreshed(entry).certificate_purchased is False
+
+
+def test_a_payment_that_turns_paid_is_watched_closely_again(now):
+    entry = FunnelEntryFactory(email="ann@example.com", entered_at=ENTERED)
+    payment = pay("ann@example.com", at=None, status=1)
+    sync(now)
+    sync(now + 2 * DAY)
+    assert watch_of(payment).next_check_at == now + 2 * DAY + 6 * 60 * MINUTE
+
+    modx_update(payment, status_id=2, paid_at=now + 2 * DAY)
+    later = now + 2 * DAY + 6 * 60 * MINUTE
+    assert sync(later).purchases_found == 1
+    assert refreshed(entry).payment_id == payment.id
+    # A refund follows the payment: its window and the frequent reads start again.
+    watch = watch_of(payment)
+    assert (watch.paid, watch.recheck_until) == (True, later + 30 * DAY)
+    assert watch.next_check_at == later + 10 * MINUTE
+
+
+def test_rechecks_are_one_chunk_per_run_most_overdue_first(now):
+    payments = [pay(f"b{n}@example.com", at=None, status=1) for n in range(5)]
+    sync(now)
+    # A row written without a next check (before there was one) is due before any other.
+    PaymentWatch.objects.filter(payment_id=payments[3].id).delete()
+    PaymentWatch.objects.create(
+        payment_id=payments[3].id, paid=False, first_seen_at=now, recheck_until=now + 30 * DAY
+    )
+    PaymentWatch.objects.filter(payment_id=payments[1].id).update(next_check_at=now)
+
+    order = []
+    for minute in (11, 12, 13, 14):
+        before = {p.id: watch_of(p).next_check_at for p in payments}
+        result = sync(now + minute * MINUTE, chunk_size=2)
+        order.append([p.id for p in payments if watch_of(p).next_check_at != before[p.id]])
+        assert result.payments_rechecked == len(order[-1])
+
+    ids = [p.id for p in payments]
+    assert order == [[ids[1], ids[3]], [ids[0], ids[2]], [ids[4]], []]
+
+
+def test_a_dry_run_rechecks_what_is_due_and_reschedules_nothing(now):
+    payment = pay("ann@example.com", at=None, status=1)
+    sync(now)
+    PaymentWatch.objects.update(next_check_at=now)
+
+    assert sync(now + MINUTE, dry_run=True).payments_rechecked == 1
+    assert sync(now + MINUTE, dry_run=True).payments_rechecked == 1
+    assert watch_of(payment).next_check_at == now
+
+
+def test_an_expired_watch_is_not_reread_by_a_dry_run(now, settings):
+    settings.FUNNELS_PURCHASE_RECHECK_DAYS = 10
+    pay("ann@example.com", at=None, status=1)
+    sync(now)
+    assert sync(now + 10 * DAY, dry_run=True).payments_rechecked == 0
+    assert PaymentWatch.objects.count() == 1  # a dry run deletes nothing either
+
+
+def test_refunds_of_payments_far_apart_reach_their_entries_and_no_other(now):
+    cert_test = CertTestFactory(type=CERT_TYPE_LANGUAGE)
+
+    def pay_as(payment_id, email):
+        return CertPaymentFactory(
+            id=payment_id, result__user__email=email, result__test=cert_test,
+            paid_at=ENTERED + DAY,
+        )
+
+    far_apart = [pay_as(n, f"r{n}@example.com") for n in (10, 20_000, 90_000)]
+    between = pay_as(50_000, "kept@example.com")
+    entries = [FunnelEntryFactory(email=f"r{n}@example.com", entered_at=ENTERED)
+               for n in (10, 20_000, 90_000)]
+    kept = FunnelEntryFactory(email="kept@example.com", entered_at=ENTERED)
+    sync(now)
+    assert all(refreshed(e).certificate_purchased for e in [*entries, kept])
+    PaymentWatch.objects.filter(payment_id=between.id).update(next_check_at=now + DAY)
+    for payment in far_apart:
+        modx_update(payment, status_id=4)
+
+    result = sync(now + 15 * MINUTE)
+
+    assert (result.payments_rechecked, result.purchases_revoked) == (3, 3)
+    assert not any(refreshed(e).certificate_purchased for e in entries)
+    assert refreshed(kept).payment_id == between.id
+
+
+@pytest.mark.parametrize(("ids", "most", "expected"), [
+    ([], 3, []),
+    ([7], 1, [(7, 7)]),
+    ([5, 1, 3, 2, 4, 3], 3, [(1, 5)]),  # consecutive ids are never cut apart
+    ([1, 2, 3, 10, 11, 50], 1, [(1, 50)]),
+    ([1, 2, 3, 10, 11, 50], 2, [(1, 11), (50, 50)]),
+    ([1, 2, 3, 10, 11, 50], 3, [(1, 3), (10, 11), (50, 50)]),
+    ([1, 2, 3, 10, 11, 50], 9, [(1, 3), (10, 11), (50, 50)]),
+])
+def test_id_ranges_cover_every_id_and_cut_at_the_widest_gaps(ids, most, expected):
+    assert _id_ranges(ids, most=most) == expected
+
+
+# --- a run with nothing to do ----------------------------------------------------------------
+
+
+def _tables_read_whole(alias, queries):
+    """Tables that a captured query reads from end to end, by the database's own plan."""
+    connection = connections[alias]
+    whole = set()
+    with connection.cursor() as cursor:
+        for query in queries:
+            sql = query["sql"]
+            if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
+                continue
+            if connection.vendor == "sqlite":
+                cursor.execute("EXPLAIN QUERY PLAN " + sql)
+                for *_, detail in cursor.fetchall():
+                    # "SCAN t" or "SCAN t USING INDEX i" read all of t; "SEARCH" does not.
+                    if detail.startswith("SCAN "):
+                        whole.add(detail.split()[1])
+            else:
+                cursor.execute("EXPLAIN " + sql)
+                names = [c[0] for c in cursor.description]
+                for row in cursor.fetchall():
+                    plan = dict(zip(names, row))
+                    if str(plan["type"]).upper() in {"ALL", "INDEX"}:
+                        whole.add(plan["table"])
+    return whole
+
+
+def _grow_tables(count, *, now, first_id):
+    """`count` more entries (every other one converted), MODX payments behind the watermark
+    and watched payments, none of them due: rows that an idle run must not pay for."""
+    cert_test = CertTestFactory(type=CERT_TYPE_LANGUAGE)
+    ids = range(first_id, first_id + count)
+    with modx_writes_allowed():  # relating built MODX rows asks the router for a write
+        users = [CertUserFactory.build(id=n, email=f"big{n}@example.com") for n in ids]
+        results = [CertResultFactory.build(id=n, user=u, test=cert_test)
+                   for n, u in zip(ids, users)]
+        payments = [CertPaymentFactory.build(id=n, result=r, paid_at=ENTERED + DAY)
+                    for n, r in zip(ids, results)]
+        for model, rows in [(CertUser, users), (CertResult, results), (CertPayment, payments)]:
+            model.objects.using("modx").bulk_create(rows, batch_size=200)
+    FunnelEntry.objects.bulk_create([
+        FunnelEntryFactory.build(
+            email=f"big{n}@example.com", entered_at=ENTERED,
+            certificate_purchased=n % 2 == 0, payment_id=n if n % 2 == 0 else None,
+            certificate_purchased_at=ENTERED + DAY if n % 2 == 0 else None,
+        )
+        for n in ids
+    ], batch_size=200)
+    PaymentWatch.objects.bulk_create([
+        PaymentWatch(payment_id=n, paid=True, first_seen_at=now - DAY,
+                     recheck_until=now + 29 * DAY, next_check_at=now + (n % 60 + 1) * MINUTE)
+        for n in ids
+    ], batch_size=200)
+    SyncState.objects.update_or_create(
+        key=WATERMARK_KEY, defaults={"last_id": first_id + count - 1}
+    )
+
+
+def _idle_run(now):
+    run = SyncRunFactory(dry_run=False, started_at=now)
+    with CaptureQueriesContext(connections["default"]) as ours, \
+            CaptureQueriesContext(connections["modx"]) as modx_queries:
+        result = purchases_sync(run=run, dry_run=False, now=now, chunk_size=100)
+    assert (result.payments_read, result.payments_rechecked) == (0, 0)
+    return ours.captured_queries, modx_queries.captured_queries
+
+
+def test_a_run_with_nothing_to_do_costs_the_same_few_queries_whatever_the_table_sizes(now):
+    _grow_tables(10, now=now, first_id=1)
+    small = _idle_run(now)
+    _grow_tables(990, now=now, first_id=11)
+    assert (FunnelEntry.objects.count(), PaymentWatch.objects.count()) == (1000, 1000)
+    large = _idle_run(now)
+
+    def shapes(queries):
+        return [q["sql"].split(" WHERE ")[0] for q in queries]
+
+    assert [shapes(q) for q in large] == [shapes(q) for q in small]
+    ours, modx_queries = large
+    # Ours: the watermark, expired watches deleted, due watches (none). MODX: new payments
+    # (none). Neither the entries nor the funnels are asked about.
+    assert (len(ours), len(modx_queries)) == (3, 1)
+    assert not any("funnel_entries" in q["sql"] for q in ours)
+    assert _tables_read_whole("default", ours) == set()
+    assert _tables_read_whole("modx", modx_queries) == set()
