@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import wraps
 
-from django.contrib import admin
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, QueryDict
@@ -17,6 +16,7 @@ from django.views.decorators.http import require_GET
 from reports.formatters import report_chart_data, report_csv, report_data
 from reports.forms import ConversionReportForm
 from reports.selectors import conversion_report, funnel_slugs_list
+from testizer_funnels.admin_site import site as admin_site
 
 
 def staff_required(view):
@@ -62,7 +62,7 @@ def conversions(request):
         query["format"] = "csv"
         csv_query = query.urlencode()
     context = {
-        **admin.site.each_context(request),
+        **admin_site.each_context(request),
         "title": _("Conversion report"),
         "form": form,
         "report": report,

@@ -202,6 +202,9 @@ def test_every_url_is_a_real_page_for_a_superuser(admin_client, objects,
             response = admin_client.get(url)
         statuses[url] = response.status_code
         assert response.status_code in (200, 302, 403, 404, 405), (name, url)
+        if response.status_code == 200 and response["Content-Type"].startswith("text/html"):
+            # The operator always sees which mode the job is in, on every page.
+            assert 'id="funnels-mode"' in response.content.decode(), (name, url)
     pages = [url for name, url in every_url(objects)
              if name and (name.endswith(("_changelist", "_change", "_history"))
                           or name in ("admin:index", "admin:app_list", "reports:conversions"))]
