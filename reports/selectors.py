@@ -50,10 +50,10 @@ GROUP_BY_CHOICES = (GROUP_BY_FUNNEL, GROUP_BY_TEST, GROUP_BY_DAY, GROUP_BY_WEEK,
 PERIOD_GROUPINGS = (GROUP_BY_DAY, GROUP_BY_WEEK, GROUP_BY_MONTH)
 
 DEFAULT_WINDOW_DAYS = 30
-MAX_WINDOW_DAYS = 3660
-# The first-entry test is packed with the seconds since the period start into one BIGINT
-# (see _cohort_sql); 2**31 seconds is 68 years, far beyond any sensible report.
-MAX_PERIOD_DAYS = 365 * 60
+MAX_WINDOW_DAYS = 365
+# Ten years by day is still a page a browser renders; the packed first-entry test (see
+# _cohort_sql) would allow up to 2**31 seconds, 68 years.
+MAX_PERIOD_DAYS = 3660
 
 _EPOCH = dt.date(1970, 1, 1)
 _DAY = 86400
