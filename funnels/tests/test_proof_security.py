@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from pathlib import Path
@@ -417,6 +418,11 @@ def test_html_in_addresses_and_names_is_escaped_on_every_page(admin_client, obje
                                sync_status=SyncStatus.FAILED, sync_last_error=f"Brevo: {SCRIPT}")
     Funnel.objects.create(slug="evil", name=f"Evil {SCRIPT}", test_kind="any",
                           certificate_type=1)
+    # A slug the admin would refuse, written to the table directly: the report shows slugs.
+    Funnel.objects.create(slug=f"x{IMG}", name="slug with HTML", test_kind="any",
+                          certificate_type=1)
+    FunnelEntryFactory(email="slug@example.com", funnel_type=f"x{IMG}",
+                       entered_at=now - dt.timedelta(days=2))
     pages = [
         reverse("admin:index"),
         reverse("admin:funnels_funnelentry_changelist"),
@@ -429,6 +435,8 @@ def test_html_in_addresses_and_names_is_escaped_on_every_page(admin_client, obje
     reports = "reports:conversions" in {n for _, n, _ in _routes()}
     if reports:
         pages.append(reverse("reports:conversions"))
+        pages.append(reverse("reports:conversions") + "?from_date=2026-11-01&to_date="
+                     + now.date().isoformat() + "&group_by=funnel")
     seen_escaped = 0
     for url in pages:
         html = admin_client.get(url).content.decode()
@@ -436,4 +444,53 @@ def test_html_in_addresses_and_names_is_escaped_on_every_page(admin_client, obje
         assert "<img src=x" not in html, url
         assert "<b>bold</b>" not in html, url
         seen_escaped += "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        if "reports" in url:
+            assert "&lt;img src=x onerror=alert(1)&gt;" in html, url  # shown, escaped
     assert seen_escaped >= 4  # the rows were on the pages, escaped
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cells(text: str) -> list[list[str]]:
+    import csv
+    import io
+
+    assert text.startswith("\ufeff")
+    return list(csv.reader(io.StringIO(text[1:])))
+
+
+def test_csv_cells_can_never_be_spreadsheet_formulas(admin_client, now):
+    """Funnel slugs and test ids are the text cells of the report; a slug written to the
+    table by hand (or by the earlier tool) and a negative MODX test id start like a
+    formula. The admin's download and the command's CSV both neutralise them."""
+    from django.core.management import call_command
+    import io
+
+    hostile = ["=HYPERLINK(\"http://x\",\"y\")", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)"]
+    day = now - dt.timedelta(days=3)
+    for n, slug in enumerate(hostile):
+        Funnel.objects.create(slug=slug, name=f"hostile {n}", test_kind="any", certificate_type=1)
+        FunnelEntryFactory(email=f"f{n}@example.com", funnel_type=slug, test_id=-5 - n,
+                           entered_at=day, certificate_purchased=True,
+                           certificate_purchased_at=day + dt.timedelta(hours=2))
+    period = {"from_date": (day - dt.timedelta(days=1)).date().isoformat(),
+              "to_date": now.date().isoformat()}
+    documents = []
+    for group_by in ("funnel", "test"):
+        response = admin_client.get(reverse("reports:conversions"),
+                                    {**period, "group_by": group_by, "format": "csv"})
+        assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
+        documents.append(response.content.decode("utf-8"))
+        out = io.StringIO()
+        call_command("report_conversions", "--from-date", period["from_date"], "--to-date",
+                     period["to_date"], "--group-by", group_by, "--format", "csv", stdout=out)
+        documents.append(out.getvalue())
+    neutralised = 0
+    for text in documents:
+        for row in _csv_cells(text)[1:]:
+            for cell in row:
+                assert not cell.startswith(FORMULA_STARTS), (cell, row)
+                neutralised += cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS)
+    # Every hostile slug (by funnel) and every negative test id (by test), in both files.
+    assert neutralised >= 2 * (len(hostile) + len(hostile))
