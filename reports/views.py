@@ -56,9 +56,9 @@ def conversions(request):
 
     csv_query = None
     if report is not None:
-        query = request.GET.copy() if "from_date" in request.GET else QueryDict(mutable=True)
-        if "from_date" not in request.GET:
-            query.update(data)
+        # The same filters as the page shows, defaults included.
+        query = QueryDict(mutable=True)
+        query.update({key: value for key, value in form.data.items() if key != "format"})
         query["format"] = "csv"
         csv_query = query.urlencode()
     context = {

@@ -17,6 +17,7 @@ from django.core.management.base import CommandError
 from django.utils import translation
 
 from reports.formatters import report_csv
+from reports.management.commands.report_conversions import Command
 from reports.selectors import conversion_report
 from reports.tests.helpers import entry, utc
 
@@ -115,9 +116,7 @@ def test_bad_input_is_a_command_error_with_status_2(funnels, args, message):
 
 
 def test_help_documents_definitions_and_json():
-    parser = __import__(
-        "reports.management.commands.report_conversions", fromlist=["Command"]
-    ).Command().create_parser("manage.py", "report_conversions")
+    parser = Command().create_parser("manage.py", "report_conversions")
     text = parser.format_help()
 
     assert "Definitions:" in text

@@ -35,11 +35,10 @@ D = dt.date
 def make_report(*, rows, group_by="funnel", funnels=("language",), histogram=None,
                 previous=None, window_open_from=None) -> ConversionReport:
     """A report built by hand, so formatting is tested apart from the database."""
-    hours_total = [r for r in rows]
     totals = ReportRow(
         funnel=None, group=None,
-        entered=sum(r.entered for r in hours_total),
-        converted=sum(r.converted for r in hours_total),
+        entered=sum(r.entered for r in rows),
+        converted=sum(r.converted for r in rows),
         median_hours=rows[0].median_hours if rows else None,
         p90_hours=rows[0].p90_hours if rows else None,
     )
