@@ -18,8 +18,12 @@ import time
 
 import pytest
 
+from django.db import connections
+
+from funnels.brevo.client import BrevoClient
 from funnels.brevo.factory import brevo_client_build
 from funnels.models import FunnelEntry, SyncRun, SyncStatus
+from funnels.modx import models as modx
 from funnels.services.runs import run_funnels
 from funnels.tests.proof_support import (
     AS_OF,
@@ -33,8 +37,10 @@ from funnels.tests.proof_support import (
     other_connections,
     run_lock_holder,
 )
+from funnels.tests.manage_subprocess import mariadb_connect
 from funnels.tests.sync_support import (
     API_KEY,
+    LANG_TEST,
     SINCE,
     SleepRecorder,
     default_rows_restore,
@@ -44,6 +50,7 @@ from funnels.tests.sync_support import (
     manage_popen,
     manage_run,
     modx_catalogue,
+    modx_result,
     modx_rows_delete,
     subprocess_env,
 )
@@ -366,7 +373,8 @@ def test_brevo_fault_then_a_normal_run_loses_nothing(
     # Transient failures wait out their backoff (5 min after the first attempt): run later.
     later = _run(now=now + dt.timedelta(hours=7))
     assert later.status == SyncRun.Status.SUCCESS, later.error
-    assert_invariant(fake_brevo, after_id=brevo_world.first_result_id - 1, as_of=now)
+    counts = assert_invariant(fake_brevo, after_id=brevo_world.first_result_id - 1, as_of=now)
+    assert counts["buyers"] and counts["language"] and counts["non_language"], counts
 
 
 def test_a_bulk_import_that_ends_failed_then_a_normal_run(
@@ -409,3 +417,42 @@ def test_faults_in_turn_across_runs_with_new_people_each_time(
     fake_brevo.faults.clear()
     assert _run(now=moment + dt.timedelta(hours=7)).status == SyncRun.Status.SUCCESS
     assert_invariant(fake_brevo, after_id=world.first_result_id - 1, as_of=now)
+
+
+# --- a MODX insert that commits late -----------------------------------------------------
+
+
+@transactional
+@pytest.mark.xfail(
+    strict=True,
+    reason="the test-results watermark is the highest id read; a row whose id was taken "
+    "before, but whose transaction committed after, a run read past it is never read "
+    "(docs/proof.md, 'late commit below the watermark')",
+)
+def test_a_result_committed_after_a_higher_id_is_not_lost(committed, live_settings, fake_brevo):
+    funnels_configure()
+    factory = lambda: BrevoClient(  # noqa: E731
+        base_url=fake_brevo.base_url, api_key=API_KEY, requests_per_second=0,
+        sleep=SleepRecorder(),
+    )
+    late = mariadb_connect(str(connections["modx"].settings_dict["NAME"]))
+    late.autocommit(False)
+    try:
+        with late.cursor() as cursor:
+            # A web form's insert in an InnoDB transaction: the id is taken now, the row
+            # becomes visible at COMMIT; meanwhile another visitor's row commits.
+            cursor.execute(
+                f"INSERT INTO {modx.TestResult._meta.db_table} (Email, TestId, Datep, Status) "
+                "VALUES (%s, %s, %s, 1)",
+                ["late@example.com", LANG_TEST, "2026-11-28 10:00:00"],
+            )
+        modx_result("early@example.com", completed_at=AS_OF - dt.timedelta(hours=1))
+        first = run_funnels(now=AS_OF, dry_run=False, since=SINCE, brevo_client_factory=factory)
+        assert first.status == SyncRun.Status.SUCCESS and first.entries_added == 1
+        late.commit()
+    finally:
+        late.close()
+    second = run_funnels(now=AS_OF + dt.timedelta(minutes=15), dry_run=False,
+                         brevo_client_factory=factory)
+    assert second.status == SyncRun.Status.SUCCESS
+    assert fake_brevo.list_members(1) == {"early@example.com", "late@example.com"}
