@@ -109,10 +109,14 @@ class FunnelEntry(models.Model):
         indexes = [
             models.Index(fields=["email", "funnel_type"], name="idx_email_funnel"),
             models.Index(fields=["user_id", "test_id"], name="idx_user_test"),
-            # The outbox: what is due for Brevo, oldest first.
+            # The outbox: failed entries whose next attempt has come...
             models.Index(
                 fields=["sync_status", "sync_next_attempt_at", "id"], name="idx_fe_outbox"
             ),
+            # ...and pending entries in id order (a range on this index stays cheap even
+            # right after a run marked many rows synced, when InnoDB's statistics make the
+            # optimiser give up on idx_fe_outbox).
+            models.Index(fields=["sync_status", "id"], name="idx_fe_due"),
             # Reports: cohorts by funnel and entry time, conversion read from the index.
             models.Index(
                 fields=["funnel_type", "entered_at", "certificate_purchased_at", "email"],
@@ -120,6 +124,14 @@ class FunnelEntry(models.Model):
             ),
             models.Index(fields=["entered_at"], name="idx_fe_entered"),
             models.Index(fields=["payment_id"], name="idx_fe_payment"),
+            # Dashboard: purchases today / this week.
+            models.Index(fields=["certificate_purchased_at"], name="idx_fe_purchased"),
+            # Reports: people (funnel, email) grouped straight from the index, without a
+            # temporary table of 255-character keys (11 s -> 1 s for a year of 1M rows).
+            models.Index(
+                fields=["funnel_type", "email", "entered_at", "certificate_purchased_at", "test_id"],
+                name="idx_fe_person",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -251,6 +263,9 @@ class RuntimeSettings(models.Model):
         verbose_name = _("runtime settings")
         verbose_name_plural = _("runtime settings")
         permissions = [("change_dry_run", _("Can switch between dry run and live"))]
+
+    def __str__(self) -> str:
+        return str(_("Mode: dry run") if self.dry_run else _("Mode: live"))
 
 
 class PaymentWatch(models.Model):

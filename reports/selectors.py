@@ -282,16 +282,12 @@ def offset_segments(*, start: int, end: int, zone: dt.tzinfo) -> list[tuple[int,
 
 # An index to read people in order, (funnel_type, email, entered_at,
 # certificate_purchased_at, test_id): grouping a large cohort then needs no temporary
-# table. It is used when the model declares it and the cohort is large; see
+# table. It is used when the cohort is large (or a test is involved); see
 # docs/reports.md for the measurements.
 PERSON_INDEX = "idx_fe_person"
 # Below this many entries in the period, a range read of idx_fe_report and a temporary
 # table is faster than reading the whole person index; counting stops here.
 LARGE_COHORT_ENTRIES = 100_000
-
-
-def person_index_declared() -> bool:
-    return any(index.name == PERSON_INDEX for index in FunnelEntry._meta.indexes)
 
 
 class _Dialect:
@@ -460,7 +456,7 @@ def _cohort_counts(
     end = local_midnight(day=date_to + dt.timedelta(days=1), zone=zone)
     start_seconds = int(start.timestamp())
     # idx_fe_report lacks test_id: a test breakdown or filter would fetch every row.
-    in_person_order = person_index_declared() and (
+    in_person_order = (
         group_by == GROUP_BY_TEST
         or test_id is not None
         or _cohort_is_large(funnels=funnels, start=start, end=end)

@@ -318,34 +318,24 @@ def test_nearest_rank_percentiles():
     assert nearest_rank(hours=Counter({None: 3}), percent=50) is None
 
 
-def test_a_report_is_three_queries(funnels, one_day, django_assert_num_queries):
-    # The funnels, the period, the previous period: however many entries there are.
-    with django_assert_num_queries(3):
+def test_a_report_is_five_queries(funnels, one_day, django_assert_num_queries):
+    # The funnels, then for the period and the previous one: is it large, the counts;
+    # however many entries there are.
+    with django_assert_num_queries(5):
         report(date_from=D(2026, 11, 1), date_to=D(2026, 11, 30), group_by="day")
 
 
-# --- The person index (declared by the lead's migration) ----------------------------
-
-PERSON_INDEX = models.Index(
-    fields=["funnel_type", "email", "entered_at", "certificate_purchased_at", "test_id"],
-    name=selectors.PERSON_INDEX,
-)
-
-
-@pytest.fixture
-def person_index(transactional_db, monkeypatch):
-    """The index exists in the database and the model declares it, for this test only."""
-    with connection.schema_editor() as editor:
-        editor.add_index(FunnelEntry, PERSON_INDEX)
-    monkeypatch.setattr(FunnelEntry._meta, "indexes", [*FunnelEntry._meta.indexes, PERSON_INDEX])
-    yield
-    monkeypatch.undo()
-    with connection.schema_editor() as editor:
-        editor.remove_index(FunnelEntry, PERSON_INDEX)
+def test_a_report_by_test_skips_the_size_probe(funnels, one_day, django_assert_num_queries):
+    # The period is read in person order at once (idx_fe_report has no test_id); the
+    # previous period is only totals, so it is probed as usual.
+    with django_assert_num_queries(4):
+        report(date_from=D(2026, 11, 1), date_to=D(2026, 11, 30), group_by="test")
 
 
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("group_by", ["funnel", "test", "day", "week", "month"])
+# --- The person index ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group_by", ["funnel", "day", "week", "month"])
 def test_reading_in_person_order_gives_the_same_numbers(funnels, group_by, request):
     entry("before@example.com", utc(2026, 11, 9, 20, 59, 59), purchased_at=utc(2026, 11, 10))
     entry("p@example.com", utc(2026, 11, 10, 8), test_id=101, purchased_at=utc(2026, 11, 11, 8))
@@ -357,7 +347,6 @@ def test_reading_in_person_order_gives_the_same_numbers(funnels, group_by, reque
     expected = report(**filters)
     assert expected.totals.entered == 3
 
-    request.getfixturevalue("person_index")
     monkeypatch = request.getfixturevalue("monkeypatch")
     monkeypatch.setattr(selectors, "LARGE_COHORT_ENTRIES", 2)
     with CaptureQueriesContext(connection) as queries:
