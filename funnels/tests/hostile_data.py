@@ -195,7 +195,8 @@ def _hand_written_payments(*, now: dt.datetime, vendor: str) -> list[HostilePaym
     boris_entered = anna_entered + dt.timedelta(minutes=54)
     language, other = modx.CERT_TYPE_LANGUAGE, modx.CERT_TYPE_NON_LANGUAGE
     payments = [
-        HostilePayment("paid after entry, typed differently", 2, anna_entered + dt.timedelta(hours=1),
+        HostilePayment("paid after entry, typed differently", 2,
+                       anna_entered + dt.timedelta(hours=1),
                        buyer="  ANNA@Example.COM ", outcome="purchase:anna@example.com:language"),
         HostilePayment("paid before entry", 2, anna_entered - dt.timedelta(hours=2),
                        buyer="anna@example.com", outcome="purchase_before_entry"),
@@ -317,8 +318,10 @@ def modx_email_columns_restore(*, alias: str = MODX_ALIAS) -> None:
     if connections[alias].vendor != "mysql":
         return
     with connections[alias].cursor() as cursor:
-        cursor.execute(f"ALTER TABLE {modx.TestResult._meta.db_table} MODIFY Email VARCHAR(255) NULL")
-        cursor.execute(f"ALTER TABLE {modx.CertUser._meta.db_table} MODIFY email VARCHAR(255) NULL")
+        cursor.execute(f"ALTER TABLE {modx.TestResult._meta.db_table} "
+                       "MODIFY Email VARCHAR(255) NULL")
+        cursor.execute(f"ALTER TABLE {modx.CertUser._meta.db_table} "
+                       "MODIFY email VARCHAR(255) NULL")
 
 
 @dataclass

@@ -14,7 +14,6 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
@@ -41,7 +40,10 @@ from funnels.tests.sync_support import (
 from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 FUNNEL_LISTS = {"language": LANGUAGE_LIST, "non_language": OTHER_LIST}
-FUNNEL_CERT_TYPE = {"language": modx.CERT_TYPE_LANGUAGE, "non_language": modx.CERT_TYPE_NON_LANGUAGE}
+FUNNEL_CERT_TYPE = {
+    "language": modx.CERT_TYPE_LANGUAGE,
+    "non_language": modx.CERT_TYPE_NON_LANGUAGE,
+}
 # The pinned "now" of conftest.CURRENT_TIME, as the command line takes it.
 AS_OF = dt.datetime(2026, 11, 28, 15, 30, tzinfo=dt.UTC)
 AS_OF_ARG = "2026-11-28T15:30:00+00:00"
@@ -70,7 +72,9 @@ def _language_test_ids() -> set[int]:
     languages = set(modx.TestLanguage.objects.using(MODX_ALIAS).values_list("id", flat=True))
     return {
         test_id
-        for test_id, lang_id in modx.Test.objects.using(MODX_ALIAS).values_list("test_id", "lang_id")
+        for test_id, lang_id in (
+            modx.Test.objects.using(MODX_ALIAS).values_list("test_id", "lang_id")
+        )
         if lang_id in languages
     }
 
@@ -188,7 +192,9 @@ def assert_invariant(fake: FakeBrevo, *, after_id: int = 0, as_of: dt.datetime =
     )
 
     buyers = 0
-    single_funnel = {e for e in everyone if sum(e in expected.members(s) for s in FUNNEL_LISTS) == 1}
+    single_funnel = {
+        e for e in everyone if sum(e in expected.members(s) for s in FUNNEL_LISTS) == 1
+    }
     for (email, slug, user_id, test_id, entered_at, status, revision, synced_revision,
          purchased, purchased_at, payment_id) in rows:
         result_id, first_test, completed_at = expected.first[(email, slug)]

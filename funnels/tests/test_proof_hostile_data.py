@@ -16,6 +16,12 @@ from django.db import connections
 
 from funnels.emails import email_check, email_normalize
 from funnels.models import FunnelEntry, SyncRun, SyncRunItem
+from funnels.tests.factories import (
+    CertPaymentFactory,
+    CertResultFactory,
+    CertTestFactory,
+    CertUserFactory,
+)
 from funnels.tests.hostile_data import (
     DUPLICATE,
     PAYMENT_IDS_FROM,
@@ -39,7 +45,6 @@ from funnels.tests.sync_support import (
     run_live,
     sleeps,  # noqa: F401 - fixture
 )
-from funnels.tests.factories import CertPaymentFactory, CertResultFactory, CertTestFactory, CertUserFactory
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"], transaction=True)
 
@@ -67,7 +72,9 @@ def hostile(clean_world, now):
         modx_email_columns_restore()
 
 
-def test_the_job_survives_hostile_modx_data(hostile, live_settings, client_factory, fake_brevo, now):
+def test_the_job_survives_hostile_modx_data(
+    hostile, live_settings, client_factory, fake_brevo, now
+):
     data, loaded = hostile
     run = run_live(client_factory, now=now, chunk_size=7)
     run.refresh_from_db()

@@ -18,15 +18,14 @@ from hypothesis import strategies as st
 
 from funnels.emails import MAX_LENGTH, Reason, email_check, email_normalize
 from funnels.models import Funnel, FunnelEntry, SyncRun
+from funnels.modx import models as modx
 from funnels.selectors.candidates import (
     KIND_LANGUAGE,
     KIND_NON_LANGUAGE,
     Candidate,
     KindResolver,
-    SkipReason,
 )
 from funnels.services.entries import EntryPlanner
-from funnels.modx import models as modx
 from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 # CI runs the suite twice within a time budget: enough examples to find the usual
@@ -210,9 +209,12 @@ def batches(draw):
     candidates = []
     for result_id in range(1, size + 1):
         test_id = draw(st.one_of(st.none(), st.sampled_from([1, 2, 21, 22])))
-        kind = None if test_id is None else draw(st.sampled_from([KIND_LANGUAGE, KIND_NON_LANGUAGE]))
+        kinds = st.sampled_from([KIND_LANGUAGE, KIND_NON_LANGUAGE])
+        kind = None if test_id is None else draw(kinds)
         completed = draw(st.one_of(
-            st.none(), st.just(NOW - dt.timedelta(hours=result_id)), st.just(NOW + dt.timedelta(days=3))
+            st.none(),
+            st.just(NOW - dt.timedelta(hours=result_id)),
+            st.just(NOW + dt.timedelta(days=3)),
         ))
         candidates.append(Candidate(result_id=result_id, raw_email=draw(spellings()),
                                     test_id=test_id, completed_at=completed, kind=kind))
@@ -227,7 +229,7 @@ def batches(draw):
 
 funnel_sets = st.lists(
     st.tuples(
-        st.sampled_from([Funnel.TestKind.LANGUAGE, Funnel.TestKind.NON_LANGUAGE, Funnel.TestKind.ANY]),
+        st.sampled_from(list(Funnel.TestKind)),
         st.sampled_from([Funnel.Reentry.ONCE, Funnel.Reentry.PER_TEST]),
         st.sampled_from([[], [1], [21, 22]]),
         st.booleans(),  # active
