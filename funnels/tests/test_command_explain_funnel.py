@@ -22,6 +22,12 @@ from funnels.tests.sync_support import (
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 
 
+@pytest.fixture(autouse=True)
+def english(settings):
+    # Assertions read the English source strings; the default language is Russian.
+    settings.LANGUAGE_CODE = "en"
+
+
 def _explain(email):
     out = io.StringIO()
     call_command("explain_funnel", email, stdout=out)

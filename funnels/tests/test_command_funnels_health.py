@@ -10,6 +10,12 @@ from funnels.tests.factories import SyncRunFactory
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def english(settings):
+    # Assertions read the English source strings; the default language is Russian.
+    settings.LANGUAGE_CODE = "en"
+
+
 def _health(now):
     out = io.StringIO()
     code = 0

@@ -31,6 +31,12 @@ from funnels.tests.sync_support import (
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 
+
+@pytest.fixture(autouse=True)
+def english(settings):
+    # Assertions read the English source strings; the default language is Russian.
+    settings.LANGUAGE_CODE = "en"
+
 AS_OF = "2026-11-28T18:30:00+03:00"
 
 

@@ -116,8 +116,9 @@ def test_bad_input_is_a_command_error_with_status_2(funnels, args, message):
 
 
 def test_help_documents_definitions_and_json():
-    parser = Command().create_parser("manage.py", "report_conversions")
-    text = parser.format_help()
+    with translation.override("en"):
+        parser = Command().create_parser("manage.py", "report_conversions")
+        text = parser.format_help()
 
     assert "Definitions:" in text
     assert "converted / entered" in text

@@ -302,7 +302,8 @@ def test_window_open_from_marks_days_still_within_the_window(funnels, now):
         ({"group_by": "year"}, "Unknown grouping"),
     ],
 )
-def test_bad_filters_raise_report_error(funnels, kwargs, message):
+def test_bad_filters_raise_report_error(funnels, kwargs, message, settings):
+    settings.LANGUAGE_CODE = "en"  # the messages are matched in English
     arguments = {"date_from": D(2026, 11, 1), "date_to": D(2026, 11, 1), **kwargs}
     with pytest.raises(ReportError, match=message):
         report(**arguments)

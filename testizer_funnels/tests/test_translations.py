@@ -266,7 +266,8 @@ def test_the_extractor_finds_what_makemessages_finds(tmp_path):
     template.write_text(
         "{% load i18n %}{% translate \"One\" %}{{ x|default:_('Two') }}"
         "{% blocktranslate with n=a %}Three {{ n }}{% endblocktranslate %}"
-        "{% blocktranslate count c=k %}{{ c }} four{% plural %}{{ c }} fours{% endblocktranslate %}"
+        "{% blocktranslate count c=k %}{{ c }} four{% plural %}{{ c }} fours"
+        "{% endblocktranslate %}"
         "{% translate \"Five\" context \"verb\" %}",
         encoding="utf-8",
     )
@@ -368,8 +369,9 @@ def test_entries_list_is_in_russian(ru_client, django_assert_max_num_queries):
     assert "anna@example.com" in html and "boris@example.com" in html
     assert_russian(
         html,
-        present=["Выберите вход в воронку для просмотра", "Отправка в Brevo", "Ожидает отправки", "Ошибка",
-                 "сертификат куплен", "страница 1", "по 100 на странице",
+        present=["Выберите вход в воронку для просмотра", "Отправка в Brevo",
+                 "Ожидает отправки", "Ошибка", "сертификат куплен", "страница 1",
+                 "по 100 на странице",
                  "Повторить отправку в Brevo выбранных записей с ошибкой"],
         absent=["Brevo sync", "Pending", "per page", "certificate purchased",
                 "Retry Brevo sync"],
