@@ -229,10 +229,14 @@ class SyncRunItem(models.Model):
 
 
 class SyncState(models.Model):
-    """Watermarks: the last MODX row id each incremental reader has fully handled."""
+    """Watermarks: the last MODX row id each incremental reader has fully handled, and the
+    ids below it that were missing when it moved past them (see services/watermarks.py)."""
 
     key = models.CharField(max_length=50, unique=True)
     last_id = models.BigIntegerField(default=0)
+    # {first seen missing (ISO time, UTC): [MODX ids]}: grouped by time because every gap
+    # a run finds shares that run's time, which keeps a long list small to rewrite.
+    gaps = models.JSONField(default=dict, blank=True)
     run = models.ForeignKey(
         SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

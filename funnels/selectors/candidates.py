@@ -5,6 +5,7 @@ on different servers). Every query is a primary-key range or an IN list on an in
 column, so the cost of a run grows with the rows it reads, not with the table:
 
     SELECT ... FROM simpletest_users WHERE Id > %s ORDER BY Id LIMIT %s
+    SELECT ... FROM simpletest_users WHERE Id IN (%s, ...)   (the watermark's gaps)
 """
 
 from __future__ import annotations
@@ -113,6 +114,30 @@ def candidates_chunk(
     ]
 
 
+def candidates_by_ids(*, ids: Iterable[int], kinds: KindResolver) -> list[Candidate]:
+    """The results with these ids that exist now, in id order: one primary-key IN query
+    (callers pass a batch of the watermark's gaps, not an unbounded list)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    rows = list(
+        TestResult.objects.filter(id__in=wanted)
+        .order_by("id")
+        .values_list("id", "email", "test_id", "completed_at")
+    )
+    resolved = kinds.kinds_for(test_id for _, _, test_id, _ in rows)
+    return [
+        Candidate(
+            result_id=result_id,
+            raw_email=email,
+            test_id=test_id,
+            completed_at=completed_at,
+            kind=resolved.get(test_id) if test_id is not None else None,
+        )
+        for result_id, email, test_id, completed_at in rows
+    ]
+
+
 def candidates_stream(
     *, after_id: int, chunk_size: int, kinds: KindResolver | None = None
 ) -> Iterator[list[Candidate]]:
@@ -127,16 +152,21 @@ def candidates_stream(
 
 
 def candidates_start_id(*, since: date) -> int:
-    """The watermark for a first run: just below the first result completed on `since`.
+    """The watermark for a first run: the result just before the first one completed on
+    `since` (0 if there is none), so that reading after it starts with that first one.
 
-    `since` is a calendar day in TIME_ZONE. Uses the Datep index once (first run only).
-    Results arrive roughly in time order, so a few older ones after that id are read too,
-    which is harmless. With no result since that day, start after the newest result.
+    `since` is a calendar day in TIME_ZONE. Uses the Datep index once and the primary key
+    once (first run only). Results arrive roughly in time order, so a few older ones after
+    that id are read too, which is harmless. Not simply "first id - 1": ids between the
+    previous result and the first one have no visible row, and may be rows still being
+    committed, so the first chunk records them as the watermark's gaps like any other ids
+    it passes. With no result since that day, start after the newest result.
     """
     start = datetime.combine(since, time.min, tzinfo=ZoneInfo(settings.TIME_ZONE))
     first = TestResult.objects.filter(completed_at__gte=start).aggregate(first=Min("id"))["first"]
     if first is not None:
-        return first - 1
+        before = TestResult.objects.filter(id__lt=first).aggregate(before=Max("id"))["before"]
+        return before or 0
     newest = TestResult.objects.aggregate(newest=Max("id"))["newest"]
     return newest or 0
 

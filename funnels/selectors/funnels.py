@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -62,3 +64,48 @@ def funnel_entries_existing(
 def watermark_get(*, key: str) -> int | None:
     """The last MODX id fully handled by `key`'s reader; None before the first live run."""
     return SyncState.objects.filter(key=key).values_list("last_id", flat=True).first()
+
+
+@dataclass(frozen=True)
+class WatermarkState:
+    """An incremental reader's position: every id up to `last_id` has been handled, except
+    `gaps`, the ids that were missing when the watermark moved past them, each with the
+    time it was first seen missing. `stored` is False until the SyncState row exists."""
+
+    key: str
+    last_id: int
+    gaps: Mapping[int, dt.datetime] = field(default_factory=dict)
+    stored: bool = True
+
+
+def watermark_gaps_decode(value) -> dict[int, dt.datetime]:
+    """SyncState.gaps ({iso time: [ids]}) -> {id: aware UTC time}."""
+    gaps: dict[int, dt.datetime] = {}
+    for seen, ids in (value or {}).items():
+        when = dt.datetime.fromisoformat(seen)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        for gap_id in ids:
+            gap_id = int(gap_id)
+            # The same id twice (never written so, but cheap to tolerate): the earliest wins.
+            if gap_id not in gaps or when < gaps[gap_id]:
+                gaps[gap_id] = when
+    return gaps
+
+
+def watermark_gaps_encode(gaps: Mapping[int, dt.datetime]) -> dict[str, list[int]]:
+    """{id: time} -> SyncState.gaps, grouped by time, both levels sorted."""
+    grouped: dict[str, list[int]] = {}
+    for gap_id, when in sorted(gaps.items(), key=lambda item: (item[1], item[0])):
+        seen = when.astimezone(dt.timezone.utc).isoformat()
+        grouped.setdefault(seen, []).append(int(gap_id))
+    return grouped
+
+
+def watermark_state_get(*, key: str) -> WatermarkState | None:
+    """The watermark and its gaps in one query; None before the first live run."""
+    row = SyncState.objects.filter(key=key).values_list("last_id", "gaps").first()
+    if row is None:
+        return None
+    last_id, gaps = row
+    return WatermarkState(key=key, last_id=last_id, gaps=watermark_gaps_decode(gaps))

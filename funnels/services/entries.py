@@ -3,7 +3,9 @@
 Invariant: the watermark moves in the same transaction that creates the entries it
 covers, and that transaction checks the run lock just before it commits. A crash between
 chunks therefore loses nothing and duplicates nothing: the next run starts after the last
-committed chunk.
+committed chunk. The same holds for rows that were committed late, below the watermark
+(services/watermarks.py): they leave the watermark's gap list in the transaction that
+creates their entries, so each is handled once.
 
 Times. `entered_at` is when the person completed the test (MODX Datep), so a purchase
 made between the test and our run still counts as a conversion. Two cases cannot use it:
@@ -27,8 +29,14 @@ from django.utils import timezone
 from funnels.emails import email_check
 from funnels.locks import RunLock
 from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
-from funnels.selectors.candidates import WATERMARK_KEY, Candidate, SkipReason
+from funnels.selectors.candidates import Candidate, SkipReason
 from funnels.selectors.funnels import funnel_accepts, funnel_entries_existing
+from funnels.services.watermarks import WatermarkMove, watermark_save
+
+
+class WatermarkMoved(RuntimeError):
+    """The watermark is not where this run left it: another writer. Nothing was applied."""
+
 
 @dataclass
 class ChunkOutcome:
@@ -167,8 +175,15 @@ def entries_create_chunk(
     dry_run: bool,
     now: datetime,
     lock: RunLock | None,
+    watermark: WatermarkMove | None,
 ) -> ChunkOutcome:
-    """Plan one chunk; in a live run commit entries, items and watermark together."""
+    """Plan one chunk; in a live run commit entries, items and `watermark.after` together.
+
+    `watermark` is the move these candidates make (services.watermarks: new rows above the
+    watermark, or gaps re-read below it); None writes no watermark (a caller that keeps
+    its own). Raises WatermarkMoved, with nothing written, if the watermark is no longer
+    where the move started.
+    """
     entries, items, outcome = planner.plan_chunk(
         run=run, candidates=candidates, dry_run=dry_run, now=now
     )
@@ -181,8 +196,10 @@ def entries_create_chunk(
         _ensure_pks(created, run=run)
         # bulk_create copies each entry's new primary key into item.entry_id.
         SyncRunItem.objects.bulk_create(items, batch_size=1000)
-        if outcome.last_id:
-            watermark_advance(key=WATERMARK_KEY, last_id=outcome.last_id, run=run)
+        if watermark is not None and not watermark_save(move=watermark, run=run, stamp=now):
+            raise WatermarkMoved(
+                f"the {watermark.before.key} watermark is no longer {watermark.before.last_id}"
+            )
         if lock is not None:
             lock.check()
     return outcome
@@ -206,7 +223,8 @@ def _ensure_pks(entries: list[FunnelEntry], *, run: SyncRun) -> None:
 
 
 def watermark_advance(*, key: str, last_id: int, run: SyncRun | None) -> None:
-    """Move the watermark forward (never back); call inside the chunk's transaction."""
+    """Move the watermark forward (never back), leaving its gaps as they are: for a first
+    run's starting point, which passes no id. Chunks move it with watermark_save."""
     updated = SyncState.objects.filter(key=key, last_id__lt=last_id).update(
         last_id=last_id, run=run, updated_at=timezone.now()
     )

@@ -5,8 +5,14 @@ A run reads payments in two passes, both in chunks, each chunk applied in one tr
 1. the watch list (`PaymentWatch`): payments seen before that may still change (unpaid ones
    that may be paid later, paid ones that may be refunded), re-read by primary key when
    they are due (young ones every run, old ones rarely), at most one chunk per run;
-2. new payments above the "payments" watermark, in id order; the watermark moves in the
-   transaction that applies the chunk it covers.
+2. payments committed late below the "payments" watermark (its gaps, see
+   services/watermarks.py), re-read by primary key; the ones that have appeared are applied
+   like new payments, in the transaction that takes them off the gap list;
+3. new payments above the "payments" watermark, in id order; the watermark (and the ids it
+   passed without a row, its new gaps) moves in the transaction that applies the chunk.
+
+The watch list is for status changes of payments already seen; gaps are payments never
+seen at all.
 
 An entry's purchase is always "the earliest paid payment of the funnel's certificate type,
 by the same normalised email, at or after the entry's entered_at". Every chunk moves
@@ -37,11 +43,19 @@ from funnels.models import (
     SyncStatus,
 )
 from funnels.modx.models import PAYMENT_STATUS_PAID
+from funnels.selectors.funnels import WatermarkState, watermark_gaps_decode
 from funnels.selectors.payments import (
     PaymentRow,
     paid_payments_for_emails,
     payments_after,
     payments_by_ids,
+)
+from funnels.services.watermarks import (
+    WatermarkMove,
+    watermark_after_gap_reads,
+    watermark_after_new_rows,
+    watermark_gap_batches,
+    watermark_save,
 )
 
 WATERMARK_KEY = "payments"
@@ -231,28 +245,58 @@ class _PurchaseRun:
         self.read += len(rows)
         self._apply(ids=ids, rows=rows, watches={w.payment_id: w for w in watches})
 
-    def read_new(self, *, after_id: int) -> int:
-        while True:
-            rows = payments_after(after_id=after_id, limit=self.chunk_size)
-            if not rows:
-                return after_id
-            ids = [r.payment_id for r in rows]
-            watches = (
-                {w.payment_id: w for w in PaymentWatch.objects.filter(payment_id__in=ids)}
-                if not self.dry_run
-                else {}
-            )
+    def read_gaps(self, state: WatermarkState) -> WatermarkState:
+        """Re-read the watermark's gaps by primary key, a batch per query; payments that
+        have appeared are applied like new ones, a chunk per transaction that also takes
+        them off the list; the batch's gaps past the grace period leave with its last
+        chunk. No gaps, no query: they came with the watermark's row."""
+        grace = dt.timedelta(minutes=settings.FUNNELS_WATERMARK_GAP_GRACE_MINUTES)
+        for ids in watermark_gap_batches(state=state):
+            rows = payments_by_ids(payment_ids=ids)
             self.read += len(rows)
-            self._apply(ids=ids, rows=rows, watches=watches, watermark=(after_id, ids[-1]))
-            after_id = ids[-1]
+            parts = [rows[i:i + self.chunk_size] for i in range(0, len(rows), self.chunk_size)]
+            for number, part in enumerate(parts or [[]], start=1):
+                found = [r.payment_id for r in part]
+                move = watermark_after_gap_reads(
+                    state=state,
+                    read_ids=ids if number == max(1, len(parts)) else found,
+                    found_ids=found,
+                    now=self.now,
+                    grace=grace,
+                )
+                if not move.changed:
+                    continue
+                self._apply(
+                    ids=found, rows=part, watches=self._watches_of(found), watermark=move
+                )
+                state = move.after
+                move.log(run=self.run, dry_run=self.dry_run)
+        return state
+
+    def read_new(self, state: WatermarkState) -> WatermarkState:
+        while True:
+            rows = payments_after(after_id=state.last_id, limit=self.chunk_size)
+            if not rows:
+                return state
+            ids = [r.payment_id for r in rows]
+            move = watermark_after_new_rows(state=state, ids=ids, now=self.now)
+            self.read += len(rows)
+            self._apply(ids=ids, rows=rows, watches=self._watches_of(ids), watermark=move)
+            state = move.after
+            move.log(run=self.run, dry_run=self.dry_run)
             if len(rows) < self.chunk_size:
-                return after_id
+                return state
+
+    def _watches_of(self, ids: list[int]) -> dict[int, PaymentWatch]:
+        if self.dry_run or not ids:
+            return {}
+        return {w.payment_id: w for w in PaymentWatch.objects.filter(payment_id__in=ids)}
 
     # -- one chunk ------------------------------------------------------------------------
 
     def _apply(
         self, *, ids: list[int], rows: list[PaymentRow], watches: dict[int, PaymentWatch],
-        watermark: tuple[int, int] | None = None,
+        watermark: WatermarkMove | None = None,
     ) -> None:
         payments = {r.payment_id: _classify(r, self.funnels_by_type) for r in rows}
         entries = self._entries_for(payments=payments.values(), ids=ids)
@@ -274,15 +318,12 @@ class _PurchaseRun:
             self._write_entries(changes)
             self._write_watches(ids=ids, payments=payments, watches=watches)
             SyncRunItem.objects.bulk_create(items)
-            if watermark is not None:
-                old, new = watermark
-                moved = SyncState.objects.filter(key=WATERMARK_KEY, last_id=old).update(
-                    last_id=new, run=self.run, updated_at=self.now
+            if watermark is not None and not watermark_save(
+                move=watermark, run=self.run, stamp=self.now
+            ):
+                raise PurchaseSyncConflict(
+                    f"the {WATERMARK_KEY} watermark is no longer {watermark.before.last_id}"
                 )
-                if moved != 1:
-                    raise PurchaseSyncConflict(
-                        f"the {WATERMARK_KEY} watermark is no longer {old}"
-                    )
             if self.lock_check is not None:
                 self.lock_check()
 
@@ -639,13 +680,17 @@ def purchases_sync(
         run=run, dry_run=dry_run, now=now, chunk_size=chunk_size, lock_check=lock_check
     )
     if dry_run:
-        watermark = (
-            SyncState.objects.filter(key=WATERMARK_KEY).values_list("last_id", flat=True).first()
-            or 0
-        )
+        row = SyncState.objects.filter(key=WATERMARK_KEY).values_list("last_id", "gaps").first()
     else:
-        watermark = SyncState.objects.get_or_create(key=WATERMARK_KEY)[0].last_id
+        stored = SyncState.objects.get_or_create(key=WATERMARK_KEY)[0]
+        row = (stored.last_id, stored.gaps)
         PaymentWatch.objects.filter(recheck_until__lte=now).delete()
+    state = (
+        WatermarkState(key=WATERMARK_KEY, last_id=row[0], gaps=watermark_gaps_decode(row[1]))
+        if row is not None
+        else WatermarkState(key=WATERMARK_KEY, last_id=0, stored=False)
+    )
     job.recheck_watched()
-    watermark = job.read_new(after_id=watermark)
-    return job.result(watermark=watermark)
+    state = job.read_gaps(state)
+    state = job.read_new(state)
+    return job.result(watermark=state.last_id)

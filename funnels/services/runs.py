@@ -34,10 +34,21 @@ from funnels.brevo.factory import BrevoNotConfigured, brevo_client_build
 from funnels.locks import RunLock, RunLockBusy, RunLockLost
 from funnels.logging_filters import redact
 from funnels.models import Funnel, SyncRun
-from funnels.selectors.candidates import candidates_start_id, candidates_stream
-from funnels.selectors.funnels import funnel_list_id, funnels_all, watermark_get
-from funnels.services.entries import (
+from funnels.selectors.candidates import (
     WATERMARK_KEY,
+    KindResolver,
+    candidates_by_ids,
+    candidates_start_id,
+    candidates_stream,
+)
+from funnels.selectors.funnels import (
+    WatermarkState,
+    funnel_list_id,
+    funnels_all,
+    watermark_state_get,
+)
+from funnels.services.entries import (
+    ChunkOutcome,
     EntryPlanner,
     entries_create_chunk,
     watermark_advance,
@@ -46,6 +57,11 @@ from funnels.services.outbox import outbox_push
 from funnels.services.pings import ping_send
 from funnels.services.purchases import purchases_sync
 from funnels.services.runtime import runtime_settings_get
+from funnels.services.watermarks import (
+    watermark_after_gap_reads,
+    watermark_after_new_rows,
+    watermark_gap_batches,
+)
 
 logger = logging.getLogger("funnels.sync")
 
@@ -142,8 +158,8 @@ class _Run:
 
     def entries_phase(self, funnels: list[Funnel]) -> None:
         run = self.run
-        watermark = watermark_get(key=WATERMARK_KEY)
-        if watermark is None:
+        state = watermark_state_get(key=WATERMARK_KEY)
+        if state is None:
             since = self.since or _default_since(now=self.now)
             start = candidates_start_id(since=since)
             logger.info(
@@ -152,32 +168,85 @@ class _Run:
             )
             if not run.dry_run:
                 watermark_advance(key=WATERMARK_KEY, last_id=start, run=run)
-        else:
-            start = watermark
-            if self.since is not None:
-                logger.warning(
-                    "run #%s: --since %s ignored: the watermark (#%s) already exists",
-                    run.pk, self.since.isoformat(), watermark,
-                )
+            state = WatermarkState(key=WATERMARK_KEY, last_id=start, stored=not run.dry_run)
+        elif self.since is not None:
+            logger.warning(
+                "run #%s: --since %s ignored: the watermark (#%s) already exists",
+                run.pk, self.since.isoformat(), state.last_id,
+            )
         planner = EntryPlanner(
             funnels=funnels, list_ids={f.slug: funnel_list_id(funnel=f) for f in funnels}
         )
-        for chunk in candidates_stream(after_id=start, chunk_size=self.chunk_size):
+        kinds = KindResolver()
+        # Rows committed late below the watermark first: they are older than the new ones.
+        state = self.gaps_read(state, planner=planner, kinds=kinds)
+        for chunk in candidates_stream(
+            after_id=state.last_id, chunk_size=self.chunk_size, kinds=kinds
+        ):
+            move = watermark_after_new_rows(
+                state=state, ids=[c.result_id for c in chunk], now=self.now
+            )
             outcome = entries_create_chunk(
                 run=run, planner=planner, candidates=chunk, dry_run=run.dry_run,
-                now=self.now, lock=self.lock,
+                now=self.now, lock=self.lock, watermark=move,
             )
-            run.results_read += outcome.results_read
-            run.entries_added += outcome.added
-            run.skipped += outcome.skipped
-            self.skipped_by_reason.update(outcome.skipped_by_reason)
-            run.skipped_by_reason = dict(sorted(self.skipped_by_reason.items()))
-            self.heartbeat("results_read", "entries_added", "skipped", "skipped_by_reason")
+            state = move.after
+            move.log(run=run, dry_run=run.dry_run)
+            self.count(outcome)
             logger.info(
                 "run #%s: read results up to #%s: %s %s, %s skipped",
                 run.pk, outcome.last_id, outcome.added,
                 "would be added" if run.dry_run else "added", outcome.skipped,
             )
+
+    def gaps_read(
+        self, state: WatermarkState, *, planner: EntryPlanner, kinds: KindResolver
+    ) -> WatermarkState:
+        """Re-read the watermark's gaps by primary key; the rows that have appeared become
+        entries (or skips) in the transaction that takes them off the list. Nothing to do,
+        no query: the gaps came with the watermark's row."""
+        run = self.run
+        grace = timedelta(minutes=settings.FUNNELS_WATERMARK_GAP_GRACE_MINUTES)
+        for ids in watermark_gap_batches(state=state):
+            found = candidates_by_ids(ids=ids, kinds=kinds)
+            # Processed in the run's chunk size, each part committed with its own removal
+            # from the list; the expired ids of the batch leave with the last part.
+            parts = [found[i:i + self.chunk_size] for i in range(0, len(found), self.chunk_size)]
+            for number, part in enumerate(parts or [[]], start=1):
+                last = number == max(1, len(parts))
+                move = watermark_after_gap_reads(
+                    state=state,
+                    read_ids=ids if last else [c.result_id for c in part],
+                    found_ids=[c.result_id for c in part],
+                    now=self.now,
+                    grace=grace,
+                )
+                if not move.changed:
+                    continue
+                outcome = entries_create_chunk(
+                    run=run, planner=planner, candidates=part, dry_run=run.dry_run,
+                    now=self.now, lock=self.lock, watermark=move,
+                )
+                state = move.after
+                move.log(run=run, dry_run=run.dry_run)
+                if part:
+                    self.count(outcome)
+                    logger.info(
+                        "run #%s: read %s results committed late below the watermark: "
+                        "%s %s, %s skipped",
+                        run.pk, len(part), outcome.added,
+                        "would be added" if run.dry_run else "added", outcome.skipped,
+                    )
+        return state
+
+    def count(self, outcome: ChunkOutcome) -> None:
+        run = self.run
+        run.results_read += outcome.results_read
+        run.entries_added += outcome.added
+        run.skipped += outcome.skipped
+        self.skipped_by_reason.update(outcome.skipped_by_reason)
+        run.skipped_by_reason = dict(sorted(self.skipped_by_reason.items()))
+        self.heartbeat("results_read", "entries_added", "skipped", "skipped_by_reason")
 
     def purchases_phase(self) -> None:
         result = purchases_sync(

@@ -423,12 +423,6 @@ def test_faults_in_turn_across_runs_with_new_people_each_time(
 
 
 @transactional
-@pytest.mark.xfail(
-    strict=True,
-    reason="the test-results watermark is the highest id read; a row whose id was taken "
-    "before, but whose transaction committed after, a run read past it is never read "
-    "(docs/proof.md, 'late commit below the watermark')",
-)
 def test_a_result_committed_after_a_higher_id_is_not_lost(committed, live_settings, fake_brevo):
     funnels_configure()
     factory = lambda: BrevoClient(  # noqa: E731

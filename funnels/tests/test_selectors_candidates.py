@@ -8,6 +8,7 @@ from funnels.selectors.candidates import (
     KIND_LANGUAGE,
     KIND_NON_LANGUAGE,
     KindResolver,
+    candidates_by_ids,
     candidates_chunk,
     candidates_for_email,
     candidates_start_id,
@@ -99,15 +100,32 @@ def test_completion_time_is_read_as_an_aware_datetime(catalogue):
     assert candidate.completed_at.utcoffset() is not None
 
 
-def test_start_id_is_just_below_the_first_result_of_the_day(catalogue, settings):
+def test_start_id_is_the_result_just_before_the_first_result_of_the_day(catalogue, settings):
     settings.TIME_ZONE = "Europe/Moscow"
     utc = dt.timezone.utc
+    older = modx_result("older@example.com", completed_at=dt.datetime(2026, 11, 1, tzinfo=utc))
     old = modx_result("old@example.com", completed_at=dt.datetime(2026, 11, 19, 20, 59, tzinfo=utc))
     # 21:00 UTC on the 19th is midnight of the 20th in Moscow.
     first = modx_result("new@example.com", completed_at=dt.datetime(2026, 11, 19, 21, 0, tzinfo=utc))
     modx_result("later@example.com", completed_at=None)
-    assert candidates_start_id(since=dt.date(2026, 11, 20)) == first.id - 1
-    assert candidates_start_id(since=dt.date(2026, 11, 19)) == old.id - 1
+    assert first.id == old.id + 1
+    assert candidates_start_id(since=dt.date(2026, 11, 20)) == old.id
+    assert candidates_start_id(since=dt.date(2026, 11, 19)) == older.id
+
+
+def test_start_id_leaves_ids_without_a_row_above_it_for_the_first_chunk(catalogue):
+    # Ids between the previous result and the first one of the day have no visible row:
+    # they may be rows still being committed, so reading starts below them and the first
+    # chunk records them as the watermark's gaps.
+    before = modx_result("before@example.com",
+                         completed_at=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc))
+    modx_result("first@example.com", id=before.id + 3)
+    assert candidates_start_id(since=dt.date(2026, 11, 20)) == before.id
+
+
+def test_start_id_with_no_result_before_the_first_of_the_day_is_zero(catalogue):
+    modx_result("first@example.com")
+    assert candidates_start_id(since=dt.date(2026, 11, 20)) == 0
 
 
 def test_start_id_with_nothing_recent_is_after_the_newest_result(catalogue):
@@ -135,3 +153,18 @@ def test_results_for_an_internationalised_domain_match_its_punycode(catalogue):
     typed = modx_result("Ivan@Пример.рф")
     [found] = candidates_for_email(email="ivan@xn--e1afmkfd.xn--p1ai")
     assert found.result_id == typed.id
+
+
+def test_results_by_id_are_those_that_exist_now_in_one_query(catalogue):
+    a = modx_result("a@example.com", LANG_TEST)
+    b = modx_result("b@example.com", OTHER_TEST)
+    with CaptureQueriesContext(connections["modx"]) as queries:
+        found = candidates_by_ids(ids=[b.id, a.id + 1000, a.id, b.id], kinds=KindResolver())
+    assert [(c.result_id, c.kind) for c in found] == [
+        (a.id, KIND_LANGUAGE), (b.id, KIND_NON_LANGUAGE),
+    ]
+    # The results, then the test kinds (tests and languages) of the ids not seen before.
+    assert len(queries) == 3
+    with CaptureQueriesContext(connections["modx"]) as queries:
+        assert candidates_by_ids(ids=[], kinds=KindResolver()) == []
+    assert len(queries) == 0

@@ -6,9 +6,25 @@ from django.test.utils import CaptureQueriesContext
 
 from funnels.locks import RunLockLost
 from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState
-from funnels.selectors.candidates import KindResolver, SkipReason, candidates_chunk
-from funnels.selectors.funnels import funnel_list_id, funnels_all
-from funnels.services.entries import EntryPlanner, entries_create_chunk, watermark_advance
+from funnels.selectors.candidates import (
+    WATERMARK_KEY,
+    KindResolver,
+    SkipReason,
+    candidates_chunk,
+)
+from funnels.selectors.funnels import (
+    WatermarkState,
+    funnel_list_id,
+    funnels_all,
+    watermark_state_get,
+)
+from funnels.services.entries import (
+    EntryPlanner,
+    WatermarkMoved,
+    entries_create_chunk,
+    watermark_advance,
+)
+from funnels.services.watermarks import watermark_after_new_rows
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
 from funnels.tests.sync_support import (
     LANG_TEST,
@@ -38,12 +54,20 @@ def _planner() -> EntryPlanner:
     return EntryPlanner(funnels=funnels, list_ids=list_ids)
 
 
+def _move(candidates, *, after_id, now):
+    """The watermark move a run makes for this chunk (from the stored state, if any)."""
+    state = watermark_state_get(key=WATERMARK_KEY) or WatermarkState(
+        key=WATERMARK_KEY, last_id=after_id, stored=False
+    )
+    return watermark_after_new_rows(state=state, ids=[c.result_id for c in candidates], now=now)
+
+
 def _process(now, *, dry_run=False, planner=None, lock=None, after_id=0, limit=1000):
     run = SyncRunFactory(status=SyncRun.Status.RUNNING, dry_run=dry_run, finished_at=None)
     candidates = candidates_chunk(after_id=after_id, limit=limit, kinds=KindResolver())
     outcome = entries_create_chunk(
         run=run, planner=planner or _planner(), candidates=candidates, dry_run=dry_run,
-        now=now, lock=lock or _Lock(),
+        now=now, lock=lock or _Lock(), watermark=_move(candidates, after_id=after_id, now=now),
     )
     return run, outcome
 
@@ -235,10 +259,11 @@ def _chunk_queries(now, size):
     after = SyncState.objects.get(key="test_results").last_id
     run = SyncRunFactory(status=SyncRun.Status.RUNNING, finished_at=None)
     candidates = candidates_chunk(after_id=after, limit=1000, kinds=KindResolver())
+    move = _move(candidates, after_id=after, now=now)
     with CaptureQueriesContext(connections["default"]) as queries:
         entries_create_chunk(
             run=run, planner=_planner(), candidates=candidates, dry_run=False, now=now,
-            lock=_Lock(),
+            lock=_Lock(), watermark=move,
         )
     return len(queries)
 
@@ -251,3 +276,30 @@ def test_queries_per_chunk_do_not_grow_with_the_chunk(configured, now):
     # No per-row query: 115 more rows may only add a few INSERT batches (SQLite caps the
     # number of parameters per statement), never one query per row.
     assert large - small <= 4
+
+
+def test_a_watermark_moved_by_someone_else_rolls_the_chunk_back(configured, now):
+    modx_result("anna@example.com")
+    watermark_advance(key=WATERMARK_KEY, last_id=0, run=None)
+    run = SyncRunFactory(status=SyncRun.Status.RUNNING, finished_at=None)
+    candidates = candidates_chunk(after_id=0, limit=10, kinds=KindResolver())
+    move = _move(candidates, after_id=0, now=now)
+    SyncState.objects.filter(key=WATERMARK_KEY).update(last_id=7)  # another writer
+    with pytest.raises(WatermarkMoved):
+        entries_create_chunk(
+            run=run, planner=_planner(), candidates=candidates, dry_run=False, now=now,
+            lock=_Lock(), watermark=move,
+        )
+    assert FunnelEntry.objects.count() == 0
+    assert SyncRunItem.objects.count() == 0
+    assert SyncState.objects.get(key=WATERMARK_KEY).last_id == 7
+
+
+def test_ids_passed_without_a_row_are_kept_as_gaps_with_the_watermark(configured, now):
+    first = modx_result("anna@example.com")
+    modx_result("boris@example.com", id=first.id + 3)
+    watermark_advance(key=WATERMARK_KEY, last_id=first.id - 1, run=None)
+    _process(now, after_id=first.id - 1)
+    state = watermark_state_get(key=WATERMARK_KEY)
+    assert state.last_id == first.id + 3
+    assert state.gaps == {first.id + 1: now, first.id + 2: now}

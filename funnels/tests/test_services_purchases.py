@@ -14,6 +14,7 @@ from funnels.modx.models import (
     CertResult,
     CertUser,
 )
+from funnels.selectors.funnels import watermark_state_get
 from funnels.services import purchases as purchases_module
 from funnels.services.purchases import (
     WATERMARK_KEY,
@@ -574,7 +575,10 @@ def _queries_for_one_chunk(now, *, buyers, offset):
 
 def test_queries_per_chunk_do_not_grow_with_the_rows_in_it(now, settings):
     settings.FUNNELS_PURCHASE_RECHECK_DAYS = 0  # no re-reads: compare two new-payment runs
-    SyncState.objects.create(key=WATERMARK_KEY)  # both runs find it, neither creates it
+    # Both runs find the watermark, neither creates it; it sits right below the payments
+    # they read, so that neither passes ids without a row (gaps, re-read by the next run).
+    anchor = pay("anchor@example.com", at=ENTERED - 9 * DAY)
+    SyncState.objects.create(key=WATERMARK_KEY, last_id=anchor.id)
     few = _queries_for_one_chunk(now, buyers=3, offset=0)
     # 80 run items still fit one INSERT on SQLite (999 parameters): the batches of
     # bulk_create and bulk_update are the only thing that may add a query per chunk.
@@ -836,3 +840,73 @@ def test_a_run_with_nothing_to_do_costs_the_same_few_queries_whatever_the_table_
     assert not any("funnel_entries" in q["sql"] for q in ours)
     assert _tables_read_whole("default", ours) == set()
     assert _tables_read_whole("modx", modx_queries) == set()
+
+
+# --- payments committed late, below the watermark ----------------------------------------
+
+
+@pytest.fixture
+def payment_gap(now):
+    """A run has read past a payment id whose row was not visible yet."""
+    anchor = pay("anchor@example.com", at=ENTERED - 9 * DAY)
+    SyncState.objects.create(key=WATERMARK_KEY, last_id=anchor.id)
+    CertPaymentFactory(id=anchor.id + 2, result__user__email="bob@example.com",
+                       result__test__type=CERT_TYPE_LANGUAGE, paid_at=ENTERED + DAY)
+    assert sync(now).payments_read == 1
+    return anchor.id + 1
+
+
+def _gaps():
+    return watermark_state_get(key=WATERMARK_KEY).gaps
+
+
+def _late_payment(payment_id, email="ann@example.com"):
+    return CertPaymentFactory(id=payment_id, result__user__email=email,
+                              result__test__type=CERT_TYPE_LANGUAGE, paid_at=ENTERED + DAY)
+
+
+def test_a_payment_committed_late_is_applied_by_the_next_run_once(payment_gap, now):
+    assert _gaps() == {payment_gap: now}
+    entry = FunnelEntryFactory(email="ann@example.com", entered_at=ENTERED)
+    _late_payment(payment_gap)
+
+    result = sync(now + 15 * MINUTE)
+
+    # Read: bob's payment, watched and due again, and the one that appeared.
+    assert (result.payments_read, result.payments_rechecked, result.purchases_found) == (2, 1, 1)
+    entry = refreshed(entry)
+    assert (entry.certificate_purchased, entry.payment_id) == (True, payment_gap)
+    assert _gaps() == {}
+    # Seen now, like a new payment: watched from here on for a refund.
+    assert PaymentWatch.objects.filter(payment_id=payment_gap, paid=True).exists()
+    again = sync(now + 30 * MINUTE)
+    assert (again.purchases_found, again.purchases_updated) == (0, 0)
+    assert SyncRunItem.objects.filter(source_id=payment_gap, action="purchase").count() == 1
+
+
+def test_a_dry_run_reads_payment_gaps_and_writes_nothing(payment_gap, now):
+    entry = FunnelEntryFactory(email="ann@example.com", entered_at=ENTERED)
+    _late_payment(payment_gap)
+    stored = list(SyncState.objects.values_list("last_id", "gaps"))
+
+    result = sync(now + 15 * MINUTE, dry_run=True)
+
+    assert result.purchases_found == 1
+    [item] = items(result, "would_purchase")
+    assert item.source_id == payment_gap
+    assert refreshed(entry).certificate_purchased is False
+    assert list(SyncState.objects.values_list("last_id", "gaps")) == stored
+    assert not PaymentWatch.objects.filter(payment_id=payment_gap).exists()
+
+
+def test_a_payment_gap_is_dropped_after_the_grace_period(payment_gap, now, settings):
+    settings.FUNNELS_WATERMARK_GAP_GRACE_MINUTES = 60
+    sync(now + 60 * MINUTE)
+    assert _gaps() == {payment_gap: now}
+    with CaptureQueriesContext(connections["modx"]) as modx_queries:
+        sync(now + 61 * MINUTE)
+    assert _gaps() == {}
+    assert sum(" IN (" in q["sql"] for q in modx_queries.captured_queries) == 1
+    with CaptureQueriesContext(connections["modx"]) as modx_queries:
+        sync(now + 75 * MINUTE)
+    assert not any(" IN (" in q["sql"] for q in modx_queries.captured_queries)

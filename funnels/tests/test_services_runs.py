@@ -11,6 +11,10 @@ from django.test.utils import CaptureQueriesContext
 
 from funnels.locks import RunLock
 from funnels.models import FunnelEntry, RuntimeSettings, SyncRun, SyncRunItem, SyncState
+from funnels.selectors.candidates import WATERMARK_KEY
+from funnels.selectors.funnels import watermark_state_get
+from funnels.services import watermarks
+from funnels.services.entries import watermark_advance
 from funnels.services.runs import RunBusy, RunConfigError, run_funnels
 from funnels.tests.factories import (
     CertPaymentFactory,
@@ -390,3 +394,130 @@ def test_an_unreachable_ping_url_does_not_fail_the_run(
     assert run_live(client_factory, now=now).status == "success"
     assert "ping start not delivered" in funnels_log.text
     assert "secret-token" not in funnels_log.text
+
+
+# --- rows committed late, below the watermark --------------------------------------------
+
+MINUTE = dt.timedelta(minutes=1)
+
+
+@pytest.fixture
+def late_row(configured, live_settings, client_factory, now):
+    """A live run has read past an id whose row was not visible yet (committed late): the
+    next row was taken right after `anchor`, the one between them is missing."""
+    anchor = modx_result("anchor@example.com", LANG_TEST)
+    watermark_advance(key=WATERMARK_KEY, last_id=anchor.id, run=None)
+    modx_result("early@example.com", LANG_TEST, id=anchor.id + 2)
+    run = run_live(client_factory, now=now)
+    assert run.entries_added == 1
+    return anchor.id + 1
+
+
+def _late_commit(result_id):
+    return modx_result("late@example.com", OTHER_TEST, id=result_id)
+
+
+def test_an_id_read_past_without_a_row_is_kept_as_a_gap_of_the_watermark(late_row, now):
+    state = watermark_state_get(key=WATERMARK_KEY)
+    assert state.last_id == late_row + 1
+    assert state.gaps == {late_row: now}
+
+
+def test_a_row_committed_late_is_entered_by_the_next_run_and_only_once(
+    late_row, client_factory, fake_brevo, now
+):
+    _late_commit(late_row)
+    later = now + 15 * MINUTE
+    run = run_live(client_factory, now=later)
+    assert run.status == SyncRun.Status.SUCCESS, run.error
+    assert (run.results_read, run.entries_added) == (1, 1)
+    assert fake_brevo.list_members(OTHER_LIST) == {"late@example.com"}
+    assert watermark_state_get(key=WATERMARK_KEY).gaps == {}
+    again = run_live(client_factory, now=later + 15 * MINUTE)
+    assert (again.results_read, again.entries_added) == (0, 0)
+    assert FunnelEntry.objects.filter(user_id=late_row).count() == 1
+    assert SyncRunItem.objects.filter(source_id=late_row).count() == 1
+
+
+def test_a_late_row_that_is_skipped_is_skipped_once(late_row, client_factory, now):
+    modx_result("not-an-email", OTHER_TEST, id=late_row)
+    run = run_live(client_factory, now=now + 15 * MINUTE)
+    assert run.skipped_by_reason == {"invalid_email": 1}
+    run_live(client_factory, now=now + 30 * MINUTE)
+    assert SyncRunItem.objects.filter(source_id=late_row, action="skipped").count() == 1
+
+
+def test_a_gap_still_missing_after_the_grace_period_is_dropped(
+    late_row, live_settings, client_factory, now, funnels_log
+):
+    live_settings.FUNNELS_WATERMARK_GAP_GRACE_MINUTES = 60
+    run_live(client_factory, now=now + 60 * MINUTE)
+    assert watermark_state_get(key=WATERMARK_KEY).gaps == {late_row: now}
+    run_live(client_factory, now=now + 61 * MINUTE)
+    assert watermark_state_get(key=WATERMARK_KEY).gaps == {}
+    assert any(
+        r.levelname == "INFO" and "1 gap ids still missing after the grace period dropped"
+        in r.getMessage() for r in funnels_log.records
+    )
+    # The price of forgetting: a row that turns up after the grace period is not read.
+    _late_commit(late_row)
+    run = run_live(client_factory, now=now + 75 * MINUTE)
+    assert run.results_read == 0
+
+
+def test_a_dry_run_reads_the_gaps_and_writes_nothing(late_row, client_factory, now):
+    _late_commit(late_row)
+
+    def stored():
+        return sorted(SyncState.objects.values_list("key", "last_id", "gaps", "run_id"))
+
+    before = stored()
+    run = run_live(client_factory, now=now + 15 * MINUTE, dry_run=True)
+    assert (run.results_read, run.entries_added) == (1, 1)
+    [item] = SyncRunItem.objects.filter(run=run)
+    assert (item.action, item.source_id, item.email) == ("would_add", late_row, "late@example.com")
+    assert stored() == before
+    assert not FunnelEntry.objects.filter(user_id=late_row).exists()
+    # Nor does it drop a gap past its grace period: that is a write too.
+    run_live(client_factory, now=now + 3 * 60 * MINUTE, dry_run=True)
+    assert stored() == before
+
+
+def test_the_gap_list_is_bounded_oldest_first(
+    configured, live_settings, client_factory, now, monkeypatch, funnels_log
+):
+    monkeypatch.setattr(watermarks, "GAP_LIMIT", 3)
+    anchor = modx_result("anchor@example.com")
+    watermark_advance(key=WATERMARK_KEY, last_id=anchor.id, run=None)
+    # auto_increment_increment = 2: every other id is never used.
+    first = [modx_result(f"a{n}@example.com", id=anchor.id + 2 * n) for n in (1, 2, 3)]
+    run_live(client_factory, now=now)
+    assert watermark_state_get(key=WATERMARK_KEY).gaps == {
+        first[0].id - 1: now, first[1].id - 1: now, first[2].id - 1: now,
+    }
+    second = [modx_result(f"b{n}@example.com", id=first[-1].id + 2 * n) for n in (1, 2)]
+    run_live(client_factory, now=now + 15 * MINUTE)
+    assert watermark_state_get(key=WATERMARK_KEY).gaps == {
+        first[2].id - 1: now,
+        second[0].id - 1: now + 15 * MINUTE,
+        second[1].id - 1: now + 15 * MINUTE,
+    }
+    assert any(
+        r.levelname == "WARNING" and "the 2 oldest gap ids dropped" in r.getMessage()
+        for r in funnels_log.records
+    )
+
+
+def test_gaps_cost_an_idle_run_one_primary_key_read_and_no_write(
+    late_row, client_factory, now
+):
+    with CaptureQueriesContext(connections["default"]) as ours, CaptureQueriesContext(
+        connections["modx"]
+    ) as theirs:
+        run = run_live(client_factory, now=now + 5 * MINUTE)
+    assert run.results_read == 0
+    gap_reads = [q["sql"] for q in theirs.captured_queries if "simpletest_users" in q["sql"]
+                 and " IN (" in q["sql"]]
+    assert len(gap_reads) == 1
+    assert not any("UPDATE" in q["sql"] and "funnels_syncstate" in q["sql"]
+                   for q in ours.captured_queries)
