@@ -331,24 +331,28 @@ def run_lock_holder() -> int | None:
     return holder
 
 
-def own_connection_ids() -> set[int]:
-    ids = set()
-    for alias in ("default", MODX_ALIAS):
-        with connections[alias].cursor() as cursor:
-            cursor.execute("SELECT CONNECTION_ID()")
-            ids.add(cursor.fetchone()[0])
-    return ids
+def newest_connection_id() -> int:
+    """The highest connection id the server has handed out so far (ids only grow)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT CONNECTION_ID()")
+        (mine,) = cursor.fetchone()
+        cursor.execute("SELECT COALESCE(MAX(ID), 0) FROM information_schema.PROCESSLIST")
+        (newest,) = cursor.fetchone()
+    return max(mine, newest)
 
 
-def other_connections() -> list[int]:
-    """Connections to this test run's two databases that are not this process's own."""
+def connections_since(newest: int) -> list[int]:
+    """Connections to this test run's two databases opened after `newest` was taken: the
+    child process's. This process may hold more connections than its thread's own (one
+    per asyncio context while Playwright's loop runs, for instance); none of them is newer.
+    """
     names = [str(connections[a].settings_dict["NAME"]) for a in ("default", MODX_ALIAS)]
-    mine = own_connection_ids()
     with connections["default"].cursor() as cursor:
         cursor.execute(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB IN (%s, %s)", names
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB IN (%s, %s) AND ID > %s",
+            [*names, newest],
         )
-        return [row[0] for row in cursor.fetchall() if row[0] not in mine]
+        return [row[0] for row in cursor.fetchall()]
 
 
 def connection_kill(connection_id: int) -> bool:

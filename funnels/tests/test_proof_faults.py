@@ -33,8 +33,9 @@ from funnels.tests.proof_support import (
     assert_invariant,
     assert_synced_means_in_brevo,
     connection_kill,
+    connections_since,
     expected_state,
-    other_connections,
+    newest_connection_id,
     run_lock_holder,
 )
 from funnels.tests.manage_subprocess import mariadb_connect
@@ -237,12 +238,13 @@ def test_run_connections_killed_at_random_moments(committed, fake_brevo, env, tm
     for n in range(4):
         world.grow(people=5, prefix=f"c{n}-")
         before = fake_brevo.request_count
+        newest = newest_connection_id()
         victim = manage_popen(*LIVE, "--chunk-size", "3", env=env)
         try:
             _wait_for(lambda: SyncRun.objects.filter(pid=victim.pid).exists()
                       or victim.poll() is not None, what="the run to start")
             time.sleep(rng.uniform(0.0, 0.6))
-            killed = [c for c in other_connections() if connection_kill(c)]
+            killed = [c for c in connections_since(newest) if connection_kill(c)]
             out, err = _finish(victim)
         finally:
             if victim.poll() is None:
