@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +27,7 @@ _FIELDS = (
     "certificate_purchased_at",
     "sync_revision",
     "sync_attempts",
+    "entered_at",
 )
 
 
@@ -38,6 +40,7 @@ class DueEntry:
     certificate_purchased_at: datetime | None
     sync_revision: int
     sync_attempts: int
+    entered_at: datetime
 
 
 def outbox_due_q(*, now: datetime) -> Q:
@@ -64,6 +67,36 @@ def outbox_due_chunk(*, now: datetime, after_id: int, limit: int) -> list[DueEnt
     )
     rows = heapq.merge(pending, failed, key=lambda row: row[0])
     return [DueEntry(*row) for row in itertools.islice(rows, limit)]
+
+
+@dataclass(frozen=True, slots=True)
+class PersonEntry:
+    """One of a person's entries, as far as their Brevo contact's attributes go."""
+
+    id: int
+    email: str
+    funnel_type: str
+    entered_at: datetime
+    certificate_purchased: bool
+    certificate_purchased_at: datetime | None
+
+
+def outbox_people(*, emails: Iterable[str]) -> dict[str, list[PersonEntry]]:
+    """Every entry of these people, whatever its funnel or sync state: ONE query on
+    idx_email_funnel (its leading column), for a chunk of the outbox. Brevo keeps one
+    contact per email, so its attributes are built from all of them."""
+    wanted = sorted(set(emails))
+    if not wanted:
+        return {}
+    people: dict[str, list[PersonEntry]] = {}
+    rows = FunnelEntry.objects.filter(email__in=wanted).order_by().values_list(
+        "id", "email", "funnel_type", "entered_at", "certificate_purchased",
+        "certificate_purchased_at",
+    )
+    for row in rows:
+        entry = PersonEntry(*row)
+        people.setdefault(entry.email, []).append(entry)
+    return people
 
 
 def outbox_due_count(*, now: datetime) -> int:

@@ -22,6 +22,22 @@ Failures:
 - An import whose process ends `failed` (or cannot be confirmed in time) leaves its
   entries pending, with the attempt and the error recorded, for the next run.
 
+One contact, several funnels:
+Brevo keeps one contact per email, and its attributes belong to the contact, not to a list.
+A person in both funnels is one contact in two lists, so attributes sent per funnel would
+overwrite each other: whichever funnel went last decided, and a buyer could be shown as a
+non-buyer and keep getting "buy now" emails. So a contact's attributes are built from ALL
+of that email's entries (one query per outbox chunk, idx_email_funnel), whichever are due:
+- CERTIFICATE_PURCHASED: a purchase is recorded on any of them; CERTIFICATE_PURCHASED_AT:
+  the latest such purchase (a calendar date in TIME_ZONE);
+- FUNNEL_TYPE: the funnel of the most recent entry (entered_at, then id), among the funnels
+  that have a Brevo list (the lists the contact is really in).
+Each email is sent once per push with those attributes and the list ids of its due entries
+(an upsert with both lists, or a row of the import for that set of lists), so one run never
+sends two values for the same contact. When a purchase changes one entry, only that entry
+becomes due: the person's other entries, already synced, need no resend, because the one
+contact record they share has just been sent whole.
+
 Upsert or import (cut-over BREVO_IMPORT_THRESHOLD, default 50)?
 Brevo allows 10 contact requests per second, and we keep to 9, so N upserts take about
 N/9 seconds and N requests: 50 contacts cost about 5.5 s and 50 requests. One import is a
@@ -32,16 +48,17 @@ per-contact upsert is faster end-to-end, confirms each contact on its own (a bad
 fails alone), and spends no /processes budget; at or above it the import wins by orders
 of magnitude (a 100,000-contact backfill is ~20 imports, ~40-60 requests). Polls start at
 IMPORT_POLL_INTERVAL and grow by half each time (client.wait_for_process), so a typical
-import costs 2-6 polls. Imports are grouped by list id because an import's listIds apply
-to every contact in it; each list's buffer is flushed when it reaches the batch size, so
-the number of imports follows the number of contacts, not the number of chunks.
+import costs 2-6 polls. Imports are grouped by the contacts' list ids because an import's
+listIds apply to every contact in it; each group's buffer is flushed when it reaches the
+batch size, so the number of imports follows the number of contacts, not the number of
+chunks.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -60,7 +77,7 @@ from funnels.brevo.masking import mask_email
 from funnels.locks import RunLock
 from funnels.models import FunnelEntry, SyncRun, SyncRunItem, SyncStatus
 from funnels.selectors.funnels import funnel_list_ids
-from funnels.selectors.outbox import DueEntry, outbox_due_chunk
+from funnels.selectors.outbox import DueEntry, PersonEntry, outbox_due_chunk, outbox_people
 
 logger = logging.getLogger("funnels.outbox")
 
@@ -96,12 +113,22 @@ def retry_delay(*, attempts: int) -> timedelta:
     return min(BACKOFF_CAP, BACKOFF_BASE * (2**exponent))
 
 
-def contact_attributes(*, funnel_type: str, entries: Iterable[DueEntry]) -> dict:
-    """Brevo attributes for one contact of one funnel (several entries under per_test)."""
+def contact_attributes(
+    *, entries: Iterable[PersonEntry], funnels_with_list: Collection[str] | None = None
+) -> dict:
+    """Brevo attributes of one contact, from all of its email's entries (see the module
+    docstring): purchased if any entry is, FUNNEL_TYPE of the latest entry of a funnel in
+    `funnels_with_list` (of any funnel when None, or when none is)."""
     entries = list(entries)
+    if not entries:
+        raise ValueError("a contact has at least one entry")
+    listed = [
+        e for e in entries if funnels_with_list is None or e.funnel_type in funnels_with_list
+    ]
+    latest = max(listed or entries, key=lambda e: (e.entered_at, e.id))
     purchased = [e for e in entries if e.certificate_purchased]
     attributes: dict = {
-        "FUNNEL_TYPE": funnel_type,
+        "FUNNEL_TYPE": latest.funnel_type,
         "CERTIFICATE_PURCHASED": bool(purchased),
     }
     dates = [e.certificate_purchased_at for e in purchased if e.certificate_purchased_at]
@@ -114,24 +141,87 @@ def contact_attributes(*, funnel_type: str, entries: Iterable[DueEntry]) -> dict
 
 @dataclass
 class _Contact:
+    """One email as it goes to Brevo: its due entries, the lists they belong to, and the
+    attributes built from all of the person's entries."""
+
     email: str
-    funnel_type: str
+    list_ids: tuple[int, ...]
+    attributes: dict
     entries: list[DueEntry] = field(default_factory=list)
 
-    @property
-    def attributes(self) -> dict:
-        return contact_attributes(funnel_type=self.funnel_type, entries=self.entries)
+
+def _contacts_of(rows: list[DueEntry], *, list_ids: dict[str, int | None]) -> list[_Contact]:
+    """The chunk's due entries (all with a list) as contacts, one per email; one query for
+    all of those people's entries."""
+    people = outbox_people(emails=(row.email for row in rows))
+    funnels_with_list = {slug for slug, list_id in list_ids.items() if list_id}
+    due: dict[str, list[DueEntry]] = defaultdict(list)
+    for row in rows:
+        due[row.email].append(row)
+    contacts = []
+    for email, entries in due.items():
+        contacts.append(
+            _Contact(
+                email=email,
+                list_ids=tuple(sorted({list_ids[e.funnel_type] for e in entries})),
+                attributes=contact_attributes(
+                    entries=_person(people.get(email, []), due=entries),
+                    funnels_with_list=funnels_with_list,
+                ),
+                entries=entries,
+            )
+        )
+    return contacts
 
 
-def _contacts_of(entries: list[DueEntry]) -> list[_Contact]:
-    contacts: dict[tuple[str, str], _Contact] = {}
-    for entry in entries:
-        key = (entry.email, entry.funnel_type)
-        contact = contacts.get(key)
-        if contact is None:
-            contact = contacts[key] = _Contact(email=entry.email, funnel_type=entry.funnel_type)
-        contact.entries.append(entry)
-    return list(contacts.values())
+def _person(entries: list[PersonEntry], *, due: list[DueEntry]) -> list[PersonEntry]:
+    """The person's entries as read, where the due ones win: they carry the revision that
+    is being sent, and the attributes must say what that revision says."""
+    by_id = {e.id: e for e in entries}
+    for entry in due:
+        by_id[entry.id] = PersonEntry(
+            id=entry.id, email=entry.email, funnel_type=entry.funnel_type,
+            entered_at=entry.entered_at, certificate_purchased=entry.certificate_purchased,
+            certificate_purchased_at=entry.certificate_purchased_at,
+        )
+    return list(by_id.values())
+
+
+class _Buffers:
+    """Contacts waiting to be sent, grouped by their list ids (an import's listIds apply to
+    all of its rows). An email still waiting absorbs a later chunk's entries, so that it is
+    sent once, to the union of their lists."""
+
+    def __init__(self, *, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.groups: dict[tuple[int, ...], dict[str, _Contact]] = defaultdict(dict)
+        self.waiting: dict[str, tuple[int, ...]] = {}
+
+    def add(self, contact: _Contact) -> tuple[int, ...] | None:
+        """Queue a contact; returns its group if that made the group full."""
+        group = self.waiting.pop(contact.email, None)
+        if group is not None:
+            earlier = self.groups[group].pop(contact.email)
+            contact = _Contact(
+                email=contact.email,
+                list_ids=tuple(sorted({*earlier.list_ids, *contact.list_ids})),
+                attributes=contact.attributes,
+                entries=earlier.entries + contact.entries,
+            )
+        self.groups[contact.list_ids][contact.email] = contact
+        self.waiting[contact.email] = contact.list_ids
+        if len(self.groups[contact.list_ids]) >= self.batch_size:
+            return contact.list_ids
+        return None
+
+    def take(self, group: tuple[int, ...]) -> list[_Contact]:
+        contacts = list(self.groups.pop(group, {}).values())
+        for contact in contacts:
+            del self.waiting[contact.email]
+        return contacts
+
+    def groups_waiting(self) -> list[tuple[int, ...]]:
+        return [group for group, contacts in self.groups.items() if contacts]
 
 
 def _chunks(ids: list[int], size: int = _UPDATE_CHUNK) -> Iterable[list[int]]:
@@ -190,21 +280,21 @@ class _Pusher:
 
     # -- flushing ---------------------------------------------------------------------
 
-    def flush(self, list_id: int, entries: list[DueEntry]) -> None:
-        if not entries:
+    def flush(self, list_ids: tuple[int, ...], contacts: list[_Contact]) -> None:
+        """Send contacts that go to the same lists: one import, or one upsert each."""
+        if not contacts:
             return
-        contacts = _contacts_of(entries)
         if len(contacts) >= self.threshold:
-            self._import(list_id, contacts)
+            self._import(list_ids, contacts)
         else:
-            self._upsert(list_id, contacts)
+            self._upsert(list_ids, contacts)
 
-    def _import(self, list_id: int, contacts: list[_Contact]) -> None:
+    def _import(self, list_ids: tuple[int, ...], contacts: list[_Contact]) -> None:
         entries = [e for c in contacts for e in c.entries]
         payload = [{"email": c.email, "attributes": c.attributes} for c in contacts]
         self.result.imports += 1
         try:
-            process_id = self.client.import_contacts(contacts=payload, list_ids=[list_id])
+            process_id = self.client.import_contacts(contacts=payload, list_ids=list(list_ids))
             self.client.wait_for_process(
                 process_id=process_id,
                 poll_interval=self.poll_interval,
@@ -214,8 +304,8 @@ class _Pusher:
             raise
         except BrevoError as exc:
             logger.warning(
-                "outbox: import of %d contacts to list %s not confirmed, they stay pending: %s",
-                len(contacts), list_id, _error_text(exc),
+                "outbox: import of %d contacts to lists %s not confirmed, they stay pending: %s",
+                len(contacts), _lists(list_ids), _error_text(exc),
             )
             self.result.contacts_failed += len(contacts)
             self._defer(entries, exc)
@@ -223,12 +313,12 @@ class _Pusher:
             return
         self.consecutive_failures = 0
         logger.info(
-            "outbox: imported %d contacts to list %s (process %s)",
-            len(contacts), list_id, process_id,
+            "outbox: imported %d contacts to lists %s (process %s)",
+            len(contacts), _lists(list_ids), process_id,
         )
         self._mark_synced(entries, contacts=len(contacts))
 
-    def _upsert(self, list_id: int, contacts: list[_Contact]) -> None:
+    def _upsert(self, list_ids: tuple[int, ...], contacts: list[_Contact]) -> None:
         confirmed: list[_Contact] = []
         try:
             for contact in contacts:
@@ -237,7 +327,8 @@ class _Pusher:
                 self.result.upserts += 1
                 try:
                     self.client.upsert_contact(
-                        email=contact.email, attributes=contact.attributes, list_ids=[list_id]
+                        email=contact.email, attributes=contact.attributes,
+                        list_ids=list(list_ids),
                     )
                 except BrevoAuthError:
                     raise
@@ -258,7 +349,8 @@ class _Pusher:
                     [e for c in confirmed for e in c.entries], contacts=len(confirmed)
                 )
         logger.info(
-            "outbox: upserted %d of %d contacts to list %s", len(confirmed), len(contacts), list_id
+            "outbox: upserted %d of %d contacts to lists %s",
+            len(confirmed), len(contacts), _lists(list_ids),
         )
 
     # -- state transitions (compare-and-set on sync_revision) -------------------------
@@ -319,7 +411,7 @@ class _Pusher:
             SyncRunItem.objects.bulk_create(
                 SyncRunItem(
                     run=self.run, action=SyncRunItem.Action.FAILED, reason=reason,
-                    email=contact.email, funnel_type=contact.funnel_type,
+                    email=contact.email, funnel_type=entry.funnel_type,
                     test_id=None, entry_id=entry.id,
                     detail=("permanent: " if permanent else "will retry: ") + text,
                 )
@@ -388,29 +480,28 @@ def outbox_push(
         run=run, client=client, now=now, lock=lock, threshold=threshold,
         poll_interval=poll_interval, import_timeout=import_timeout, clock=clock,
     )
-    buffers: dict[int, list[DueEntry]] = defaultdict(list)
+    buffers = _Buffers(batch_size=batch_size)
     after_id = 0
     while not pusher.stopped:
         rows = outbox_due_chunk(now=now, after_id=after_id, limit=batch_size)
         if not rows:
             break
         after_id = rows[-1].id
-        unroutable: list[DueEntry] = []
-        for row in rows:
-            list_id = list_ids.get(row.funnel_type)
-            if not list_id:
-                unroutable.append(row)
-                continue
-            buffer = buffers[list_id]
-            buffer.append(row)
-            if len(buffer) >= batch_size:
-                buffers[list_id] = []
-                pusher.flush(list_id, buffer)
+        routable = [row for row in rows if list_ids.get(row.funnel_type)]
+        unroutable = [row for row in rows if not list_ids.get(row.funnel_type)]
+        for contact in _contacts_of(routable, list_ids=list_ids) if routable else []:
+            full = buffers.add(contact)
+            if full is not None:
+                pusher.flush(full, buffers.take(full))
                 if pusher.stopped:
                     break
         if unroutable:
             pusher._fail_unroutable(unroutable)
-    for list_id, buffer in buffers.items():
+    for group in buffers.groups_waiting():
         if not pusher.stopped:
-            pusher.flush(list_id, buffer)
+            pusher.flush(group, buffers.take(group))
     return pusher.result
+
+
+def _lists(list_ids: tuple[int, ...]) -> str:
+    return ",".join(str(list_id) for list_id in list_ids)

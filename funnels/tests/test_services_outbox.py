@@ -1,12 +1,14 @@
 import datetime as dt
 
 import pytest
+from django.db import connections
 from django.db.models import F
+from django.test.utils import CaptureQueriesContext
 
 from funnels.brevo.client import BrevoClient
 from funnels.brevo.errors import BrevoAuthError
 from funnels.models import FunnelEntry, SyncRun, SyncRunItem
-from funnels.selectors.outbox import outbox_due_chunk
+from funnels.selectors.outbox import PersonEntry, outbox_due_chunk
 from funnels.services.outbox import contact_attributes, outbox_push, retry_delay
 from funnels.services.sync_retry import entries_retry_sync
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
@@ -248,22 +250,18 @@ def test_purchase_attributes_use_the_local_calendar_date(
     }
 
 
-def test_attributes_of_several_entries_of_one_person(db):
-    from funnels.selectors.outbox import DueEntry
-
+def test_attributes_of_several_entries_of_one_person():
     early = dt.datetime(2026, 11, 2, 10, tzinfo=dt.timezone.utc)
     late = dt.datetime(2026, 11, 9, 10, tzinfo=dt.timezone.utc)
     entries = [
-        DueEntry(1, "a@example.com", "language", True, early, 1, 0),
-        DueEntry(2, "a@example.com", "language", True, late, 1, 0),
-        DueEntry(3, "a@example.com", "language", False, None, 1, 0),
+        PersonEntry(1, "a@example.com", "language", early, True, early),
+        PersonEntry(2, "a@example.com", "language", early, True, late),
+        PersonEntry(3, "a@example.com", "language", late, False, None),
     ]
-    attributes = contact_attributes(funnel_type="language", entries=entries)
+    attributes = contact_attributes(entries=entries)
     assert attributes["CERTIFICATE_PURCHASED"] is True
     assert attributes["CERTIFICATE_PURCHASED_AT"] == "2026-11-09"
-    assert "CERTIFICATE_PURCHASED_AT" not in contact_attributes(
-        funnel_type="language", entries=entries[2:]
-    )
+    assert "CERTIFICATE_PURCHASED_AT" not in contact_attributes(entries=entries[2:])
 
 
 def test_one_request_for_several_entries_of_one_person(run, client_factory, fake_brevo, now):
@@ -297,3 +295,146 @@ def test_due_means_pending_or_failed_with_a_next_attempt_that_has_come(now):
     assert [d.id for d in outbox_due_chunk(now=now, after_id=pending.id, limit=10)] == [
         due_failed.id,
     ]
+
+
+# --- one Brevo contact, several funnels ---------------------------------------------------
+
+T = dt.datetime(2026, 11, 10, 9, 0, tzinfo=dt.timezone.utc)
+DAY = dt.timedelta(days=1)
+
+
+def _synced(**fields):
+    return FunnelEntryFactory(sync_status="synced", sync_revision=1, synced_revision=1, **fields)
+
+
+def _contact_requests(fake, email):
+    return [r.body for r in fake.requests_log
+            if r.operation == "createContact" and r.body["email"] == email]
+
+
+def test_a_buyer_in_one_funnel_is_a_buyer_whichever_entry_is_sent(
+    run, client_factory, fake_brevo, now
+):
+    _synced(email="anna@example.com", funnel_type="language", entered_at=T,
+            certificate_purchased=True, certificate_purchased_at=T + DAY)
+    FunnelEntryFactory(email="anna@example.com", funnel_type="non_language",
+                       entered_at=T + 2 * DAY)
+    result = _push(run, client_factory(), now)
+    assert (result.contacts_sent, result.entries_synced) == (1, 1)
+    [body] = _contact_requests(fake_brevo, "anna@example.com")
+    assert body["listIds"] == [OTHER_LIST]
+    assert body["attributes"] == {
+        "FUNNEL_TYPE": "non_language",
+        "CERTIFICATE_PURCHASED": True,
+        "CERTIFICATE_PURCHASED_AT": "2026-11-11",
+    }
+
+
+def test_a_purchase_revoked_in_one_funnel_leaves_the_one_still_held_in_the_other(
+    run, client_factory, fake_brevo, now
+):
+    _synced(email="anna@example.com", funnel_type="language", entered_at=T,
+            certificate_purchased=True, certificate_purchased_at=T + DAY)
+    # The non-language purchase was refunded: that entry alone is due again.
+    FunnelEntryFactory(email="anna@example.com", funnel_type="non_language",
+                       entered_at=T + DAY, certificate_purchased=False, sync_revision=3,
+                       synced_revision=2)
+    _push(run, client_factory(), now)
+    attributes = fake_brevo.contact("anna@example.com")["attributes"]
+    assert attributes["CERTIFICATE_PURCHASED"] is True
+    assert attributes["CERTIFICATE_PURCHASED_AT"] == "2026-11-11"
+    assert attributes["FUNNEL_TYPE"] == "non_language"
+
+
+def test_a_revoked_purchase_and_none_elsewhere_is_no_purchase(
+    run, client_factory, fake_brevo, now
+):
+    _synced(email="anna@example.com", funnel_type="language", entered_at=T)
+    FunnelEntryFactory(email="anna@example.com", funnel_type="non_language", entered_at=T,
+                       certificate_purchased=False, sync_revision=2, synced_revision=1)
+    _push(run, client_factory(), now)
+    assert fake_brevo.contact("anna@example.com")["attributes"]["CERTIFICATE_PURCHASED"] is False
+
+
+def test_funnel_type_is_the_funnel_of_the_latest_entry_not_of_the_one_sent(
+    run, client_factory, fake_brevo, now
+):
+    _synced(email="anna@example.com", funnel_type="language", entered_at=T + 3 * DAY)
+    FunnelEntryFactory(email="anna@example.com", funnel_type="non_language", entered_at=T)
+    # A funnel without a Brevo list is not one the contact is in: it names nothing.
+    _synced(email="anna@example.com", funnel_type="retired", entered_at=T + 9 * DAY)
+    _push(run, client_factory(), now)
+    [body] = _contact_requests(fake_brevo, "anna@example.com")
+    assert body["attributes"]["FUNNEL_TYPE"] == "language"
+    assert body["listIds"] == [OTHER_LIST]
+
+
+def test_one_upsert_per_email_to_the_lists_of_its_due_entries(
+    run, client_factory, fake_brevo, now
+):
+    FunnelEntryFactory(email="anna@example.com", funnel_type="language", entered_at=T,
+                       certificate_purchased=True, certificate_purchased_at=T + DAY)
+    FunnelEntryFactory(email="anna@example.com", funnel_type="non_language",
+                       entered_at=T + DAY)
+    result = _push(run, client_factory(), now)
+    assert _ops(fake_brevo) == ["createContact"]
+    assert (result.contacts_sent, result.entries_synced) == (1, 2)
+    [body] = _contact_requests(fake_brevo, "anna@example.com")
+    assert body["listIds"] == [LANGUAGE_LIST, OTHER_LIST]
+    assert body["attributes"]["CERTIFICATE_PURCHASED"] is True
+    assert body["attributes"]["FUNNEL_TYPE"] == "non_language"
+
+
+def test_an_email_whose_due_entries_fall_in_two_chunks_is_still_sent_once(
+    run, client_factory, fake_brevo, now
+):
+    FunnelEntryFactory(email="anna@example.com", funnel_type="language", entered_at=T)
+    FunnelEntryFactory(email="boris@example.com", funnel_type="non_language", entered_at=T)
+    FunnelEntryFactory(email="anna@example.com", funnel_type="non_language", entered_at=T,
+                       certificate_purchased=True, certificate_purchased_at=T)
+    result = _push(run, client_factory(), now, batch_size=2)
+    [body] = _contact_requests(fake_brevo, "anna@example.com")
+    assert body["listIds"] == [LANGUAGE_LIST, OTHER_LIST]
+    assert body["attributes"]["CERTIFICATE_PURCHASED"] is True
+    assert (result.contacts_sent, result.entries_synced) == (2, 3)
+
+
+def test_imports_carry_each_email_once_grouped_by_its_lists(
+    run, client_factory, fake_brevo, now
+):
+    for n in range(3):
+        FunnelEntryFactory(email=f"lang{n}@example.com", funnel_type="language", entered_at=T)
+    for n in range(2):
+        FunnelEntryFactory(email=f"both{n}@example.com", funnel_type="language", entered_at=T,
+                           certificate_purchased=True, certificate_purchased_at=T)
+        FunnelEntryFactory(email=f"both{n}@example.com", funnel_type="non_language",
+                           entered_at=T + DAY)
+    result = _push(run, client_factory(), now, threshold=2)
+    imports = [r.body for r in fake_brevo.requests_log if r.operation == "importContacts"]
+    assert sorted(tuple(body["listIds"]) for body in imports) == [
+        (LANGUAGE_LIST,), (LANGUAGE_LIST, OTHER_LIST),
+    ]
+    emails = [row["email"] for body in imports for row in body["jsonBody"]]
+    assert sorted(emails) == sorted({*emails}) and len(emails) == 5
+    [both] = [body for body in imports if len(body["listIds"]) == 2]
+    assert {row["email"]: row["attributes"] for row in both["jsonBody"]} == {
+        f"both{n}@example.com": {
+            "FUNNEL_TYPE": "non_language", "CERTIFICATE_PURCHASED": True,
+            "CERTIFICATE_PURCHASED_AT": "2026-11-10",
+        }
+        for n in range(2)
+    }
+    assert result.entries_synced == 7
+    assert fake_brevo.list_members(OTHER_LIST) == {"both0@example.com", "both1@example.com"}
+
+
+def test_the_people_of_a_chunk_are_read_in_one_query(run, client_factory, fake_brevo, now):
+    for n in range(6):
+        FunnelEntryFactory(email=f"p{n}@example.com", funnel_type="language", entered_at=T)
+        _synced(email=f"p{n}@example.com", funnel_type="non_language", entered_at=T)
+    with CaptureQueriesContext(connections["default"]) as queries:
+        _push(run, client_factory(), now, batch_size=4)
+    people_reads = [q["sql"] for q in queries.captured_queries
+                    if q["sql"].startswith("SELECT") and "funnel_entries" in q["sql"]
+                    and "sync_status" not in q["sql"].split("WHERE")[1]]
+    assert len(people_reads) == 2  # two chunks of due entries (4 + 2)
