@@ -54,9 +54,13 @@ class WatermarkMove:
 
     @property
     def changed(self) -> bool:
-        return self.before.last_id != self.after.last_id or dict(self.before.gaps) != dict(
-            self.after.gaps
-        ) or not self.before.stored
+        """Something to write: the row is new, or its last id or gaps differ."""
+        before, after = self.before, self.after
+        return (
+            not before.stored
+            or before.last_id != after.last_id
+            or dict(before.gaps) != dict(after.gaps)
+        )
 
     def log(self, *, run: SyncRun, dry_run: bool) -> None:
         key = self.after.key

@@ -10,6 +10,7 @@ from funnels.selectors.candidates import (
     WATERMARK_KEY,
     KindResolver,
     SkipReason,
+    candidates_by_ids,
     candidates_chunk,
 )
 from funnels.selectors.funnels import (
@@ -24,7 +25,7 @@ from funnels.services.entries import (
     entries_create_chunk,
     watermark_advance,
 )
-from funnels.services.watermarks import watermark_after_new_rows
+from funnels.services.watermarks import watermark_after_gap_reads, watermark_after_new_rows
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
 from funnels.tests.sync_support import (
     LANG_TEST,
@@ -303,3 +304,28 @@ def test_ids_passed_without_a_row_are_kept_as_gaps_with_the_watermark(configured
     state = watermark_state_get(key=WATERMARK_KEY)
     assert state.last_id == first.id + 3
     assert state.gaps == {first.id + 1: now, first.id + 2: now}
+
+
+def test_a_late_row_leaves_the_gap_list_with_its_entries_or_not_at_all(configured, now):
+    first = modx_result("anna@example.com")
+    modx_result("boris@example.com", id=first.id + 2)
+    watermark_advance(key=WATERMARK_KEY, last_id=first.id - 1, run=None)
+    _process(now, after_id=first.id - 1)
+    late = modx_result("late@example.com", id=first.id + 1)
+    state = watermark_state_get(key=WATERMARK_KEY)
+    candidates = candidates_by_ids(ids=sorted(state.gaps), kinds=KindResolver())
+    move = watermark_after_gap_reads(state=state, read_ids=sorted(state.gaps),
+                                     found_ids=[late.id], now=now, grace=dt.timedelta(hours=1))
+    run = SyncRunFactory(status=SyncRun.Status.RUNNING, finished_at=None)
+
+    def create(lock):
+        return entries_create_chunk(run=run, planner=_planner(), candidates=candidates,
+                                    dry_run=False, now=now, lock=lock, watermark=move)
+
+    with pytest.raises(RunLockLost):
+        create(_Lock(lost=True))
+    assert not FunnelEntry.objects.filter(user_id=late.id).exists()
+    assert watermark_state_get(key=WATERMARK_KEY).gaps == {late.id: now}
+    assert create(_Lock()).added == 1
+    assert FunnelEntry.objects.filter(user_id=late.id).count() == 1
+    assert watermark_state_get(key=WATERMARK_KEY).gaps == {}
