@@ -15,7 +15,12 @@ from funnels.selectors.candidates import (
     SkipReason,
     candidates_for_email,
 )
-from funnels.selectors.funnels import funnel_accepts, funnels_all, watermark_get
+from funnels.selectors.funnels import (
+    WatermarkState,
+    funnel_accepts,
+    funnels_all,
+    watermark_state_get,
+)
 
 
 @dataclass
@@ -66,7 +71,7 @@ def funnel_explain(*, raw_email: str) -> Explanation:
         return Explanation(None, check.reason, [], verdicts)
     email = check.email
     results = candidates_for_email(email=email)
-    watermark = watermark_get(key=WATERMARK_KEY)
+    watermark = watermark_state_get(key=WATERMARK_KEY)
     entries: dict[str, list[FunnelEntry]] = {}
     for entry in FunnelEntry.objects.filter(email=email).order_by("entered_at", "id"):
         entries.setdefault(entry.funnel_type, []).append(entry)
@@ -96,7 +101,9 @@ def funnel_explain(*, raw_email: str) -> Explanation:
     return Explanation(email, None, results, verdicts)
 
 
-def _why_not(funnel: Funnel, results: list[Candidate], watermark: int | None, items) -> str:
+def _why_not(
+    funnel: Funnel, results: list[Candidate], watermark: WatermarkState | None, items
+) -> str:
     if not results:
         return _("not in it: no test result in MODX for this email")
     qualifying = [
@@ -119,7 +126,12 @@ def _why_not(funnel: Funnel, results: list[Candidate], watermark: int | None, it
     ids = ", ".join(f"#{r.result_id}" for r in qualifying)
     if watermark is None:
         return _("not in it yet: no live run has read MODX yet (results %(ids)s)") % {"ids": ids}
-    unread = [r for r in qualifying if r.result_id > watermark]
+    # Beyond the watermark, or below it in a gap (a row that committed late): both are
+    # read by the next run.
+    unread = [
+        r for r in qualifying
+        if r.result_id > watermark.last_id or r.result_id in watermark.gaps
+    ]
     reasons = []
     for r in qualifying:
         item = items.get((r.result_id, funnel.slug)) or items.get((r.result_id, ""))
@@ -133,7 +145,7 @@ def _why_not(funnel: Funnel, results: list[Candidate], watermark: int | None, it
     if unread:
         return _("not in it yet: not yet read (results %(ids)s are beyond the watermark "
                  "#%(w)s); the next run will read them") % {
-            "ids": ", ".join(f"#{r.result_id}" for r in unread), "w": watermark,
+            "ids": ", ".join(f"#{r.result_id}" for r in unread), "w": watermark.last_id,
         }
     return _("not in it: results %(ids)s were before the first run's starting point "
              "(older than the initial look-back)") % {"ids": ids}

@@ -4,7 +4,8 @@ import io
 import pytest
 from django.core.management import call_command
 
-from funnels.models import Funnel
+from funnels.models import Funnel, SyncState
+from funnels.selectors.funnels import watermark_gaps_encode
 from funnels.services.entries import watermark_advance
 from funnels.tests.sync_support import (
     LANG_TEST,
@@ -84,6 +85,21 @@ def test_not_yet_read_beyond_the_watermark(configured):
     assert lines["language"] == (
         f"not in it yet: not yet read (results #{later.id} are beyond the watermark "
         f"#{first.id}); the next run will read them"
+    )
+
+
+def test_a_result_in_a_watermark_gap_is_not_yet_read(configured):
+    late = modx_result("anna@example.com", LANG_TEST)
+    after = modx_result("someone@example.com")
+    # The watermark passed `late` while its insert was not yet committed: it is a gap.
+    SyncState.objects.create(
+        key="test_results", last_id=after.id,
+        gaps=watermark_gaps_encode({late.id: dt.datetime(2026, 11, 28, 15, tzinfo=dt.UTC)}),
+    )
+    lines, _ = _explain("anna@example.com")
+    assert lines["language"] == (
+        f"not in it yet: not yet read (results #{late.id} are beyond the watermark "
+        f"#{after.id}); the next run will read them"
     )
 
 
