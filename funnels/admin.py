@@ -546,9 +546,13 @@ site.register(Funnel, FunnelAdmin)
 
 
 class SyncStateAdmin(admin.ModelAdmin):
-    list_display = ["key", "last_id", "run", "updated_at"]
-    readonly_fields = ["key", "last_id", "run", "updated_at"]
+    list_display = ["key", "last_id", "gap_count", "run", "updated_at"]
+    readonly_fields = ["key", "last_id", "gap_count", "run", "updated_at"]
     list_select_related = ["run"]
+
+    @admin.display(description=_("ids awaited below the watermark"))
+    def gap_count(self, obj):
+        return sum(len(ids) for ids in (obj.gaps or {}).values())
 
     def has_add_permission(self, request):
         return False

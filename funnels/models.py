@@ -82,8 +82,8 @@ class FunnelEntry(models.Model):
     sync_status = models.CharField(
         _("Brevo sync"), max_length=10, choices=SyncStatus.choices, default=SyncStatus.PENDING
     )
-    sync_revision = models.PositiveIntegerField(default=1)
-    synced_revision = models.PositiveIntegerField(default=0)
+    sync_revision = models.PositiveIntegerField(_("sync revision"), default=1)
+    synced_revision = models.PositiveIntegerField(_("synced revision"), default=0)
     sync_attempts = models.PositiveIntegerField(_("sync attempts"), default=0)
     sync_last_error = models.TextField(_("last sync error"), blank=True, default="")
     sync_next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
@@ -186,7 +186,7 @@ class SyncRun(models.Model):
         indexes = [models.Index(fields=["status", "started_at"], name="idx_run_status")]
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.status}"
+        return f"#{self.pk} {self.get_status_display()}"
 
     @property
     def duration(self):
@@ -232,15 +232,16 @@ class SyncState(models.Model):
     """Watermarks: the last MODX row id each incremental reader has fully handled, and the
     ids below it that were missing when it moved past them (see services/watermarks.py)."""
 
-    key = models.CharField(max_length=50, unique=True)
-    last_id = models.BigIntegerField(default=0)
+    key = models.CharField(_("key"), max_length=50, unique=True)
+    last_id = models.BigIntegerField(_("last MODX id"), default=0)
     # {first seen missing (ISO time, UTC): [MODX ids]}: grouped by time because every gap
     # a run finds shares that run's time, which keeps a long list small to rewrite.
-    gaps = models.JSONField(default=dict, blank=True)
+    gaps = models.JSONField(_("gaps"), default=dict, blank=True)
     run = models.ForeignKey(
-        SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        verbose_name=_("run"),
     )
-    updated_at = models.DateTimeField(auto_now=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
         verbose_name = _("watermark")

@@ -618,3 +618,16 @@ def test_a_secret_that_slipped_into_a_run_record_is_not_shown(admin_client, sett
         html = admin_client.get(url).content.decode()
         assert marker not in html, url
         assert "[redacted]" in html, url
+
+
+def test_watermarks_page_shows_how_many_ids_are_awaited_in_gaps(admin_client):
+    from funnels.models import SyncState
+
+    SyncState.objects.create(
+        key="test_results", last_id=500,
+        gaps={"2026-11-28T15:00:00+00:00": [490, 495], "2026-11-28T15:15:00+00:00": [499]},
+    )
+    response = admin_client.get(reverse("admin:funnels_syncstate_changelist"))
+    assert response.status_code == 200
+    cells = re.findall(r'<td class="field-gap_count">(\d+)</td>', response.content.decode())
+    assert cells == ["3"]
