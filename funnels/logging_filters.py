@@ -6,6 +6,7 @@ The code never logs secrets on purpose; this filter makes an accident harmless.
 from __future__ import annotations
 
 import logging
+import time
 
 from django.conf import settings
 
@@ -36,3 +37,9 @@ class RedactSecretsFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, ()
         return True
+
+
+class UtcFormatter(logging.Formatter):
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"

@@ -257,7 +257,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"redact": {"()": "funnels.logging_filters.RedactSecretsFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        # Log times in UTC with an explicit Z, like every stored time: Django sets the
+        # process's local zone to TIME_ZONE, which would make them look local.
+        "plain": {
+            "()": "funnels.logging_filters.UtcFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        },
     },
     "handlers": {
         "console": {

@@ -97,3 +97,16 @@ def test_every_configured_handler_carries_the_filter():
         assert redacting & set(handler.get("filters", [])), name
     for name in ("funnels", "reports", "django"):
         assert config["loggers"][name]["handlers"]
+
+
+def test_log_times_are_utc_with_a_z():
+    import datetime as dt
+    import logging
+
+    from funnels.logging_filters import UtcFormatter
+
+    record = logging.LogRecord("funnels", logging.INFO, __file__, 1, "hello", (), None)
+    record.created = dt.datetime(2026, 11, 28, 23, 30, 15, 250000, tzinfo=dt.UTC).timestamp()
+    record.msecs = 250
+    line = UtcFormatter("%(asctime)s %(message)s").format(record)
+    assert line == "2026-11-28T23:30:15.250Z hello"
