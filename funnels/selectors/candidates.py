@@ -92,15 +92,10 @@ class KindResolver:
                 self._kinds[test_id] = KIND_LANGUAGE
 
 
-def candidates_chunk(
-    *, after_id: int, limit: int, kinds: KindResolver
-) -> list[Candidate]:
-    """At most `limit` results with Id > after_id, in id order."""
-    rows = list(
-        TestResult.objects.filter(id__gt=after_id)
-        .order_by("id")
-        .values_list("id", "email", "test_id", "completed_at")[:limit]
-    )
+_COLUMNS = ("id", "email", "test_id", "completed_at")
+
+
+def _candidates(rows: list[tuple], *, kinds: KindResolver) -> list[Candidate]:
     resolved = kinds.kinds_for(test_id for _, _, test_id, _ in rows)
     return [
         Candidate(
@@ -112,6 +107,18 @@ def candidates_chunk(
         )
         for result_id, email, test_id, completed_at in rows
     ]
+
+
+def candidates_chunk(
+    *, after_id: int, limit: int, kinds: KindResolver
+) -> list[Candidate]:
+    """At most `limit` results with Id > after_id, in id order."""
+    rows = list(
+        TestResult.objects.filter(id__gt=after_id)
+        .order_by("id")
+        .values_list(*_COLUMNS)[:limit]
+    )
+    return _candidates(rows, kinds=kinds)
 
 
 def candidates_by_ids(*, ids: Iterable[int], kinds: KindResolver) -> list[Candidate]:
@@ -123,19 +130,9 @@ def candidates_by_ids(*, ids: Iterable[int], kinds: KindResolver) -> list[Candid
     rows = list(
         TestResult.objects.filter(id__in=wanted)
         .order_by("id")
-        .values_list("id", "email", "test_id", "completed_at")
+        .values_list(*_COLUMNS)
     )
-    resolved = kinds.kinds_for(test_id for _, _, test_id, _ in rows)
-    return [
-        Candidate(
-            result_id=result_id,
-            raw_email=email,
-            test_id=test_id,
-            completed_at=completed_at,
-            kind=resolved.get(test_id) if test_id is not None else None,
-        )
-        for result_id, email, test_id, completed_at in rows
-    ]
+    return _candidates(rows, kinds=kinds)
 
 
 def candidates_stream(
@@ -182,7 +179,7 @@ def candidates_for_email(*, email: str) -> list[Candidate]:
     rows = list(
         TestResult.objects.filter(email__icontains=f"{local}@")
         .order_by("id")
-        .values_list("id", "email", "test_id", "completed_at")
+        .values_list(*_COLUMNS)
     )
     matching = [row for row in rows if email_check(row[1]).email == email]
     kinds = KindResolver().kinds_for(test_id for _, _, test_id, _ in matching)
