@@ -7,32 +7,14 @@ to test-artifacts/ (git-ignored) for a human to look at after a CI run.
 from __future__ import annotations
 
 import datetime as dt
-import os
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from funnels.models import Funnel, SyncRun, SyncRunItem, SyncStatus
 from funnels.services.runtime import runtime_settings_get
+from funnels.tests.browser_support import ARTIFACTS, chromium_launched
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory, SyncRunItemFactory
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls made here between
-# browser steps are still plain synchronous calls.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 PASSWORD = "browser-test-password-1"
 
 pytestmark = [
@@ -45,16 +27,7 @@ pytestmark = [
 
 @pytest.fixture
 def browser_page():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's chromium package "
-            "(Playwright's own browser download does not work here)."
-        )
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium_launched() as browser:
         context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 1000})
         page = context.new_page()
         page.set_default_timeout(15_000)
@@ -62,7 +35,6 @@ def browser_page():
             yield page
         finally:
             context.close()
-            browser.close()
 
 
 @pytest.fixture

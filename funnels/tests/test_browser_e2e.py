@@ -32,7 +32,8 @@ from funnels.tests.sync_support import (
     live_settings,  # noqa: F401 - fixture
     sleeps,  # noqa: F401 - fixture
 )
-from funnels.tests.test_browser_admin import ARTIFACTS, browser_page  # noqa: F401 - fixture
+from funnels.tests.browser_support import ARTIFACTS, drawn_pixels
+from funnels.tests.test_browser_admin import browser_page  # noqa: F401 - fixture
 from funnels.tests.test_demo import empty_modx_database  # noqa: F401 - fixture
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls made here between
@@ -71,20 +72,6 @@ def _shot(page, name: str) -> None:
 
 def _column(page, field: str) -> list[str]:
     return [c.strip() for c in page.locator(f"#result_list .field-{field}").all_inner_texts()]
-
-
-def _drawn_pixels(page, canvas_id: str) -> int:
-    return page.evaluate(
-        """(id) => {
-            const canvas = document.getElementById(id);
-            const pixels = canvas.getContext("2d")
-                .getImageData(0, 0, canvas.width, canvas.height).data;
-            let drawn = 0;
-            for (let i = 3; i < pixels.length; i += 4) { if (pixels[i] !== 0) drawn++; }
-            return drawn;
-        }""",
-        canvas_id,
-    )
 
 
 def _command(*args: str) -> str:
@@ -161,8 +148,8 @@ def test_operator_end_to_end_after_a_live_run(live_server, browser_page, after_a
             && Chart.getChart(document.getElementById("histogram-chart"))"""
     )
     assert page.inner_text("#funnels-mode").strip() == "DRY RUN"
-    assert _drawn_pixels(page, "trend-chart") > 500
-    assert _drawn_pixels(page, "histogram-chart") > 500
+    assert drawn_pixels(page, "trend-chart") > 500
+    assert drawn_pixels(page, "histogram-chart") > 500
     _shot(page, "5-report")
     document = json.loads(_command(*period, "--format", "json"))
     rows = page.eval_on_selector_all(

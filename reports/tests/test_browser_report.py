@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 
+from funnels.tests.browser_support import ARTIFACTS, chromium_launched, drawn_pixels
 from reports.tests.helpers import entry, utc
-
-# Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
-# still synchronous and safe.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 
 pytestmark = [
     pytest.mark.browser,
@@ -32,17 +19,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package to run "
-                    "the browser tests")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+    with chromium_launched() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -57,20 +35,6 @@ def page(browser, live_server, django_user_model, funnels):
     page.wait_for_url(f"{live_server.url}/admin/")
     yield page
     context.close()
-
-
-def _drawn_pixels(page, canvas_id: str) -> int:
-    return page.evaluate(
-        """(id) => {
-            const canvas = document.getElementById(id);
-            const pixels = canvas.getContext("2d")
-                .getImageData(0, 0, canvas.width, canvas.height).data;
-            let drawn = 0;
-            for (let i = 3; i < pixels.length; i += 4) { if (pixels[i] !== 0) drawn++; }
-            return drawn;
-        }""",
-        canvas_id,
-    )
 
 
 def test_page_draws_both_charts_and_its_table_matches_the_command(page, live_server):
@@ -89,8 +53,8 @@ def test_page_draws_both_charts_and_its_table_matches_the_command(page, live_ser
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report_conversions.png"), full_page=True)
 
-    assert _drawn_pixels(page, "trend-chart") > 500
-    assert _drawn_pixels(page, "histogram-chart") > 500
+    assert drawn_pixels(page, "trend-chart") > 500
+    assert drawn_pixels(page, "histogram-chart") > 500
     assert page.evaluate(
         "Chart.getChart(document.getElementById('histogram-chart')).data.datasets[0].data"
     ) == [1, 0, 1, 0, 0, 0, 0]
