@@ -71,6 +71,24 @@ def email_search_prefixes(*, term: str) -> list[str]:
 # --- Funnel entries ----------------------------------------------------------------
 
 
+class ReadOnlyAdminMixin:
+    """Rows written only by the job: the admin shows them, nobody edits them by hand."""
+
+    def get_readonly_fields(self, request, obj=None):
+        if self.fieldsets:
+            return [name for _title, options in self.fieldsets for name in options["fields"]]
+        return super().get_readonly_fields(request, obj)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class FunnelEntryChangeList(CountFreeChangeList):
     def get_ordering(self, request, queryset):
         # Only entered_at is sortable, and the tie-breaker follows its direction so the
@@ -168,7 +186,7 @@ class FunnelEntryChangeList(CountFreeChangeList):
         }
 
 
-class FunnelEntryAdmin(CountFreePaginationMixin, admin.ModelAdmin):
+class FunnelEntryAdmin(ReadOnlyAdminMixin, CountFreePaginationMixin, admin.ModelAdmin):
     list_display = [
         "email",
         "funnel_type",
@@ -204,21 +222,6 @@ class FunnelEntryAdmin(CountFreePaginationMixin, admin.ModelAdmin):
     def get_changelist(self, request, **kwargs):
         return FunnelEntryChangeList
 
-    def get_readonly_fields(self, request, obj=None):
-        return [
-            name
-            for _title, options in self.fieldsets
-            for name in options["fields"]
-        ]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_retry_sync_permission(self, request) -> bool:
         return request.user.has_perm("funnels.change_funnelentry")
@@ -288,7 +291,7 @@ site.register(FunnelEntry, FunnelEntryAdmin)
 # --- Sync runs -----------------------------------------------------------------------
 
 
-class SyncRunAdmin(admin.ModelAdmin):
+class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "started_at",
@@ -322,17 +325,6 @@ class SyncRunAdmin(admin.ModelAdmin):
                         "fields": ["heartbeat_at", "as_of", "hostname", "pid"]}),
     ]
 
-    def get_readonly_fields(self, request, obj=None):
-        return [name for _title, options in self.fieldsets for name in options["fields"]]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description=_("mode"))
     def mode(self, obj: SyncRun) -> str:
@@ -545,7 +537,7 @@ site.register(Funnel, FunnelAdmin)
 # --- Watermarks ----------------------------------------------------------------------
 
 
-class SyncStateAdmin(admin.ModelAdmin):
+class SyncStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["key", "last_id", "gap_count", "run", "updated_at"]
     readonly_fields = ["key", "last_id", "gap_count", "run", "updated_at"]
     list_select_related = ["run"]
@@ -554,14 +546,6 @@ class SyncStateAdmin(admin.ModelAdmin):
     def gap_count(self, obj):
         return sum(len(ids) for ids in (obj.gaps or {}).values())
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 site.register(SyncState, SyncStateAdmin)
