@@ -61,6 +61,19 @@ PAID = 2
 DOMAINS = ["example.com", "mail.example.org", "test.example.net", "пример.рф"]
 INVALID_EMAILS = [None, "", "   ", "not-an-email", "bad@", "@nodomain.com", "a b@x.com"]
 
+# How the purchase sync schedules its watch list (funnels/services/purchases.py:
+# FUNNELS_PURCHASE_RECHECK_DAYS at its default, _RECHECK_STEPS, _RECHECK_LATEST), copied
+# because this module runs without Django settings; a test checks the copy is current.
+WATCH_HORIZON = timedelta(days=30)
+WATCH_SEEN_AFTER = timedelta(minutes=15)  # a cron period after the payment was made
+RECHECK_STEPS: tuple[tuple[timedelta, timedelta], ...] = (
+    # (watched for less than, read again after)
+    (timedelta(hours=1), timedelta(minutes=10)),
+    (timedelta(days=1), timedelta(hours=1)),
+    (timedelta(days=7), timedelta(hours=6)),
+)
+RECHECK_LATEST = timedelta(days=1)
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 LOAD_CHUNK_ROWS = 100_000
 INSERT_CHUNK_ROWS = 5_000
@@ -92,8 +105,13 @@ class Scale:
         return self.payments - self.new_payments
 
 
+# 5,000 payments: over 100 of them in the watch list, consecutive ids that cover every
+# residue of the watch schedule's spread (payment_id % 100), so every 15 minutes a tiny
+# steady-state run has watched payments due, as a full-scale one has (one chunk at most
+# either way), and their query counts compare.
 TINY = Scale(
-    results=2_000, payments=500, backfill=500, entries=2_000, new_results=200, new_payments=100
+    results=2_000, payments=5_000, backfill=500, entries=2_000, new_results=200,
+    new_payments=100,
 )
 
 
@@ -357,8 +375,8 @@ class BenchData:
         self.entries_converted = 0
         self.expected_new_conversions = 0
         self._converted: dict[int, tuple[datetime, int]] = {}
-        # Payments first seen in the last 30 days of the history: the purchase sync's watch
-        # list (it re-reads them by id every run until their 30 days are over).
+        # Payments whose 30-day watch has not ended at `now`: the purchase sync's watch list
+        # as its last run (at `now`) left it.
         self._watched: list[tuple[int, bool, datetime]] = []
 
     # -- helpers ------------------------------------------------------------------
@@ -503,7 +521,9 @@ class BenchData:
             email = _messy(rng, self.person_email(person))
             drafts.append((made, person, cert_test, target, status, paid_at, email))
         drafts.sort(key=lambda d: d[0])
-        watched_from = self.entries_end - timedelta(days=30)
+        # Seen by the run after the payment, watched until the horizon after that; the
+        # last run (at `now`) has deleted the watches that ended.
+        watched_after = self.now - WATCH_HORIZON - WATCH_SEEN_AFTER
         for i, (made, _person, cert_test, target, status, paid_at, email) in enumerate(drafts):
             payment_id = first_id + i
             paid = status == PAID and paid_at is not None
@@ -518,7 +538,7 @@ class BenchData:
                     target
                 ]:
                     self._converted[target] = (paid_at, payment_id)
-            if not new and made >= watched_from:
+            if not new and made > watched_after:
                 self._watched.append((payment_id, paid, made))
             yield (
                 (payment_id, email),
@@ -654,14 +674,26 @@ class BenchData:
                 None, synced, None, entered, synced,
             )
 
+    def watch_next_check(self, *, payment_id: int, seen: datetime) -> datetime:
+        """When the purchase sync reads a watched payment again, as its last run (at `now`)
+        left it: the step for the watch's age (`_RECHECK_STEPS`), spread over that step by
+        payment id, as a list that has been read by many runs is spread; never before `now`,
+        so a steady-state run starts with only the few that fall due since the last one."""
+        age = self.now - seen
+        every = next((step for younger, step in RECHECK_STEPS if age < younger), RECHECK_LATEST)
+        return self.now + every * ((payment_id % 100) + 1) / 100
+
     def watches(self) -> Iterator[tuple]:
-        """PaymentWatch rows as the purchase sync leaves them: every payment first seen in
-        the last 30 days (FUNNELS_PURCHASE_RECHECK_DAYS) before the history ends, each seen
-        when it was made and watched for 30 days from then."""
-        horizon = timedelta(days=30)
+        """PaymentWatch rows (payment_id, paid, first_seen_at, recheck_until, next_check_at)
+        as the purchase sync leaves them: each payment seen a cron period after it was made,
+        watched for FUNNELS_PURCHASE_RECHECK_DAYS from then, due again on its schedule."""
         for payment_id, paid, made in self._watched:
-            seen = made + timedelta(minutes=15)
-            yield (payment_id, paid, self._utc_naive(seen), self._utc_naive(seen + horizon))
+            seen = made + WATCH_SEEN_AFTER
+            yield (
+                payment_id, paid, self._utc_naive(seen),
+                self._utc_naive(seen + WATCH_HORIZON),
+                self._utc_naive(self.watch_next_check(payment_id=payment_id, seen=seen)),
+            )
 
     def entries_load(self, *, server: Server, database: str, method: str = "auto") -> LoadReport:
         scratch_name_check(database)
@@ -691,7 +723,7 @@ class BenchData:
             started = time.perf_counter()
             report.rows["funnels_paymentwatch"] = rows_load(
                 conn=conn, table="funnels_paymentwatch",
-                columns=["payment_id", "paid", "first_seen_at", "recheck_until"],
+                columns=["payment_id", "paid", "first_seen_at", "recheck_until", "next_check_at"],
                 rows=self.watches(), method=report.method,
             )
             report.seconds["funnels_paymentwatch"] = round(time.perf_counter() - started, 2)

@@ -329,15 +329,35 @@ def _latest_run_detail() -> dict[str, Any]:
         "contacts_failed": run.contacts_failed, "payments_read": run.payments_read,
         "purchases_found": run.purchases_found, "purchases_revoked": run.purchases_revoked,
         "brevo_requests_client": run.brevo_requests, "error": run.error,
+        "as_of": run.as_of.isoformat() if run.as_of else None,
     }
+
+
+def _as_of(params: Mapping[str, Any]):
+    """The scenario's as-of time (`params["as_of"]`, ISO 8601 with an offset), else now."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    value = params.get("as_of")
+    if not value:
+        return timezone.now()
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("as_of must carry its UTC offset")
+    return moment
 
 
 def _action_run_funnels(params: Mapping[str, Any]) -> Callable[[], dict[str, Any]]:
     from django.core.management import call_command
 
+    args = ["--live"]
+    if params.get("as_of"):
+        args += ["--as-of", _as_of(params).isoformat()]
+
     def action() -> dict[str, Any]:
         out = io.StringIO()
-        call_command("run_funnels", "--live", stdout=out, stderr=out)
+        call_command("run_funnels", *args, stdout=out, stderr=out)
         return {"output": out.getvalue().strip()[-2000:]}
 
     return action
@@ -352,16 +372,17 @@ def _action_purchases(params: Mapping[str, Any]) -> Callable[[], dict[str, Any]]
     from funnels.services.runtime import runtime_settings_get
 
     runtime_settings_get()
+    as_of = _as_of(params)
     run = SyncRun.objects.create(
         started_at=timezone.now(), status=SyncRun.Status.RUNNING, dry_run=False,
-        trigger=SyncRun.Trigger.MANUAL, hostname="bench",
+        trigger=SyncRun.Trigger.MANUAL, hostname="bench", as_of=as_of,
     )
 
     def action() -> dict[str, Any]:
         from django.conf import settings
 
         result = purchases_sync(
-            run=run, dry_run=False, now=timezone.now(),
+            run=run, dry_run=False, now=as_of,
             chunk_size=settings.FUNNELS_CHUNK_SIZE,
         )
         # Closed so that the next run_funnels does not take it for a crashed run.
@@ -408,7 +429,12 @@ def _action_report_page(params: Mapping[str, Any]) -> Callable[[], dict[str, Any
         if response.status_code != 200:
             raise RuntimeError(f"GET {params['path']} answered {response.status_code}")
         body = response.content.decode("utf-8", "replace")
+        # A page with form errors is fast and answers 200 too: it must show the report.
+        totals = dict(re.findall(r'<dd data-field="(entered|converted)">(\d+)</dd>', body))
+        if set(totals) != {"entered", "converted"}:
+            raise RuntimeError(f"GET {params['path']} answered 200 without a report")
         return {"status": response.status_code, "bytes": len(response.content),
+                "entered": int(totals["entered"]), "converted": int(totals["converted"]),
                 "title": (re.search(r"<title>(.*?)</title>", body, re.S) or [None, ""])[1]
                 .strip()}
 
@@ -427,7 +453,10 @@ def _action_setup_watermarks(params: Mapping[str, Any]) -> Callable[[], dict[str
         runtime_settings_get()
         marks = {RESULTS_KEY: params["results"], PAYMENTS_KEY: params["payments"]}
         for key, last_id in marks.items():
-            SyncState.objects.update_or_create(key=key, defaults={"last_id": last_id})
+            # No gaps: the generated ids have no holes below the watermarks.
+            SyncState.objects.update_or_create(
+                key=key, defaults={"last_id": last_id, "gaps": {}}
+            )
         return {"watermarks": marks}
 
     return action

@@ -9,18 +9,17 @@ the pieces whose mistakes would silently skew the figures.
 from __future__ import annotations
 
 import datetime as dt
+import random
 import re
-from importlib import import_module
 from pathlib import Path
 
 import pytest
-from django.core.management import get_commands
 from django.db import connections
 
 from bench import datagen
 from bench.datagen import TINY, BenchData, Scale, Server
 from bench.harness import sql_shape
-from bench.run import BEGIN, END, bench_run, docs_write, markdown
+from bench.run import BEGIN, CRON_PERIOD, END, _target, bench_run, docs_write, markdown
 from funnels.emails import email_check
 
 SHARED_DDL = Path(__file__).resolve().parents[3] / "shared" / "domain" / "modx_schema.sql"
@@ -57,19 +56,13 @@ def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
         log=lambda line: None,
     )
 
-    # The report command and page are written in parallel with the benchmark: until they
-    # exist their scenarios cannot run; once they do, they must.
-    not_built = set()
-    if "report_conversions" not in get_commands():
-        not_built.add("report_command")
-    if not import_module("reports.urls").urlpatterns:
-        not_built.add("report_page")
-    assert set(report["errors"]) == not_built, report["errors"]
+    assert report["errors"] == {}, report["errors"]
     scenarios = report["scenarios"]
     assert set(scenarios) == {
-        "backfill", "steady_0_after_backfill", "steady_0", "steady_new", "purchases", "purchases_push",
-        "report_command", "report_page",
+        "backfill", "steady_0_after_backfill", "steady_0", "steady_new", "purchases",
+        "purchases_push", "report_command", "report_page",
     }
+    assert not [name for name, s in scenarios.items() if "error" in s]
     expected = _expected_backfill()
     backfill = scenarios["backfill"]
     assert backfill["detail"]["status"] == "success"
@@ -84,6 +77,13 @@ def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
     assert steady["detail"]["status"] == "success"
     assert steady["detail"]["results_read"] == 0
     assert steady["brevo_requests"] == 0
+    # Runs are 15 minutes apart on the job's clock: the 0-new run re-reads the watched
+    # payments due in its 15 minutes (the same share at any scale), not the whole list.
+    watched = report["setup"]["entries"]["rows"]["funnels_paymentwatch"]
+    assert 0 < steady["detail"]["payments_read"] < watched / 10
+    assert steady["detail"]["as_of"] == (
+        dt.datetime.fromisoformat(report["when"]) + 3 * CRON_PERIOD
+    ).isoformat()
     explained = [plan["sql"] for plan in steady["explain"]]
     assert any("simpletest_users" in sql for sql in explained)
     assert all(plan["plan"] for plan in steady["explain"])
@@ -96,11 +96,14 @@ def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
     assert scenarios["purchases_push"]["detail"]["contacts_sent"] >= purchases["detail"][
         "purchases_found"
     ]
-    if "report_page" not in not_built:
-        assert scenarios["report_page"]["detail"]["status"] == 200
+    page = scenarios["report_page"]["detail"]
+    assert page["status"] == 200
+    assert 0 < page["converted"] < page["entered"]
+    year_to = dt.datetime.now(dt.timezone.utc).date()
+    assert (year_to - dt.timedelta(days=365)).isoformat() in scenarios["report_command"][
+        "detail"
+    ]["output"]
     for name, scenario in scenarios.items():
-        if name in not_built:
-            continue
         assert 0 < scenario["peak_rss_mb"] < 1000, name
         assert sum(scenario["queries"].values()) > 0, name
         assert scenario["targets"], name
@@ -174,7 +177,7 @@ def test_entries_are_unique_and_conversions_follow_the_rule():
                   new_payments=50)
     data = BenchData(scale=scale, now=dt.datetime(2026, 11, 28, 15, 30, tzinfo=dt.timezone.utc))
     payments = [p for _u, _r, p in data._payments(
-        first_id=1, count=scale.old_payments, rng=__import__("random").Random(1), new=False,
+        first_id=1, count=scale.old_payments, rng=random.Random(1), new=False,
         now=data.now,
     )]
     entries = list(data.entries())
@@ -213,3 +216,57 @@ def test_docs_write_keeps_hand_written_text(tmp_path):
 @pytest.mark.skipif(not SHARED_DDL.exists(), reason="the shared domain folder is not beside the repo")
 def test_vendored_ddl_is_the_shared_one():
     assert datagen.ddl_statements(datagen.DEFAULT_MODX_DDL) == datagen.ddl_statements(SHARED_DDL)
+
+
+def test_watch_schedule_is_the_purchase_sync_one():
+    from funnels.services import purchases
+
+    assert datagen.RECHECK_STEPS == purchases._RECHECK_STEPS
+    assert datagen.RECHECK_LATEST == purchases._RECHECK_LATEST
+
+
+def test_watches_are_left_as_the_last_run_left_them():
+    now = dt.datetime(2026, 11, 28, 15, 30, tzinfo=dt.timezone.utc)
+    data = BenchData(scale=TINY, now=now)
+    for _rows in data._payments(
+        first_id=1, count=TINY.old_payments, rng=random.Random(data.seed + 6), new=False,
+        now=now,
+    ):
+        pass
+    watches = list(data.watches())
+    assert len(watches) >= 100, "every residue of the spread, for the query-count comparison"
+    naive_now = now.replace(tzinfo=None)
+    for payment_id, _paid, seen, until, next_check in watches:
+        assert until == seen + dt.timedelta(days=30)
+        assert until > naive_now, "a watch that ended was deleted by the last run"
+        age = naive_now - seen
+        every = (
+            dt.timedelta(hours=6) if age < dt.timedelta(days=7) else dt.timedelta(days=1)
+        )
+        assert next_check == naive_now + every * ((payment_id % 100) + 1) / 100
+    # Each of the benchmark's runs, 15 minutes apart, meets a few of them, not the list.
+    for n in range(1, 7):
+        due = [
+            w for w in watches
+            if naive_now + (n - 1) * CRON_PERIOD < w[4] <= naive_now + n * CRON_PERIOD
+        ]
+        assert 0 < len(due) < len(watches) / 10, n
+
+
+def test_query_count_comparison_target():
+    from bench.harness import ScenarioResult
+
+    result = ScenarioResult(
+        name="steady_0", seconds=0.2, process_seconds=0.6, queries={"default": 20, "modx": 4},
+        query_seconds={}, peak_rss_mb=50, detail={"payments_read": 12},
+    )
+
+    def compared(queries: int) -> dict:
+        checks = {"compare_queries": {"queries": queries, "label": "tiny", "payments_read": 3}}
+        return {t["target"]: t for t in _target(result, "steady_0", TINY, checks)}
+
+    assert compared(24)["constant query count across scales"]["met"]
+    assert not compared(25)["constant query count across scales"]["met"]
+    assert "12 watched payments" in compared(24)["constant query count across scales"][
+        "measured"
+    ]
