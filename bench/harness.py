@@ -48,6 +48,7 @@ class ScenarioResult:
     brevo_operations: dict[str, int] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
     explain: list[dict[str, Any]] = field(default_factory=list)
+    profile: dict[str, Any] | None = None
     top_queries: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -186,6 +187,7 @@ def scenario_run(
         peak_rss_mb=data["peak_rss_mb"],
         detail=data.get("detail", {}),
         explain=data.get("explain", []),
+        profile=data.get("profile"),
         top_queries=data.get("top_queries", []),
     )
     if fake is not None and before is not None:
@@ -301,6 +303,60 @@ def explain_all(recorder: QueryRecorder) -> list[dict[str, Any]]:
             "plan": rows, "full_scans": full_scans,
         })
     return plans
+
+
+def _profile_steps(node: Any, steps: list[dict[str, Any]]) -> None:
+    """The table accesses of an ANALYZE FORMAT=JSON tree, outermost first."""
+    if isinstance(node, dict):
+        table = node.get("table")
+        if isinstance(table, dict) and "table_name" in table:
+            stats = table.get("r_engine_stats") or {}
+            steps.append({
+                "table": table.get("table_name"), "type": table.get("access_type"),
+                "key": table.get("key"), "rows": table.get("r_rows"),
+                "table_ms": round(float(table.get("r_table_time_ms") or 0), 1),
+                "other_ms": round(float(table.get("r_other_time_ms") or 0), 1),
+                "pages_read": stats.get("pages_read_count", 0),
+                "pages_read_ms": round(float(stats.get("pages_read_time_ms") or 0), 1),
+            })
+        for key, value in node.items():
+            if key == "table" and isinstance(value, dict):
+                value = {k: v for k, v in value.items() if k != "table_name"}
+            _profile_steps(value, steps)
+    elif isinstance(node, list):
+        for value in node:
+            _profile_steps(value, steps)
+
+
+def profile_slowest(recorder: QueryRecorder) -> dict[str, Any] | None:
+    """Run the action's slowest SELECT again under MariaDB's ANALYZE FORMAT=JSON: where its
+    time goes (rows per step, time in the engine and above it, pages read from disk)."""
+    from django.db import connections
+
+    recorder.active = False
+    candidates = sorted(
+        (e for e in recorder.shapes.values() if e["example"] is not None
+         and e["example"][0].lstrip(" \n(").split(None, 1)[0].upper() == "SELECT"),
+        key=lambda e: e["seconds"], reverse=True,
+    )
+    if not candidates:
+        return None
+    entry = candidates[0]
+    connection = connections[entry["alias"]]
+    if connection.vendor != "mysql":
+        return None
+    sql, params = entry["example"]
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE FORMAT=JSON " + sql, params)
+        tree = json.loads(cursor.fetchone()[0])
+    steps: list[dict[str, Any]] = []
+    _profile_steps(tree, steps)
+    return {
+        "alias": entry["alias"], "sql": entry["sql"][:3000],
+        "seconds_in_action": round(entry["seconds"], 3),
+        "analyze_total_ms": round(float(tree["query_block"].get("r_total_time_ms") or 0), 1),
+        "steps": steps,
+    }
 
 
 def peak_rss_mb() -> float:
@@ -481,7 +537,7 @@ def worker(*, scenario: str, params: Mapping[str, Any], out: Path) -> None:
         raise SystemExit(f"unknown scenario action {kind!r}; known: {sorted(ACTIONS)}")
     # Preparation (a login, a run row) is not part of what is measured.
     action = ACTIONS[kind](params)
-    recorder = QueryRecorder(keep_params=bool(params.get("explain")))
+    recorder = QueryRecorder(keep_params=bool(params.get("explain") or params.get("profile")))
     recorder.install()
     started = time.perf_counter()
     detail = action()
@@ -490,6 +546,8 @@ def worker(*, scenario: str, params: Mapping[str, Any], out: Path) -> None:
     if kind == "run_funnels":
         detail.update(_latest_run_detail())
     explain = explain_all(recorder) if params.get("explain") else []
+    # After the measurement, and not counted: it runs the query once more.
+    profile = profile_slowest(recorder) if params.get("profile") else None
     payload = {
         "scenario": scenario,
         "seconds": round(seconds, 3),
@@ -498,6 +556,7 @@ def worker(*, scenario: str, params: Mapping[str, Any], out: Path) -> None:
         "peak_rss_mb": peak_rss_mb(),
         "detail": detail,
         "explain": explain,
+        "profile": profile,
         "top_queries": recorder.top(),
     }
     out.write_text(json.dumps(payload, default=str, indent=1), encoding="utf-8")

@@ -325,9 +325,10 @@ def bench_run(
         args = report_args if report_args is not None else [
             "--from-date", year_from.isoformat(), "--to-date", year_to.isoformat(),
         ]
-        run("report_command", {"action": "report_command", "args": args}, brevo=False)
+        run("report_command", {"action": "report_command", "args": args, "profile": True},
+            brevo=False)
         run("report_page", {
-            "action": "report_page", "path": report_path,
+            "action": "report_page", "path": report_path, "profile": True,
             "query": {"from_date": year_from.isoformat(), "to_date": year_to.isoformat()},
         }, brevo=False)
     finally:
@@ -458,7 +459,8 @@ def markdown(report: dict[str, Any], *, command: str) -> str:
         detail = s.get("detail") or {}
         keys = ("status", "results_read", "entries_added", "skipped", "contacts_sent",
                 "contacts_failed", "payments_read", "payments_rechecked", "purchases_found",
-                "purchases_revoked", "purchases_updated", "brevo_requests_client", "bytes")
+                "purchases_revoked", "purchases_updated", "brevo_requests_client", "bytes",
+                "entered", "converted", "output_chars")
         facts = ", ".join(f"{k} {detail[k]}" for k in keys if k in detail)
         ops = ", ".join(f"{k} ×{v}" for k, v in s.get("brevo_operations", {}).items())
         lines.append(f"- `{name}`: {facts or '—'}" + (f"; Brevo: {ops}" if ops else "") + ".")
@@ -513,6 +515,35 @@ def markdown(report: dict[str, Any], *, command: str) -> str:
                 *_plan_rows(plan["plan"]),
                 "",
             ]
+    profiled = [(name, s) for name, s in report["scenarios"].items() if s.get("profile")]
+    if profiled:
+        lines += [
+            "## Profile of the slowest query (MariaDB ANALYZE FORMAT=JSON)",
+            "",
+            "Run once more after the measurement: rows each step produced, milliseconds in "
+            "the storage engine (*engine*) and above it (*other*: grouping, expressions, "
+            "temporary tables), and index or data pages the step had to read because they "
+            "were not in the buffer pool.",
+            "",
+        ]
+        for name, s in profiled:
+            profile = s["profile"]
+            lines += [
+                f"- `{name}`: {profile['seconds_in_action']} s in the action, "
+                f"{profile['analyze_total_ms']} ms under ANALYZE.",
+                "",
+                "| table | type | key | rows | engine ms | other ms | pages read (ms) |",
+                "|---|---|---|---|---|---|---|",
+                *(
+                    f"| {p['table']} | {p['type']} | {p['key'] or '—'} | {p['rows']} | "
+                    f"{p['table_ms']} | {p['other_ms']} | {p['pages_read']} "
+                    f"({p['pages_read_ms']}) |"
+                    for p in profile["steps"]
+                ),
+                "",
+            ]
+        name, s = profiled[0]
+        lines += ["```sql", " ".join(s["profile"]["sql"].split())[:3000], "```", ""]
     lines += ["## Slowest query shapes per scenario", ""]
     for name, s in report["scenarios"].items():
         for q in (s.get("top_queries") or [])[:3]:
