@@ -434,7 +434,10 @@ def markdown(report: dict[str, Any], *, command: str) -> str:
         "inside a fresh process; *Process* adds interpreter start, Django set-up and the "
         "scenario's preparation. Queries are counted on both database aliases through "
         "Django's execute wrappers; Brevo requests are counted by the fake. Peak RSS is the "
-        "scenario process's VmHWM.",
+        "scenario process's VmHWM."
+        + (" The report scenarios' *Process* also holds the profiling re-run of their "
+           "slowest query (see below)."
+           if any(s.get("profile") for s in report["scenarios"].values()) else ""),
         "",
     ]
     if report["errors"]:
