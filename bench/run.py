@@ -137,10 +137,15 @@ def machine_info(*, server: Server) -> dict[str, Any]:
     conn = server.connect()
     try:
         cursor = conn.cursor()
-        cursor.execute("SELECT VERSION(), @@innodb_buffer_pool_size")
-        version, pool = cursor.fetchone()
+        cursor.execute(
+            "SELECT VERSION(), @@innodb_buffer_pool_size, @@tmp_table_size, "
+            "@@max_heap_table_size"
+        )
+        version, pool, tmp_table, max_heap = cursor.fetchone()
         info["mariadb"] = version
         info["innodb_buffer_pool_mib"] = int(pool) // (1024 * 1024)
+        # In-memory temporary tables are the smaller of the two (GROUP BY, derived tables).
+        info["tmp_table_mib"] = min(int(tmp_table), int(max_heap)) // (1024 * 1024)
     finally:
         conn.close()
     try:
@@ -401,7 +406,8 @@ def markdown(report: dict[str, Any], *, command: str) -> str:
         "",
         f"Machine: {m.get('nproc')} CPU ({m.get('cpu', '?')}), {m.get('memory_gib', '?')} GiB "
         f"RAM; MariaDB {m.get('mariadb')} (innodb_buffer_pool_size "
-        f"{m.get('innodb_buffer_pool_mib')} MiB, server defaults); Python {m.get('python')}, "
+        f"{m.get('innodb_buffer_pool_mib')} MiB, in-memory temporary tables up to "
+        f"{m.get('tmp_table_mib', '?')} MiB); Python {m.get('python')}, "
         f"Django {m.get('django', '?')}. Fake Brevo: {report['fake_brevo']['latency_s'] * 1000:.0f}"
         f" ms latency per call, {report['fake_brevo']['requests_per_second']:g} requests/s on "
         "contacts endpoints, 100/h on /processes.",
@@ -409,8 +415,8 @@ def markdown(report: dict[str, Any], *, command: str) -> str:
         "Scale: " + ", ".join(f"{k} {v:,}" for k, v in report["scale"].items()) + ".",
         "",
         "The runs of the job are 15 minutes apart on the job's own clock (`--as-of`), the "
-        "first one 15 minutes after the generated history ends, where the last run before "
-        "the benchmark left its watch list; reports use the real date.",
+        "first one 15 minutes after the data's `now` (where the last run before the "
+        "benchmark left its watch list); the reports use the real date.",
         "",
         "| Scenario | Time | Process | Queries (ours / MODX) | Brevo requests | Peak RSS | "
         "Target | Met |",
