@@ -18,13 +18,15 @@ Definitions (also on the page, in `report_conversions --help` and in docs/report
 - Previous period: the same number of days just before `date_from`, by funnel.
 
 How it stays fast: everything is aggregated in the database, one grouped query for the
-period and one for the previous period. The inner query reduces entries to one row per
-person (GROUP BY funnel, email); the outer one counts people by (funnel, group, whole
-hours to purchase), so Python only sees a few thousand rows however many entries there
-are. A large cohort is read in person order from idx_fe_person when the model declares
-that index (see PERSON_INDEX). Local days are computed from UTC seconds plus the zone's
-offset, with the offset changes (DST) of the period worked out in Python: MariaDB's time
-zone tables are often empty, and CONVERT_TZ would then return NULL.
+period and one for the previous period. Each entry stores the entry time of the same
+person's previous entry in the funnel (FunnelEntry.previous_entered_at, kept by every
+writer), so a person's first entry in the period is the one entry of the period whose
+previous entry is missing or before the period: the query counts those entries by
+(funnel, group, whole hours to purchase) straight from idx_fe_cohort, without grouping
+entries per person, and Python only sees a few thousand rows however many entries there
+are. Local days are computed from UTC seconds plus the zone's offset, with the offset
+changes (DST) of the period worked out in Python: MariaDB's time zone tables are often
+empty, and CONVERT_TZ would then return NULL.
 """
 
 from __future__ import annotations
@@ -51,15 +53,12 @@ PERIOD_GROUPINGS = (GROUP_BY_DAY, GROUP_BY_WEEK, GROUP_BY_MONTH)
 
 DEFAULT_WINDOW_DAYS = 30
 MAX_WINDOW_DAYS = 365
-# Ten years by day is still a page a browser renders; the packed first-entry test (see
-# _cohort_sql) would allow up to 2**31 seconds, 68 years.
+# Ten years by day is still a page a browser renders.
 MAX_PERIOD_DAYS = 3660
 
 _EPOCH = dt.date(1970, 1, 1)
 _DAY = 86400
 _HOUR = 3600
-_TEST_SHIFT = 2**32
-_TEST_BIAS = 2**31
 
 
 class ReportError(ValueError):
@@ -280,24 +279,13 @@ def offset_segments(*, start: int, end: int, zone: dt.tzinfo) -> list[tuple[int,
 # --- The grouped query -------------------------------------------------------------------
 
 
-# An index to read people in order, (funnel_type, email, entered_at,
-# certificate_purchased_at, test_id): grouping a large cohort then needs no temporary
-# table. It is used when the cohort is large (or a test is involved); see
-# docs/reports.md for the measurements.
-PERSON_INDEX = "idx_fe_person"
-# Below this many entries in the period, a range read of idx_fe_report and a temporary
-# table is faster than reading the whole person index; counting stops here.
-LARGE_COHORT_ENTRIES = 100_000
-
-
 class _Dialect:
     """The few SQL spellings that differ; every literal % is doubled (params follow)."""
 
-    def __init__(self, vendor: str, *, in_person_order: bool) -> None:
+    def __init__(self, vendor: str) -> None:
         if vendor not in {"sqlite", "mysql"}:
             raise NotImplementedError(f"conversion reports do not support {vendor}")
         self.vendor = vendor
-        self.in_person_order = in_person_order
 
     def epoch(self, value: str) -> str:
         """Unix seconds of a stored (naive UTC) datetime, without any time zone tables."""
@@ -320,24 +308,6 @@ class _Dialect:
             f" INTERVAL ({seconds}) SECOND))"
         )
 
-    def index_hint(self) -> str:
-        # Left to themselves both planners take the date range of idx_fe_report and group
-        # a large range in a temporary table, several times slower than the ordered read.
-        if not self.in_person_order:
-            return ""
-        if self.vendor == "sqlite":
-            return f" INDEXED BY {PERSON_INDEX}"
-        return f" FORCE INDEX ({PERSON_INDEX})"
-
-    def person(self) -> str:
-        """What makes entries one person, within a funnel."""
-        if self.vendor == "mysql" and not self.in_person_order:
-            # In a temporary table MariaDB keeps a VARCHAR(255) utf8mb4 key as 1 KB a row
-            # and soon spills to disk; the 16-byte MD5 keeps it small. Addresses are stored
-            # lower-case ASCII (funnels.emails), so this groups as the collation would.
-            return "UNHEX(MD5(email))"
-        return "email"
-
 
 class _Sql:
     """Text with its parameters, so pieces keep their placeholders in order."""
@@ -358,18 +328,20 @@ class _Sql:
 def _cohort_sql(
     *, dialect: _Dialect, table: str, funnels: Sequence[str], test_id: int | None,
     window_days: int, group_by: str, segments: list[tuple[int, int]],
-    start_seconds: int, start_param, end_param,
+    start_param, end_param,
 ) -> _Sql:
     """People counted by (funnel index, group key, whole hours to purchase or NULL).
 
-    The inner query makes one row per person (GROUP BY funnel, email) and reduces it at
-    once to three small integers, so what MariaDB materialises for the outer count stays
-    small; the outer query counts people.
+    A person's first entry in the period is the entry of the period whose previous entry
+    (previous_entered_at) is missing or before the period; everything else comes from that
+    entry. Its certificate_purchased_at is already the person's earliest purchase at or
+    after any of their entries in the period (the purchase sync gives each entry the
+    earliest paid purchase at or after its own entry time, and later entries only see
+    later purchases), and its test is the test of their first entry.
     """
-    entered = dialect.epoch("MIN(entered_at)")
+    entered = dialect.epoch("entered_at")
     purchased = dialect.epoch(
-        "MIN(CASE WHEN certificate_purchased_at >= entered_at"
-        " THEN certificate_purchased_at END)"
+        "CASE WHEN certificate_purchased_at >= entered_at THEN certificate_purchased_at END"
     )
 
     funnel_index = _Sql(
@@ -380,14 +352,7 @@ def _cohort_sql(
     if group_by == GROUP_BY_FUNNEL:
         group = _Sql("0")
     elif group_by == GROUP_BY_TEST:
-        # The test of the first entry without a second pass: the minimum of (seconds since
-        # the period start, test id) packed into one BIGINT, then unpacked.
-        packed = _Sql(
-            f"MIN(({dialect.epoch('entered_at')} - %s) * {_TEST_SHIFT}"
-            f" + COALESCE(test_id, 0) + {_TEST_BIAS})",
-            [start_seconds],
-        )
-        group = "(" + packed + f" %% {_TEST_SHIFT} - {_TEST_BIAS})"
+        group = _Sql("COALESCE(test_id, 0)")
     else:
         local = _Sql(f"({entered} + ") + _offset_sql(segments, entered) + ")"
         if group_by == GROUP_BY_DAY:
@@ -410,17 +375,19 @@ def _cohort_sql(
         " AND entered_at >= %s AND entered_at < %s",
         [*funnels, start_param, end_param],
     )
-    if test_id is not None:
+    if test_id is None:
+        where += _Sql(
+            " AND (previous_entered_at IS NULL OR previous_entered_at < %s)", [start_param]
+        )
+    else:
+        # A person has at most one entry per test in a funnel (uk_funnel_entry_email_type_
+        # test), so among one test's entries each is its person's first.
         where += _Sql(" AND test_id = %s", [test_id])
 
-    people = (
-        "SELECT " + funnel_index + " AS funnel_index, " + group + " AS group_key, "
-        + hours + f" AS hours FROM {table}{dialect.index_hint()} WHERE " + where
-        + f" GROUP BY funnel_type, {dialect.person()}"
-    )
     return (
-        "SELECT funnel_index, group_key, hours, COUNT(*) FROM (" + people + ") people"
-        " GROUP BY funnel_index, group_key, hours"
+        "SELECT " + funnel_index + " AS funnel_index, " + group + " AS group_key, "
+        + hours + f" AS hours, COUNT(*) FROM {table} WHERE " + where
+        + " GROUP BY funnel_index, group_key, hours"
     )
 
 
@@ -432,15 +399,6 @@ def _offset_sql(segments: list[tuple[int, int]], seconds: str) -> _Sql:
     for (_, offset), (next_start, _next) in zip(segments, segments[1:]):
         sql += _Sql(f" WHEN {seconds} < %s THEN %s", [next_start, offset])
     return sql + _Sql(" ELSE %s END)", [segments[-1][1]])
-
-
-def _cohort_is_large(*, funnels, start, end) -> bool:
-    """Whether the period holds at least LARGE_COHORT_ENTRIES entries (reads at most
-    that many index entries of idx_fe_report)."""
-    probe = FunnelEntry.objects.filter(
-        funnel_type__in=funnels, entered_at__gte=start, entered_at__lt=end
-    ).order_by()
-    return probe[:LARGE_COHORT_ENTRIES].count() >= LARGE_COHORT_ENTRIES
 
 
 Counts = dict[tuple[str, int], Counter]
@@ -455,16 +413,10 @@ def _cohort_counts(
     start = local_midnight(day=date_from, zone=zone)
     end = local_midnight(day=date_to + dt.timedelta(days=1), zone=zone)
     start_seconds = int(start.timestamp())
-    # idx_fe_report lacks test_id: a test breakdown or filter would fetch every row.
-    in_person_order = (
-        group_by == GROUP_BY_TEST
-        or test_id is not None
-        or _cohort_is_large(funnels=funnels, start=start, end=end)
-    )
     connection = connections[router.db_for_read(FunnelEntry)]
     adapt = connection.ops.adapt_datetimefield_value
     sql = _cohort_sql(
-        dialect=_Dialect(connection.vendor, in_person_order=in_person_order),
+        dialect=_Dialect(connection.vendor),
         table=connection.ops.quote_name(FunnelEntry._meta.db_table),
         funnels=funnels,
         test_id=test_id,
@@ -473,7 +425,6 @@ def _cohort_counts(
         segments=offset_segments(
             start=start_seconds, end=int(end.timestamp()), zone=zone
         ),
-        start_seconds=start_seconds,
         start_param=adapt(start),
         end_param=adapt(end),
     )

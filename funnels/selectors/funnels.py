@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from django.conf import settings
 
@@ -45,20 +46,29 @@ def funnel_list_ids() -> dict[str, int | None]:
     return {funnel.slug: funnel_list_id(funnel=funnel) for funnel in funnels_all()}
 
 
+class ExistingEntry(NamedTuple):
+    id: int
+    entered_at: dt.datetime
+    previous_entered_at: dt.datetime | None
+
+
 def funnel_entries_existing(
     *, emails: Iterable[str], funnel_types: Iterable[str]
-) -> set[tuple[str, str, int | None]]:
-    """(email, funnel_type, test_id) of the entries these people already have: ONE query,
-    served by idx_email_funnel."""
+) -> dict[tuple[str, str, int | None], ExistingEntry]:
+    """(email, funnel_type, test_id) -> the entry these people already have: ONE query,
+    served by idx_email_funnel. The times let a writer keep previous_entered_at."""
     emails = sorted(set(emails))
     funnel_types = sorted(set(funnel_types))
     if not emails or not funnel_types:
-        return set()
-    return set(
-        FunnelEntry.objects.filter(email__in=emails, funnel_type__in=funnel_types).values_list(
-            "email", "funnel_type", "test_id"
+        return {}
+    return {
+        (email, funnel_type, test_id): ExistingEntry(pk, entered_at, previous)
+        for email, funnel_type, test_id, pk, entered_at, previous in FunnelEntry.objects.filter(
+            email__in=emails, funnel_type__in=funnel_types
+        ).values_list(
+            "email", "funnel_type", "test_id", "id", "entered_at", "previous_entered_at"
         )
-    )
+    }
 
 
 def watermark_get(*, key: str) -> int | None:

@@ -19,7 +19,8 @@ Both cases are noted in the run item's detail.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -30,7 +31,7 @@ from funnels.emails import email_check
 from funnels.locks import RunLock
 from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
 from funnels.selectors.candidates import Candidate, SkipReason
-from funnels.selectors.funnels import funnel_accepts, funnel_entries_existing
+from funnels.selectors.funnels import ExistingEntry, funnel_accepts, funnel_entries_existing
 from funnels.services.watermarks import WatermarkMove, watermark_save
 
 
@@ -44,6 +45,9 @@ class ChunkOutcome:
     added: int = 0
     skipped_by_reason: Counter = field(default_factory=Counter)
     last_id: int = 0
+    # Existing entry id -> its new previous_entered_at, when a late result enters the
+    # same person earlier (written with the chunk's entries).
+    previous_updates: dict[int, datetime | None] = field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
@@ -152,7 +156,72 @@ class EntryPlanner:
                         entry=None if dry_run else entry, detail=detail,
                     )
                 )
+        outcome.previous_updates = previous_link(entries=entries, existing=existing)
         return entries, items, outcome
+
+
+def previous_link(
+    *, entries: list[FunnelEntry], existing: Mapping[tuple, ExistingEntry]
+) -> dict[int, datetime | None]:
+    """Set previous_entered_at on new `entries` (unsaved, in creation order) and return
+    the existing entries whose previous_entered_at must change because of them.
+
+    A person's entries in a funnel are ordered by (entered_at, id), as in migration 0008;
+    new entries get ids above every existing one, in list order.
+    """
+    timelines: dict[tuple[str, str], list] = defaultdict(list)
+    for position, entry in enumerate(entries):
+        timelines[(entry.funnel_type, entry.email)].append(
+            (entry.entered_at, 1, position, entry)
+        )
+    if not timelines:
+        return {}
+    for (email, slug, _test_id), known in existing.items():
+        timeline = timelines.get((slug, email))
+        if timeline is not None:
+            timeline.append((known.entered_at, 0, known.id, known))
+    updates: dict[int, datetime | None] = {}
+    for timeline in timelines.values():
+        timeline.sort(key=lambda item: item[:3])
+        previous = None
+        for entered_at, is_new, _order, row in timeline:
+            if is_new:
+                row.previous_entered_at = previous
+            elif row.previous_entered_at != previous:
+                updates[row.id] = previous
+            previous = entered_at
+    return updates
+
+
+def entries_previous_refresh(*, keys: Iterable[tuple[str, str]], chunk_size: int = 500) -> int:
+    """Recompute previous_entered_at for every entry of these (funnel_type, email)
+    people, for writers that add entries without the planner (legacy adoption, test
+    factories). Returns how many rows changed."""
+    by_funnel: dict[str, set[str]] = defaultdict(set)
+    for funnel_type, email in keys:
+        by_funnel[funnel_type].add(email)
+    changed = 0
+    for funnel_type, emails in by_funnel.items():
+        ordered = sorted(emails)
+        for start in range(0, len(ordered), chunk_size):
+            rows = FunnelEntry.objects.filter(
+                funnel_type=funnel_type, email__in=ordered[start:start + chunk_size]
+            ).order_by("email", "entered_at", "id").values_list(
+                "id", "email", "entered_at", "previous_entered_at"
+            )
+            updates: dict[datetime | None, list[int]] = defaultdict(list)
+            person, previous = None, None
+            for pk, email, entered_at, stored in rows:
+                if email != person:
+                    person, previous = email, None
+                if stored != previous:
+                    updates[previous].append(pk)
+                previous = entered_at
+            for value, ids in updates.items():
+                changed += FunnelEntry.objects.filter(id__in=ids).update(
+                    previous_entered_at=value
+                )
+    return changed
 
 
 def _entry_time(candidate: Candidate, *, now: datetime) -> tuple[datetime, str]:
@@ -194,6 +263,10 @@ def entries_create_chunk(
     with transaction.atomic():
         created = FunnelEntry.objects.bulk_create(entries, batch_size=500)
         _ensure_pks(created, run=run)
+        # Rare (a late result entering a person before an entry they already have): one
+        # UPDATE per changed row. No sync_revision bump: Brevo never sees this column.
+        for pk, previous in outcome.previous_updates.items():
+            FunnelEntry.objects.filter(pk=pk).update(previous_entered_at=previous)
         # bulk_create copies each entry's new primary key into item.entry_id.
         SyncRunItem.objects.bulk_create(items, batch_size=1000)
         if watermark is not None and not watermark_save(move=watermark, run=run, stamp=now):

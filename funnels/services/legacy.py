@@ -33,6 +33,7 @@ from django.utils.translation import gettext as _
 from funnels.emails import email_check
 from funnels.models import FunnelEntry, SyncStatus
 from funnels.modx.models import TestResult
+from funnels.services.entries import entries_previous_refresh
 from testizer_funnels.routers import MODX_ALIAS
 
 LEGACY_TABLE = "funnel_entries"
@@ -450,6 +451,12 @@ def legacy_entries_copy(
             for group in chunk:
                 for row in group.rows:
                     mapping[row.id] = existing[group.key]
+        # Adopted rows join the people's other entries in previous_entered_at, which the
+        # reports count people by; per person, as migration 0008 fills it.
+        entries_previous_refresh(
+            keys={(g.funnel_type, g.email) for g in plan.groups if g.key in created},
+            chunk_size=chunk_size,
+        )
     return created, mapping
 
 

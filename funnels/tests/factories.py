@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem
 from funnels.modx import models as modx
+from funnels.services.entries import entries_previous_refresh
 from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 BASE_TIME = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.timezone.utc)
@@ -105,6 +106,14 @@ class FunnelEntryFactory(factory.django.DjangoModelFactory):
     test_id = 100
     entered_at = factory.Sequence(lambda n: BASE_TIME + dt.timedelta(minutes=n))
     test_completed_at = factory.LazyAttribute(lambda o: o.entered_at)
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        entry = super()._create(model_class, *args, **kwargs)
+        # Entries made one by one, in any order, link up as the sync engine's would.
+        entries_previous_refresh(keys=[(entry.funnel_type, entry.email)])
+        entry.refresh_from_db(fields=["previous_entered_at"])
+        return entry
 
 
 class SyncRunItemFactory(factory.django.DjangoModelFactory):

@@ -256,6 +256,11 @@ def test_adoption_sets_the_table_aside_migrates_and_loses_no_row(same_schema, tm
         (1, "synced", 1, 1), (0, "synced", 1, 1)
     }
     assert entries[2][5] == 1 and entries[5][5] == 0  # purchased if any row of it was
+    # Anna's two language entries are linked for the reports, the rest are first entries.
+    assert dict(mariadb_query(
+        same_schema, "SELECT id, previous_entered_at FROM funnel_entries"
+    )) == {2: dt.datetime(2024, 2, 1, 6, 0), 3: None, 5: None, 6: None, 9: None, 10: None,
+           11: None}
 
     # No row lost: every legacy id maps to exactly one entry, itself or its survivor.
     survivors = {

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib
 import io
+from types import SimpleNamespace
 
 import pytest
 from django.core.management import call_command
+from django.db import connections
 
 from funnels.models import FunnelEntry
+from funnels.tests.factories import FunnelEntryFactory
 from funnels.tests.manage_subprocess import (
     manage_run,
     mariadb_query,
@@ -81,3 +86,28 @@ def test_migrate_refuses_the_modx_database():
     assert result.returncode != 0
     assert "refusing to migrate the MODX database" in result.stderr
     assert tables == set()
+
+
+@pytest.mark.django_db(databases=["default", "modx"])
+def test_0008_fills_previous_entered_at_per_person_and_funnel():
+    fill = importlib.import_module(
+        "funnels.migrations.0008_entry_previous_entered_at"
+    ).previous_fill
+    t = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
+    rows = [
+        FunnelEntryFactory(email="a@example.com", test_id=1, entered_at=t + dt.timedelta(days=2)),
+        FunnelEntryFactory(email="a@example.com", test_id=2, entered_at=t),
+        # Same time as the one before: the lower id comes first.
+        FunnelEntryFactory(email="a@example.com", test_id=3, entered_at=t),
+        FunnelEntryFactory(email="a@example.com", funnel_type="non_language", test_id=4,
+                           entered_at=t + dt.timedelta(days=1)),
+        FunnelEntryFactory(email="b@example.com", test_id=1, entered_at=t + dt.timedelta(days=1)),
+    ]
+    FunnelEntry.objects.update(previous_entered_at=None)
+
+    fill(None, SimpleNamespace(connection=connections["default"]))
+
+    stored = dict(FunnelEntry.objects.values_list("id", "previous_entered_at"))
+    assert stored == {
+        rows[0].id: t, rows[1].id: None, rows[2].id: t, rows[3].id: None, rows[4].id: None,
+    }

@@ -329,3 +329,59 @@ def test_a_late_row_leaves_the_gap_list_with_its_entries_or_not_at_all(configure
     assert create(_Lock()).added == 1
     assert FunnelEntry.objects.filter(user_id=late.id).count() == 1
     assert watermark_state_get(key=WATERMARK_KEY).gaps == {}
+
+
+# --- previous_entered_at (what the reports count people by) ----------------------------
+
+
+def _previous_by_test(email="anna@example.com"):
+    return dict(
+        FunnelEntry.objects.filter(email=email, funnel_type="language").values_list(
+            "test_id", "previous_entered_at"
+        )
+    )
+
+
+def test_new_entries_link_to_existing_ones_and_to_each_other_in_time_order(configured, now):
+    Funnel.objects.filter(slug="language").update(reentry=Funnel.Reentry.PER_TEST)
+    t = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
+    FunnelEntryFactory(email="anna@example.com", funnel_type="language", test_id=900,
+                       entered_at=t)
+    # The chunk reads LANG_TEST first although its result is the later one.
+    modx_result("anna@example.com", LANG_TEST, completed_at=t + dt.timedelta(days=2))
+    modx_result("anna@example.com", LANG_TEST_2, completed_at=t + dt.timedelta(days=1))
+    _process(now)
+    assert _previous_by_test() == {
+        900: None,
+        LANG_TEST_2: t,
+        LANG_TEST: t + dt.timedelta(days=1),
+    }
+
+
+def test_a_late_entry_before_an_existing_one_relinks_it_in_the_same_transaction(
+    configured, now
+):
+    Funnel.objects.filter(slug="language").update(reentry=Funnel.Reentry.PER_TEST)
+    t = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
+    FunnelEntryFactory(email="anna@example.com", funnel_type="language", test_id=900,
+                       entered_at=t)
+    FunnelEntryFactory(email="anna@example.com", funnel_type="language", test_id=901,
+                       entered_at=t + dt.timedelta(days=4))
+    assert _previous_by_test() == {900: None, 901: t}
+    modx_result("anna@example.com", LANG_TEST, completed_at=t + dt.timedelta(days=2))
+    run = SyncRunFactory(status=SyncRun.Status.RUNNING, finished_at=None)
+    candidates = candidates_chunk(after_id=0, limit=1000, kinds=KindResolver())
+
+    def create(lock):
+        return entries_create_chunk(run=run, planner=_planner(), candidates=candidates,
+                                    dry_run=False, now=now, lock=lock, watermark=None)
+
+    with pytest.raises(RunLockLost):
+        create(_Lock(lost=True))
+    assert _previous_by_test() == {900: None, 901: t}
+    assert create(_Lock()).added == 1
+    assert _previous_by_test() == {
+        900: None,
+        LANG_TEST: t,
+        901: t + dt.timedelta(days=2),
+    }

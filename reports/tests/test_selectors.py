@@ -7,11 +7,8 @@ from collections import Counter
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.db import connection, models
-from django.test.utils import CaptureQueriesContext
 
 from funnels.models import FunnelEntry
-from reports import selectors
 from reports.selectors import (
     HistogramBin,
     ReportError,
@@ -319,42 +316,88 @@ def test_nearest_rank_percentiles():
     assert nearest_rank(hours=Counter({None: 3}), percent=50) is None
 
 
-def test_a_report_is_five_queries(funnels, one_day, django_assert_num_queries):
-    # The funnels, then for the period and the previous one: is it large, the counts;
-    # however many entries there are.
-    with django_assert_num_queries(5):
+def test_a_report_is_three_queries(funnels, one_day, django_assert_num_queries):
+    # The funnels, then the counts for the period and for the previous one; however many
+    # entries there are.
+    with django_assert_num_queries(3):
         report(date_from=D(2026, 11, 1), date_to=D(2026, 11, 30), group_by="day")
 
 
-def test_a_report_by_test_skips_the_size_probe(funnels, one_day, django_assert_num_queries):
-    # The period is read in person order at once (idx_fe_report has no test_id); the
-    # previous period is only totals, so it is probed as usual.
-    with django_assert_num_queries(4):
+def test_a_report_by_test_is_three_queries(funnels, one_day, django_assert_num_queries):
+    with django_assert_num_queries(3):
         report(date_from=D(2026, 11, 1), date_to=D(2026, 11, 30), group_by="test")
 
 
-# --- The person index ----------------------------------------------------------------
+# --- People with several entries: previous_entered_at -----------------------------------
 
 
-@pytest.mark.parametrize("group_by", ["funnel", "day", "week", "month"])
-def test_reading_in_person_order_gives_the_same_numbers(funnels, group_by, request):
-    entry("before@example.com", utc(2026, 11, 9, 20, 59, 59), purchased_at=utc(2026, 11, 10))
-    entry("p@example.com", utc(2026, 11, 10, 8), test_id=101, purchased_at=utc(2026, 11, 11, 8))
-    entry("p@example.com", utc(2026, 11, 12, 8), test_id=102, purchased_at=utc(2026, 11, 13, 8))
-    entry("q@example.com", utc(2026, 11, 10, 20, 30), funnel="non_language", test_id=7,
-          purchased_at=utc(2026, 12, 20))
-    entry("r@example.com", utc(2026, 11, 11, 3), test_id=102)
-    filters = {"date_from": D(2026, 11, 10), "date_to": D(2026, 11, 12), "group_by": group_by}
-    expected = report(**filters)
-    assert expected.totals.entered == 3
+@pytest.fixture
+def reentries(funnels):
+    """Per-test re-entry (several entries per person and funnel), made out of time order
+    the way late results arrive. Period 2026-11-10..12 (Moscow), previous 11-07..09.
+    Purchases as the sync sets them: each entry holds the earliest purchase at or after it.
+    - a: 11-05 (before both periods), 11-10 08:00, 11-12 08:00; bought 11-11 08:00, which
+      the first two entries hold: counts at 11-10 08:00, 24 h (its previous entry is
+      before the period).
+    - b: 11-11 03:00 and 05:00, bought 11-11 06:00: counts once at 03:00, 3 h, test 101.
+    - c: 11-08 only: the previous period.
+    - d: 11-12 12:00 and 11-20 (after the period), never bought.
+    - e, non_language: 11-09 12:00 and 11-10 12:00: counts in both periods, in this one
+      at 11-10 (its previous entry is before the period).
+    """
+    bought_a = utc(2026, 11, 11, 8)
+    entry("a@example.com", utc(2026, 11, 12, 8), test_id=102)
+    entry("a@example.com", utc(2026, 11, 10, 8), test_id=101, purchased_at=bought_a)
+    entry("a@example.com", utc(2026, 11, 5, 8), test_id=100, purchased_at=bought_a)
+    bought_b = utc(2026, 11, 11, 6)
+    entry("b@example.com", utc(2026, 11, 11, 5), test_id=102, purchased_at=bought_b)
+    entry("b@example.com", utc(2026, 11, 11, 3), test_id=101, purchased_at=bought_b)
+    entry("c@example.com", utc(2026, 11, 8, 8), test_id=100)
+    entry("d@example.com", utc(2026, 11, 20, 8), test_id=101)
+    entry("d@example.com", utc(2026, 11, 12, 12), test_id=100)
+    entry("e@example.com", utc(2026, 11, 10, 12), funnel="non_language", test_id=7)
+    entry("e@example.com", utc(2026, 11, 9, 12), funnel="non_language", test_id=8)
 
-    monkeypatch = request.getfixturevalue("monkeypatch")
-    monkeypatch.setattr(selectors, "LARGE_COHORT_ENTRIES", 2)
-    with CaptureQueriesContext(connection) as queries:
-        ordered = report(**filters)
 
-    assert ordered == expected
-    # The period (4 entries) counts as large and is read in person order; the previous
-    # period (1 entry) is not.
-    hinted = [q["sql"] for q in queries.captured_queries if selectors.PERSON_INDEX in q["sql"]]
-    assert len(hinted) == 1
+def test_previous_entered_at_links_each_persons_entries(reentries):
+    stored = {
+        (e.email, e.entered_at): e.previous_entered_at
+        for e in FunnelEntry.objects.filter(email__in=["a@example.com", "e@example.com"])
+    }
+    assert stored == {
+        ("a@example.com", utc(2026, 11, 5, 8)): None,
+        ("a@example.com", utc(2026, 11, 10, 8)): utc(2026, 11, 5, 8),
+        ("a@example.com", utc(2026, 11, 12, 8)): utc(2026, 11, 10, 8),
+        ("e@example.com", utc(2026, 11, 9, 12)): None,
+        ("e@example.com", utc(2026, 11, 10, 12)): utc(2026, 11, 9, 12),
+    }
+
+
+def test_each_person_counts_once_at_their_first_entry_in_the_period(reentries):
+    by_funnel = report(date_from=D(2026, 11, 10), date_to=D(2026, 11, 12))
+    assert row(by_funnel, "language") == ReportRow(
+        funnel="language", group=None, entered=3, converted=2, median_hours=3, p90_hours=24
+    )
+    assert row(by_funnel, "non_language").entered == 1
+    assert [(r.funnel, r.entered) for r in by_funnel.previous_rows] == [
+        ("language", 1), ("non_language", 1)
+    ]
+
+    by_day = report(date_from=D(2026, 11, 10), date_to=D(2026, 11, 12), group_by="day")
+    assert counts_by_group(by_day) == {"2026-11-10": 1, "2026-11-11": 1, "2026-11-12": 1}
+    assert counts_by_group(by_day, "non_language")["2026-11-10"] == 1
+
+    by_test = report(date_from=D(2026, 11, 10), date_to=D(2026, 11, 12), group_by="test")
+    assert {(r.funnel, r.group): r.entered for r in by_test.rows} == {
+        ("language", "101"): 2, ("language", "100"): 1, ("non_language", "7"): 1
+    }
+    assert by_test.totals == by_funnel.totals
+
+
+def test_a_test_filter_counts_that_tests_entries(reentries):
+    # One entry per person and test, so each is counted, wherever it is in its person's
+    # sequence: a's 11-12 entry and b's 05:00 one (1 h to b's purchase).
+    filtered = report(date_from=D(2026, 11, 10), date_to=D(2026, 11, 12), test_id=102)
+    assert row(filtered, "language") == ReportRow(
+        funnel="language", group=None, entered=2, converted=1, median_hours=1, p90_hours=1
+    )
