@@ -8,14 +8,10 @@ import pytest
 from django.db import connections
 
 from funnels.demo import modx_tables_create
+from testizer_funnels.routers import is_test_database
 
 # Tests that care about time use this instant (a Saturday evening in Moscow).
 CURRENT_TIME = dt.datetime(2026, 11, 28, 15, 30, tzinfo=dt.timezone.utc)
-
-
-def _is_test_database(alias: str) -> bool:
-    name = str(connections[alias].settings_dict["NAME"])
-    return "test_" in name.rsplit("/", 1)[-1] or "memorydb" in name
 
 
 def pytest_configure(config):
@@ -32,7 +28,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
-        if not _is_test_database("modx"):
+        if not is_test_database("modx"):
             # pytest-django only creates the databases that collected tests ask for; never
             # fall through to the real MODX database.
             return

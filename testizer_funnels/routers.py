@@ -11,6 +11,8 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
+from django.db import connections
+
 MODX_ALIAS = "modx"
 MODX_APP_LABEL = "modx"
 
@@ -30,6 +32,13 @@ def modx_writes_allowed() -> Iterator[None]:
         yield
     finally:
         _writes_allowed.reset(token)
+
+
+def is_test_database(alias: str) -> bool:
+    """Whether the alias points at a test database (test_* by Django's naming, or SQLite
+    in memory): the only MODX databases we ever create tables in or migrate."""
+    name = str(connections[alias].settings_dict["NAME"])
+    return name.rsplit("/", 1)[-1].startswith("test_") or "memorydb" in name
 
 
 def _is_modx(model) -> bool:

@@ -6,22 +6,16 @@ database and record every migration there.
 """
 
 from django.core.management.base import CommandError
-from django.db import connections
 from django.core.management.commands.migrate import Command as DjangoMigrate
 
-from testizer_funnels.routers import MODX_ALIAS
-
-
-def _is_test_database(alias: str) -> bool:
-    # Test-database creation runs migrate on every alias (it creates nothing there: the
-    # router refuses every model); test databases are named test_*.
-    name = str(connections[alias].settings_dict["NAME"])
-    return name.rsplit("/", 1)[-1].startswith("test_")
+from testizer_funnels.routers import MODX_ALIAS, is_test_database
 
 
 class Command(DjangoMigrate):
     def handle(self, *args, **options):
-        if options.get("database") == MODX_ALIAS and not _is_test_database(MODX_ALIAS):
+        # Test-database creation runs migrate on every alias; it creates nothing there,
+        # because the router refuses every model.
+        if options.get("database") == MODX_ALIAS and not is_test_database(MODX_ALIAS):
             raise CommandError(
                 "refusing to migrate the MODX database: it is read only for this tool"
             )
