@@ -153,6 +153,10 @@ class SyncRun(models.Model):
         PARTIAL = "partial", _("Finished with failures")
         FAILED = "failed", _("Failed")
         CRASHED = "crashed", _("Crashed (found dead)")
+        # The flood guard held this run's new contacts back from Brevo (release by hand).
+        HELD = "held", _("Held: too many new contacts")
+        # A scheduled run found the schedule paused in the admin and did nothing.
+        PAUSED = "paused", _("Skipped: schedule paused")
 
     class Trigger(models.TextChoices):
         CRON = "cron", _("Schedule")

@@ -53,7 +53,10 @@ env DATABASE_URL="sqlite:///$ROOT/db.sqlite3" MODX_DATABASE_URL="sqlite:///$ROOT
     "$PY" -m pytest --create-db --junitxml=test-artifacts/junit-sqlite.xml "$@" || status=1
 
 log "tests on MariaDB"
-env DATABASE_URL="$MARIADB_URL/testizer" MODX_DATABASE_URL="$MARIADB_URL/testizer_modx" \
+# TEST_DB_NAME lets two checkouts on one server test at the same time (pytest-django adds
+# the "test_" prefix; the benchmark's scratch tables are named after it too).
+DB_NAME="${TEST_DB_NAME:-testizer}"
+env DATABASE_URL="$MARIADB_URL/$DB_NAME" MODX_DATABASE_URL="$MARIADB_URL/${DB_NAME}_modx" \
     "$PY" -m pytest --create-db --junitxml=test-artifacts/junit-mariadb.xml "$@" || status=1
 
 "$PY" - <<'PY'

@@ -17,10 +17,23 @@ from funnels.models import SyncRun
 from funnels.selectors.plan import run_items_iter
 from funnels.services.runs import RunBusy, RunConfigError, run_funnels
 
+# What cron and monitoring see; README "Commands" documents the same table.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BUSY = 3
+EXIT_PARTIAL = 4  # finished, but some contacts are left for a later run
+EXIT_HELD = 5  # the flood guard held new contacts back from Brevo
+EXIT_PAUSED = 6  # a scheduled run found the schedule paused
 EXIT_CONFIG = 78
+
+EXIT_BY_STATUS = {
+    SyncRun.Status.SUCCESS: EXIT_OK,
+    SyncRun.Status.PARTIAL: EXIT_PARTIAL,
+    SyncRun.Status.FAILED: EXIT_FAILED,
+    SyncRun.Status.CRASHED: EXIT_FAILED,
+    SyncRun.Status.HELD: EXIT_HELD,
+    SyncRun.Status.PAUSED: EXIT_PAUSED,
+}
 
 
 def _parse_since(value: str) -> date:
@@ -71,9 +84,9 @@ _HELP = gettext_lazy(
     "live) comes from the runtime settings row unless --dry-run or --live is given. "
     "On the very first run the job starts from the results completed since --since "
     "(default: FUNNELS_INITIAL_LOOKBACK_DAYS days back, 7 unless configured); later "
-    "runs continue from the watermark. Exit codes: 0 success (also when some contacts "
-    "failed: see the run), 1 failure, 3 another run holds the lock, 78 configuration "
-    "error."
+    "runs continue from the watermark. Exit codes: 0 success, 1 failure, 3 another run "
+    "holds the lock, 4 partial (some contacts left for a later run: see the run), 5 new "
+    "contacts held back by the flood guard, 6 schedule paused, 78 configuration error."
 )
 
 
@@ -147,8 +160,9 @@ class Command(BaseCommand):
             for item in run_items_iter(run=run):
                 self.stdout.write(_plan_line(item))
         self.stdout.write(summary_line(run))
-        if run.status == SyncRun.Status.FAILED:
-            sys.exit(EXIT_FAILED)
+        code = EXIT_BY_STATUS.get(run.status, EXIT_FAILED)
+        if code != EXIT_OK:
+            sys.exit(code)
 
 
 def _plan_line(item) -> str:
