@@ -4,12 +4,18 @@ Test takers and buyers are linked only by email, so both sides must go through t
 function. Normalising is trimming and lower-casing (MODX stores addresses as typed);
 an internationalised domain is stored in its ASCII (punycode) form, which is what Brevo
 accepts and what makes "ПРИМЕР.рф" and "xn--e1afmkfd.xn--p1ai" the same person.
+
+Domains are encoded by IDNA 2008 with UTS 46 mapping (the `idna` package), as browsers
+and registries do today, not by Python's built-in IDNA 2003 codec: that one maps "ß" to
+"ss" and so turns user@straße.de into user@strasse.de, somebody else's domain.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+import idna
 
 MAX_LENGTH = 254  # RFC 5321 path limit; Brevo rejects longer addresses.
 
@@ -51,9 +57,8 @@ def email_check(raw: str | None) -> EmailCheck:
         return EmailCheck(None, Reason.INVALID)
     if not _LOCAL.fullmatch(local):
         return EmailCheck(None, Reason.INVALID)
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
+    ascii_domain = domain_to_ascii(domain)
+    if ascii_domain is None:
         return EmailCheck(None, Reason.INVALID)
     labels = ascii_domain.split(".")
     if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
@@ -64,3 +69,17 @@ def email_check(raw: str | None) -> EmailCheck:
     if len(email) > MAX_LENGTH:
         return EmailCheck(None, Reason.TOO_LONG)
     return EmailCheck(email, None)
+
+
+def domain_to_ascii(domain: str) -> str | None:
+    """The domain's ASCII form (IDNA 2008, UTS 46, non-transitional), None if it has none.
+
+    An ASCII domain needs no encoding, only the label checks the caller makes: skipping
+    the idna package there keeps a backfill of 100,000 addresses from paying ~0.1 ms each.
+    """
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return None

@@ -35,6 +35,13 @@ class Funnel(models.Model):
         _("re-entry rule"), max_length=20, choices=Reentry.choices, default=Reentry.ONCE
     )
     active = models.BooleanField(_("active"), default=True)
+    # Someone who took a test long ago has not "just finished a test": older results
+    # (an import, a re-inserted row, a wrong date) are not entered.
+    max_age_days = models.PositiveIntegerField(
+        _("maximum age of a result (days)"), null=True, blank=True,
+        help_text=_("Results completed longer ago are not entered. Empty: "
+                    "FUNNELS_MAX_AGE_DAYS."),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -51,6 +58,8 @@ class SyncStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     SYNCED = "synced", _("Synced")
     FAILED = "failed", _("Failed")
+    # Recorded, but kept from Brevo by the flood guard until somebody releases it.
+    HELD = "held", _("Held back (flood guard)")
 
 
 class FunnelEntry(models.Model):
@@ -186,6 +195,11 @@ class SyncRun(models.Model):
     payments_read = models.PositiveIntegerField(_("payments read"), default=0)
     purchases_found = models.PositiveIntegerField(_("purchases found"), default=0)
     purchases_revoked = models.PositiveIntegerField(_("purchases revoked"), default=0)
+    # Contacts this run kept from Brevo (flood guard); their entries wait, status held.
+    contacts_held = models.PositiveIntegerField(_("contacts held"), default=0)
+    # MODX rows this run put on a recheck list, by reason ("payment:" for payments), and
+    # rows it dropped from one after the recheck period (in skipped_by_reason).
+    waiting_by_reason = models.JSONField(_("waiting by reason"), default=dict, blank=True)
     brevo_requests = models.PositiveIntegerField(_("Brevo requests"), default=0)
     ratelimit_remaining = models.IntegerField(_("rate-limit headroom"), null=True, blank=True)
     ratelimit_limit = models.IntegerField(_("rate limit"), null=True, blank=True)
@@ -219,6 +233,9 @@ class SyncRunItem(models.Model):
         PURCHASE = "purchase", _("Purchase")
         WOULD_PURCHASE = "would_purchase", _("Would mark purchase")
         PURCHASE_REVOKED = "purchase_revoked", _("Purchase revoked")
+        # Could not be decided yet: on the recheck list (reason says why).
+        WAITING = "waiting", _("Waiting for a recheck")
+        HELD = "held", _("Held back (flood guard)")
 
     run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="items")
     action = models.CharField(_("action"), max_length=20, choices=Action.choices)
@@ -263,6 +280,42 @@ class SyncState(models.Model):
         return f"{self.key}={self.last_id}"
 
 
+class RecheckRow(models.Model):
+    """A MODX row that could not be decided when it was read (no or invalid email, no
+    completion time, a missing joined row, ...) and is read again by every run until it
+    can be, or until `recheck_until` (services/recheck.py)."""
+
+    source = models.CharField(_("source"), max_length=50)  # the reader's watermark key
+    modx_id = models.BigIntegerField(_("MODX row id"))
+    reason = models.CharField(_("reason"), max_length=50)
+    # As MODX has it now, trimmed and lower-cased (not validated): explain_funnel finds a
+    # person's waiting rows by it.
+    email = models.CharField(_("email"), max_length=255, blank=True, default="")
+    # A digest of the columns the decision reads: a re-read that finds the same digest
+    # (and no time-dependent reason) changes nothing and costs nothing more.
+    fingerprint = models.CharField(max_length=32)
+    first_seen_at = models.DateTimeField(_("first seen at"))
+    recheck_until = models.DateTimeField(_("recheck until"))
+    run = models.ForeignKey(
+        SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        verbose_name=_("run"),
+    )
+
+    class Meta:
+        verbose_name = _("row waiting for a recheck")
+        verbose_name_plural = _("rows waiting for a recheck")
+        constraints = [
+            models.UniqueConstraint(fields=["source", "modx_id"], name="uk_recheck_source_id"),
+        ]
+        indexes = [
+            models.Index(fields=["source", "reason"], name="idx_recheck_reason"),
+            models.Index(fields=["email"], name="idx_recheck_email"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source}#{self.modx_id}: {self.reason}"
+
+
 class RuntimeSettings(models.Model):
     """The one row of settings the admin may change while the job runs."""
 
@@ -279,7 +332,10 @@ class RuntimeSettings(models.Model):
     class Meta:
         verbose_name = _("runtime settings")
         verbose_name_plural = _("runtime settings")
-        permissions = [("change_dry_run", _("Can switch between dry run and live"))]
+        permissions = [
+            ("change_dry_run", _("Can switch between dry run and live")),
+            ("release_held", _("Can release contacts held by the flood guard")),
+        ]
 
     def __str__(self) -> str:
         return str(_("Mode: dry run") if self.dry_run else _("Mode: live"))

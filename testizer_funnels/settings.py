@@ -224,7 +224,18 @@ if not APP_DRY_RUN:
         )
 
 FUNNELS_SCHEDULE_MINUTES = cfg.int("FUNNELS_SCHEDULE_MINUTES", 15, minimum=1)
-FUNNELS_INITIAL_LOOKBACK_DAYS = cfg.int("FUNNELS_INITIAL_LOOKBACK_DAYS", 7, minimum=0)
+# 30: the earlier tool re-selected the last 30 days on every run, so on the day we replace
+# it, it still owed contacts that old (docs/purchases.md, "Rows that change").
+FUNNELS_INITIAL_LOOKBACK_DAYS = cfg.int("FUNNELS_INITIAL_LOOKBACK_DAYS", 30, minimum=0)
+FUNNELS_MAX_AGE_DAYS = cfg.int(
+    "FUNNELS_MAX_AGE_DAYS", max(1, FUNNELS_INITIAL_LOOKBACK_DAYS), minimum=1
+)
+FUNNELS_RECHECK_DAYS = cfg.int("FUNNELS_RECHECK_DAYS", 30, minimum=0)
+FUNNELS_RECHECK_MAX_ROWS = cfg.int("FUNNELS_RECHECK_MAX_ROWS", 20000, minimum=0)
+FUNNELS_CLOCK_SKEW_MINUTES = cfg.int("FUNNELS_CLOCK_SKEW_MINUTES", 10, minimum=0)
+FUNNELS_MAX_NEW_CONTACTS_PER_RUN = cfg.int(
+    "FUNNELS_MAX_NEW_CONTACTS_PER_RUN", 1000, minimum=0
+)
 FUNNELS_CHUNK_SIZE = cfg.int("FUNNELS_CHUNK_SIZE", 2000, minimum=1)
 FUNNELS_LOCK_NAME = cfg.str("FUNNELS_LOCK_NAME", "testizer_funnels.run_funnels")
 FUNNELS_PURCHASE_RECHECK_DAYS = cfg.int("FUNNELS_PURCHASE_RECHECK_DAYS", 30, minimum=0)

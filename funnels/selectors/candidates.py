@@ -41,11 +41,24 @@ class SkipReason:
     NO_LIST_ID = "no_list_id"
     ALREADY_IN_FUNNEL = "already_in_funnel"
     DUPLICATE_IN_BATCH = "duplicate_in_batch"
+    TOO_OLD = "completed_too_long_ago"
 
     ALL = frozenset({
         EMPTY_EMAIL, INVALID_EMAIL, EMAIL_TOO_LONG, NO_TEST_ID, NO_MATCHING_FUNNEL,
-        FUNNEL_INACTIVE, NO_LIST_ID, ALREADY_IN_FUNNEL, DUPLICATE_IN_BATCH,
+        FUNNEL_INACTIVE, NO_LIST_ID, ALREADY_IN_FUNNEL, DUPLICATE_IN_BATCH, TOO_OLD,
     })
+
+
+class WaitReason:
+    """Why a result cannot be decided yet (RecheckRow.reason, SyncRunItem.reason of
+    `waiting` items). The email reasons are email_check's own codes."""
+
+    EMPTY_EMAIL = EmailReason.EMPTY
+    INVALID_EMAIL = EmailReason.INVALID
+    EMAIL_TOO_LONG = EmailReason.TOO_LONG
+    NO_TEST_ID = "no_test_id"
+    NO_COMPLETION_TIME = "no_completion_time"
+    COMPLETED_IN_FUTURE = "completed_in_future"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,24 +161,71 @@ def candidates_stream(
         after_id = chunk[-1].result_id
 
 
+# Rows on each side of a probe whose completion times decide where a first run starts.
+START_WINDOW = 10
+
+
+def _completion_times(*, at_or_after: int | None = None, before: int | None = None,
+                      limit: int) -> list[tuple[int, datetime]]:
+    """(id, Datep) of the `limit` rows with a completion time nearest to an id, going up
+    from `at_or_after` or down from `before`: one primary-key range read."""
+    rows = TestResult.objects.filter(completed_at__isnull=False)
+    if at_or_after is not None:
+        rows = rows.filter(id__gte=at_or_after).order_by("id")
+    else:
+        rows = rows.filter(id__lt=before).order_by("-id")
+    # MySQL's zero date (0000-00-00) is NOT NULL in SQL but None once read: no time either.
+    return [(i, t) for i, t in rows.values_list("id", "completed_at")[:limit] if t is not None]
+
+
+def _typical_time(probe: int) -> tuple[int, datetime] | None:
+    """The first dated row at or after `probe`, and the median completion time of it and
+    its neighbours, as many on each side as both sides have (up to START_WINDOW): on rows
+    in time order that is the row's own time, and one row with a wild date (a typo, a
+    clock error, an old row re-dated) cannot move it."""
+    above = _completion_times(at_or_after=probe, limit=START_WINDOW + 1)
+    if not above:
+        return None
+    below = _completion_times(before=above[0][0], limit=START_WINDOW)
+    side = min(START_WINDOW, len(below), len(above) - 1)
+    window = sorted(t for _, t in below[:side] + above[: side + 1])
+    return above[0][0], window[len(window) // 2]
+
+
 def candidates_start_id(*, since: date) -> int:
     """The watermark for a first run: the result just before the first one completed on
     `since` (0 if there is none), so that reading after it starts with that first one.
 
-    `since` is a calendar day in TIME_ZONE. Uses the Datep index once and the primary key
-    once (first run only). Results arrive roughly in time order, so a few older ones after
-    that id are read too, which is harmless. Not simply "first id - 1": ids between the
-    previous result and the first one have no visible row, and may be rows still being
-    committed, so the first chunk records them as the watermark's gaps like any other ids
-    it passes. With no result since that day, start after the newest result.
+    `since` is a calendar day in TIME_ZONE. Ids grow with time, so the first result of the
+    day is found by a binary search over ids, comparing at each probe the median
+    completion time around it rather than one row's: a single row dated years ahead or
+    inside the look-back at an old id (neither rare in MODX) would otherwise move the
+    start to it and send years of results. About two primary-key reads per probe, a
+    first run only. Not simply "first id - 1": ids between the previous result and the
+    first one have no visible row, and may be rows still being committed, so the first
+    chunk records them as the watermark's gaps like any other ids it passes. With no
+    result since that day, start after the newest result.
     """
     start = datetime.combine(since, time.min, tzinfo=ZoneInfo(settings.TIME_ZONE))
-    first = TestResult.objects.filter(completed_at__gte=start).aggregate(first=Min("id"))["first"]
-    if first is not None:
-        before = TestResult.objects.filter(id__lt=first).aggregate(before=Max("id"))["before"]
-        return before or 0
-    newest = TestResult.objects.aggregate(newest=Max("id"))["newest"]
-    return newest or 0
+    bounds = TestResult.objects.aggregate(low=Min("id"), high=Max("id"))
+    if bounds["low"] is None:
+        return 0
+    low, high = bounds["low"], bounds["high"] + 1
+    first: int | None = None
+    while low < high:
+        middle = (low + high) // 2
+        typical = _typical_time(middle)
+        if typical is None or typical[1] >= start:
+            # Only undated rows from here on: the newest, tests still in progress. They
+            # count as recent (they wait on the recheck list until they have a time).
+            high = middle
+            first = typical[0] if typical is not None else middle
+        else:
+            low = typical[0] + 1
+    if first is None:
+        return bounds["high"]
+    before = TestResult.objects.filter(id__lt=first).aggregate(before=Max("id"))["before"]
+    return before or 0
 
 
 def candidates_for_email(*, email: str) -> list[Candidate]:

@@ -1,20 +1,15 @@
-"""Candidates -> funnel entries, one transaction per chunk.
+"""Decidable test results -> funnel entries: the funnel rules, planned per chunk.
 
-Invariant: the watermark moves in the same transaction that creates the entries it
-covers, and that transaction checks the run lock just before it commits. A crash between
-chunks therefore loses nothing and duplicates nothing: the next run starts after the last
-committed chunk. The same holds for rows that were committed late, below the watermark
-(services/watermarks.py): they leave the watermark's gap list in the transaction that
-creates their entries, so each is handled once.
+The results source (services/results.py) hands the planner only results that can be
+decided: a valid email, a test id, a completion time not in the future. The planner
+applies the funnel rules (kind and test ids, active, list id, maximum age, re-entry) and
+`entries_write` writes the chunk inside the transaction that moves the watermark
+(services/modx_reader.py), so a crash between chunks loses nothing and repeats nothing.
 
 Times. `entered_at` is when the person completed the test (MODX Datep), so a purchase
-made between the test and our run still counts as a conversion. Two cases cannot use it:
-- Datep is NULL: the person is entered at the run's time (`now`) and test_completed_at
-  stays NULL, so the row shows that the completion time was unknown.
-- Datep is after `now` (a MODX clock or time-zone error): entered at `now` too, keeping
-  the reported Datep in test_completed_at; an entry time in the future would hide the
-  person from every report until that time.
-Both cases are noted in the run item's detail.
+made between the test and our run still counts as a conversion. A completion time within
+the allowed clock skew after the run's time is entered at the run's time (noted in the
+item's detail): an entry time in the future would hide the person from every report.
 """
 
 from __future__ import annotations
@@ -22,21 +17,17 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
-from django.db import connections, transaction
+from django.conf import settings
+from django.db import connections
 from django.utils import timezone
 
 from funnels.emails import email_check
-from funnels.locks import RunLock
-from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
+from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncStatus
 from funnels.selectors.candidates import Candidate, SkipReason
 from funnels.selectors.funnels import ExistingEntry, funnel_accepts, funnel_entries_existing
-from funnels.services.watermarks import WatermarkMove, watermark_save
-
-
-class WatermarkMoved(RuntimeError):
-    """The watermark is not where this run left it: another writer. Nothing was applied."""
 
 
 @dataclass
@@ -65,6 +56,8 @@ class EntryPlanner:
         self.funnels = funnels
         self.list_ids = list_ids
         self._added_keys: set[tuple] = set()
+        # Entries planned from now on are held back from Brevo (the flood guard tripped).
+        self.hold = False
 
     @staticmethod
     def reentry_key(funnel: Funnel, email: str, test_id: int) -> tuple:
@@ -121,6 +114,12 @@ class EntryPlanner:
                 if not funnel.active:
                     skip(candidate, SkipReason.FUNNEL_INACTIVE, email=email, slug=funnel.slug)
                     continue
+                oldest = funnel_oldest_entry_time(funnel=funnel, now=now)
+                if candidate.completed_at < oldest:
+                    skip(candidate, SkipReason.TOO_OLD, email=email, slug=funnel.slug,
+                         detail=f"completed {candidate.completed_at.isoformat()}, "
+                                f"before {oldest.isoformat()}")
+                    continue
                 if not self.list_ids.get(funnel.slug):
                     skip(candidate, SkipReason.NO_LIST_ID, email=email, slug=funnel.slug)
                     continue
@@ -144,7 +143,7 @@ class EntryPlanner:
                     test_id=candidate.test_id,
                     entered_at=entered_at,
                     test_completed_at=candidate.completed_at,
-                    sync_status=SyncStatus.PENDING,
+                    sync_status=SyncStatus.HELD if self.hold else SyncStatus.PENDING,
                     run=None if dry_run else run,
                 )
                 if not dry_run:
@@ -158,6 +157,14 @@ class EntryPlanner:
                 )
         outcome.previous_updates = previous_link(entries=entries, existing=existing)
         return entries, items, outcome
+
+
+def funnel_oldest_entry_time(*, funnel: Funnel, now: datetime) -> datetime:
+    """The earliest completion time the funnel still enters: the start of the local day
+    `max_age_days` before today, the same day boundary as the first run's look-back."""
+    days = funnel.max_age_days or settings.FUNNELS_MAX_AGE_DAYS
+    day = timezone.localtime(now).date() - timedelta(days=days)
+    return datetime.combine(day, time.min, tzinfo=ZoneInfo(settings.TIME_ZONE))
 
 
 def previous_link(
@@ -225,57 +232,33 @@ def entries_previous_refresh(*, keys: Iterable[tuple[str, str]], chunk_size: int
 
 
 def _entry_time(candidate: Candidate, *, now: datetime) -> tuple[datetime, str]:
+    """When the person entered: when they completed the test. A completion time a little
+    after `now` (within the clock skew the results source allows; later ones wait) is taken
+    as `now`: an entry time in the future would hide the person from every report."""
     completed = candidate.completed_at
-    if completed is None:
-        return now, "no completion time in MODX: entered at the run's time"
+    if completed is None:  # never planned: such a result waits on the recheck list
+        raise ValueError(f"result #{candidate.result_id} has no completion time")
     if completed > now:
         return now, (
-            f"completion time {completed.isoformat()} is in the future: "
+            f"completion time {completed.isoformat()} is slightly after the run's time: "
             "entered at the run's time"
         )
     return completed, ""
 
 
-def entries_create_chunk(
-    *,
-    run: SyncRun,
-    planner: EntryPlanner,
-    candidates: list[Candidate],
-    dry_run: bool,
-    now: datetime,
-    lock: RunLock | None,
-    watermark: WatermarkMove | None,
-) -> ChunkOutcome:
-    """Plan one chunk; in a live run commit entries, items and `watermark.after` together.
-
-    `watermark` is the move these candidates make (services.watermarks: new rows above the
-    watermark, or gaps re-read below it); None writes no watermark (a caller that keeps
-    its own). Raises WatermarkMoved, with nothing written, if the watermark is no longer
-    where the move started.
-    """
-    entries, items, outcome = planner.plan_chunk(
-        run=run, candidates=candidates, dry_run=dry_run, now=now
-    )
-    if dry_run:
-        # A dry run writes its own plan and nothing else: no entries, no watermark.
-        SyncRunItem.objects.bulk_create(items, batch_size=1000)
-        return outcome
-    with transaction.atomic():
-        created = FunnelEntry.objects.bulk_create(entries, batch_size=500)
-        _ensure_pks(created, run=run)
-        # Rare (a late result entering a person before an entry they already have): one
-        # UPDATE per changed row. No sync_revision bump: Brevo never sees this column.
-        for pk, previous in outcome.previous_updates.items():
-            FunnelEntry.objects.filter(pk=pk).update(previous_entered_at=previous)
-        # bulk_create copies each entry's new primary key into item.entry_id.
-        SyncRunItem.objects.bulk_create(items, batch_size=1000)
-        if watermark is not None and not watermark_save(move=watermark, run=run, stamp=now):
-            raise WatermarkMoved(
-                f"the {watermark.before.key} watermark is no longer {watermark.before.last_id}"
-            )
-        if lock is not None:
-            lock.check()
-    return outcome
+def entries_write(
+    *, entries: list[FunnelEntry], items: list[SyncRunItem], outcome: ChunkOutcome, run: SyncRun
+) -> None:
+    """Write a planned chunk (live): its entries, the previous-entry links it changes and
+    its items. Call inside the transaction that moves the reader's watermark."""
+    created = FunnelEntry.objects.bulk_create(entries, batch_size=500)
+    _ensure_pks(created, run=run)
+    # Rare (a late result entering a person before an entry they already have): one
+    # UPDATE per changed row. No sync_revision bump: Brevo never sees this column.
+    for pk, previous in outcome.previous_updates.items():
+        FunnelEntry.objects.filter(pk=pk).update(previous_entered_at=previous)
+    # bulk_create copies each entry's new primary key into item.entry_id.
+    SyncRunItem.objects.bulk_create(items, batch_size=1000)
 
 
 def _ensure_pks(entries: list[FunnelEntry], *, run: SyncRun) -> None:
@@ -293,13 +276,3 @@ def _ensure_pks(entries: list[FunnelEntry], *, run: SyncRun) -> None:
     }
     for entry in missing:
         entry.pk = ids[(entry.email, entry.funnel_type, entry.test_id)]
-
-
-def watermark_advance(*, key: str, last_id: int, run: SyncRun | None) -> None:
-    """Move the watermark forward (never back), leaving its gaps as they are: for a first
-    run's starting point, which passes no id. Chunks move it with watermark_save."""
-    updated = SyncState.objects.filter(key=key, last_id__lt=last_id).update(
-        last_id=last_id, run=run, updated_at=timezone.now()
-    )
-    if not updated and not SyncState.objects.filter(key=key).exists():
-        SyncState.objects.create(key=key, last_id=last_id, run=run)

@@ -1,18 +1,17 @@
 """Certificate purchases: paid MODX payments marked on funnel entries, and withdrawn again.
 
-A run reads payments in two passes, both in chunks, each chunk applied in one transaction:
+Payments are read by the one MODX reader (services/modx_reader.py: the recheck list, the
+"payments" watermark's gaps, new payments in id order, a chunk per transaction); this
+module supplies how to read them, when one cannot be decided yet, and how a chunk of
+decided payments is applied. Before that, one pass of its own: the watch list
+(`PaymentWatch`), payments already decided that may still change status (unpaid ones that
+may be paid later, paid ones that may be refunded), re-read by primary key when they are
+due (young ones every run, old ones rarely), at most one chunk per run.
 
-1. the watch list (`PaymentWatch`): payments seen before that may still change (unpaid ones
-   that may be paid later, paid ones that may be refunded), re-read by primary key when
-   they are due (young ones every run, old ones rarely), at most one chunk per run;
-2. payments committed late below the "payments" watermark (its gaps, see
-   services/watermarks.py), re-read by primary key; the ones that have appeared are applied
-   like new payments, in the transaction that takes them off the gap list;
-3. new payments above the "payments" watermark, in id order; the watermark (and the ids it
-   passed without a row, its new gaps) moves in the transaction that applies the chunk.
-
-The watch list is for status changes of payments already seen; gaps are payments never
-seen at all.
+A payment cannot be decided yet, and waits on the recheck list, when its result, buyer or
+certificate-test row is missing (MODX writes them after the payment, sometimes), its
+buyer's email is empty or invalid (it gets corrected), or its certificate type is one no
+funnel knows (yet) - unless it is history (paid before the recheck period).
 
 An entry's purchase is always "the earliest paid payment of the funnel's certificate type,
 by the same normalised email, at or after the entry's entered_at". Every chunk moves
@@ -39,24 +38,17 @@ from funnels.models import (
     PaymentWatch,
     SyncRun,
     SyncRunItem,
-    SyncState,
     SyncStatus,
 )
 from funnels.modx.models import PAYMENT_STATUS_PAID
-from funnels.selectors.funnels import WatermarkState, watermark_gaps_decode
 from funnels.selectors.payments import (
     PaymentRow,
     paid_payments_for_emails,
     payments_after,
     payments_by_ids,
 )
-from funnels.services.watermarks import (
-    WatermarkMove,
-    watermark_after_gap_reads,
-    watermark_after_new_rows,
-    watermark_gap_batches,
-    watermark_save,
-)
+from funnels.services.modx_reader import ReadResult, modx_source_read
+from funnels.services.recheck import Waiting, fingerprint_of
 
 WATERMARK_KEY = "payments"
 
@@ -106,10 +98,6 @@ class SkipReason:
 _COUNT_ONLY = frozenset({SkipReason.NOT_PAID, SkipReason.NO_ENTRY})
 
 
-class PurchaseSyncConflict(RuntimeError):
-    """The payments watermark moved under us: another run is writing. Nothing was applied."""
-
-
 @dataclass(frozen=True)
 class PurchaseSyncResult:
     payments_read: int  # new payments plus watched payments re-read
@@ -119,6 +107,8 @@ class PurchaseSyncResult:
     purchases_updated: int = 0  # purchased entries moved to an earlier payment or new time
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     watermark: int = 0
+    waiting_by_reason: dict[str, int] = field(default_factory=dict)  # put on the list now
+    waiting_now: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +179,11 @@ class _Change:
 
 
 class _PurchaseRun:
+    """The payments source of the MODX reader, and the watch-list pass."""
+
+    key = WATERMARK_KEY
+    clock_reasons: frozenset[str] = frozenset()
+
     def __init__(
         self, *, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
         lock_check: Callable[[], None] | None,
@@ -199,6 +194,7 @@ class _PurchaseRun:
         self.chunk_size = chunk_size
         self.lock_check = lock_check
         self.horizon = dt.timedelta(days=settings.FUNNELS_PURCHASE_RECHECK_DAYS)
+        self.recheck_period = dt.timedelta(days=settings.FUNNELS_RECHECK_DAYS)
         # A dry run writes nothing, so later chunks must see what earlier ones would have
         # done: entry id -> (purchased, purchased_at, payment_id).
         self.planned: dict[int, tuple[bool, dt.datetime | None, int | None]] = {}
@@ -243,49 +239,49 @@ class _PurchaseRun:
         rows = payments_by_ids(payment_ids=ids)
         self.rechecked += len(ids)
         self.read += len(rows)
-        self._apply(ids=ids, rows=rows, watches={w.payment_id: w for w in watches})
+        if self.dry_run:
+            self._apply(ids=ids, rows=rows, watches={w.payment_id: w for w in watches})
+            return
+        with transaction.atomic():
+            self._apply(ids=ids, rows=rows, watches={w.payment_id: w for w in watches})
+            if self.lock_check is not None:
+                self.lock_check()
 
-    def read_gaps(self, state: WatermarkState) -> WatermarkState:
-        """Re-read the watermark's gaps by primary key, a batch per query; payments that
-        have appeared are applied like new ones, a chunk per transaction that also takes
-        them off the list; the batch's gaps past the grace period leave with its last
-        chunk. No gaps, no query: they came with the watermark's row."""
-        grace = dt.timedelta(minutes=settings.FUNNELS_WATERMARK_GAP_GRACE_MINUTES)
-        for ids in watermark_gap_batches(state=state):
-            rows = payments_by_ids(payment_ids=ids)
-            self.read += len(rows)
-            parts = [rows[i:i + self.chunk_size] for i in range(0, len(rows), self.chunk_size)]
-            for number, part in enumerate(parts or [[]], start=1):
-                found = [r.payment_id for r in part]
-                move = watermark_after_gap_reads(
-                    state=state,
-                    read_ids=ids if number == max(1, len(parts)) else found,
-                    found_ids=found,
-                    now=self.now,
-                    grace=grace,
-                )
-                if not move.changed:
-                    continue
-                self._apply(
-                    ids=found, rows=part, watches=self._watches_of(found), watermark=move
-                )
-                state = move.after
-                move.log(run=self.run, dry_run=self.dry_run)
-        return state
+    # -- the MODX reader's source --------------------------------------------------------
 
-    def read_new(self, state: WatermarkState) -> WatermarkState:
-        while True:
-            rows = payments_after(after_id=state.last_id, limit=self.chunk_size)
-            if not rows:
-                return state
-            ids = [r.payment_id for r in rows]
-            move = watermark_after_new_rows(state=state, ids=ids, now=self.now)
-            self.read += len(rows)
-            self._apply(ids=ids, rows=rows, watches=self._watches_of(ids), watermark=move)
-            state = move.after
-            move.log(run=self.run, dry_run=self.dry_run)
-            if len(rows) < self.chunk_size:
-                return state
+    def read_after(self, *, after_id: int, limit: int) -> list[PaymentRow]:
+        return payments_after(after_id=after_id, limit=limit)
+
+    def read_by_ids(self, *, ids) -> list[PaymentRow]:
+        return payments_by_ids(payment_ids=ids)
+
+    def row_id(self, row: PaymentRow) -> int:
+        return row.payment_id
+
+    def fingerprint(self, row: PaymentRow) -> str:
+        return fingerprint_of(
+            row.result_id, row.status_id, row.paid_at, row.result_found, row.user_found,
+            row.cert_test_found, row.raw_email, row.certificate_type,
+        )
+
+    def waiting(self, row: PaymentRow) -> Waiting | None:
+        payment = _classify(row, self.funnels_by_type)
+        if payment.problem is None:
+            return None
+        paid_at = row.paid_at
+        if paid_at is not None and paid_at < self.now - self.recheck_period:
+            return None  # history: decided (and itemised) as it is
+        return Waiting(payment.problem, email=email_normalize(row.raw_email))
+
+    def first_start_id(self) -> int:
+        # Every payment: an entry adopted from the earlier tool may be older than our
+        # first run, and its purchase must still be found.
+        return 0
+
+    def apply(self, rows: list[PaymentRow]) -> None:
+        ids = [r.payment_id for r in rows]
+        self.read += len(rows)
+        self._apply(ids=ids, rows=rows, watches=self._watches_of(ids))
 
     def _watches_of(self, ids: list[int]) -> dict[int, PaymentWatch]:
         if self.dry_run or not ids:
@@ -296,8 +292,8 @@ class _PurchaseRun:
 
     def _apply(
         self, *, ids: list[int], rows: list[PaymentRow], watches: dict[int, PaymentWatch],
-        watermark: WatermarkMove | None = None,
     ) -> None:
+        """Decide and write one chunk; live writes join the caller's transaction."""
         payments = {r.payment_id: _classify(r, self.funnels_by_type) for r in rows}
         entries = self._entries_for(payments=payments.values(), ids=ids)
         changes = self._decide(entries=entries, payments=payments, ids=set(ids))
@@ -313,19 +309,9 @@ class _PurchaseRun:
                 )
             SyncRunItem.objects.bulk_create(items)
             return
-
-        with transaction.atomic():
-            self._write_entries(changes)
-            self._write_watches(ids=ids, payments=payments, watches=watches)
-            SyncRunItem.objects.bulk_create(items)
-            if watermark is not None and not watermark_save(
-                move=watermark, run=self.run, stamp=self.now
-            ):
-                raise PurchaseSyncConflict(
-                    f"the {WATERMARK_KEY} watermark is no longer {watermark.before.last_id}"
-                )
-            if self.lock_check is not None:
-                self.lock_check()
+        self._write_entries(changes)
+        self._write_watches(ids=ids, payments=payments, watches=watches)
+        SyncRunItem.objects.bulk_create(items)
 
     def _entries_for(self, *, payments: Iterable[_Payment], ids: list[int]) -> list[FunnelEntry]:
         """One query: entries the paid payments may count for, and entries that point at
@@ -631,15 +617,19 @@ class _PurchaseRun:
                 next_check_at=self._next_check()
             )
 
-    def result(self, *, watermark: int) -> PurchaseSyncResult:
+    def result(self, *, read: ReadResult) -> PurchaseSyncResult:
+        skipped = Counter(self.skipped)
+        skipped.update({k: v for k, v in read.dropped_by_reason.items() if v})
         return PurchaseSyncResult(
             payments_read=self.read,
             purchases_found=self.found,
             purchases_revoked=self.revoked,
             payments_rechecked=self.rechecked,
             purchases_updated=self.updated,
-            skipped_by_reason=dict(sorted(self.skipped.items())),
-            watermark=watermark,
+            skipped_by_reason=dict(sorted(skipped.items())),
+            watermark=read.last_id,
+            waiting_by_reason=dict(sorted(read.waiting_by_reason.items())),
+            waiting_now=read.waiting_now,
         )
 
 
@@ -667,30 +657,23 @@ def purchases_sync(
     *, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
     lock_check: Callable[[], None] | None = None,
 ) -> PurchaseSyncResult:
-    """Apply new and changed MODX payments to funnel entries.
+    """Apply new, late, waiting and changed MODX payments to funnel entries.
 
-    Live: each chunk commits its entry changes, watch-list changes, run items and (for new
-    payments) the watermark together; `lock_check` (e.g. RunLock.check) runs just before
+    Live: each chunk commits its entry changes, watch-list and recheck-list changes, run
+    items and the watermark together; `lock_check` (e.g. RunLock.check) runs just before
     each commit and may raise to roll the chunk back. Dry run: reads the same, writes only
-    run items (`would_purchase`, skipped with a reason).
+    run items (`would_purchase`, skipped or waiting with a reason).
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     job = _PurchaseRun(
         run=run, dry_run=dry_run, now=now, chunk_size=chunk_size, lock_check=lock_check
     )
-    if dry_run:
-        row = SyncState.objects.filter(key=WATERMARK_KEY).values_list("last_id", "gaps").first()
-    else:
-        stored = SyncState.objects.get_or_create(key=WATERMARK_KEY)[0]
-        row = (stored.last_id, stored.gaps)
+    if not dry_run:
         PaymentWatch.objects.filter(recheck_until__lte=now).delete()
-    state = (
-        WatermarkState(key=WATERMARK_KEY, last_id=row[0], gaps=watermark_gaps_decode(row[1]))
-        if row is not None
-        else WatermarkState(key=WATERMARK_KEY, last_id=0, stored=False)
-    )
     job.recheck_watched()
-    state = job.read_gaps(state)
-    state = job.read_new(state)
-    return job.result(watermark=state.last_id)
+    read = modx_source_read(
+        source=job, run=run, dry_run=dry_run, now=now, chunk_size=chunk_size,
+        lock_check=lock_check,
+    )
+    return job.result(read=read)

@@ -6,11 +6,14 @@ Order of a run:
    `running` belongs to a dead process) as `crashed`;
 3. create our own SyncRun row (`running`, host, pid, heartbeat) before any other work;
 4. live mode only: refuse half-configured Brevo settings (RunConfigError, exit 78);
-5. new MODX test results since the watermark -> funnel entries, chunk by chunk, until
-   MODX has nothing newer (services.entries);
-6. purchases (services.purchases) before the push, so purchase updates ride along;
+5. test results -> funnel entries (services.results): waiting, late and new MODX results,
+   read by the one MODX reader (services.modx_reader), chunk by chunk, until MODX has
+   nothing newer; the flood guard holds the run's new contacts back past its limit;
+6. purchases (services.purchases), read the same way, before the push, so purchase
+   updates ride along;
 7. live mode only: push the outbox to Brevo (services.outbox);
-8. final status: success, partial (some Brevo failures) or failed (with the error).
+8. final status: success, held (the flood guard held new contacts), partial (some Brevo
+   failures) or failed (with the error).
 
 A dry run does every read and writes only its own run row and plan items.
 """
@@ -34,34 +37,14 @@ from funnels.brevo.factory import BrevoNotConfigured, brevo_client_build
 from funnels.locks import RunLock, RunLockBusy, RunLockLost
 from funnels.logging_filters import redact
 from funnels.models import Funnel, SyncRun
-from funnels.selectors.candidates import (
-    WATERMARK_KEY,
-    KindResolver,
-    candidates_by_ids,
-    candidates_start_id,
-    candidates_stream,
-)
-from funnels.selectors.funnels import (
-    WatermarkState,
-    funnel_list_id,
-    funnels_all,
-    watermark_state_get,
-)
-from funnels.services.entries import (
-    ChunkOutcome,
-    EntryPlanner,
-    entries_create_chunk,
-    watermark_advance,
-)
+from funnels.selectors.candidates import WATERMARK_KEY
+from funnels.selectors.funnels import funnel_list_id, funnels_all, watermark_state_get
+from funnels.services.flood_guard import held_entries_release
 from funnels.services.outbox import outbox_push
 from funnels.services.pings import ping_send
 from funnels.services.purchases import purchases_sync
+from funnels.services.results import results_sync
 from funnels.services.runtime import runtime_settings_get
-from funnels.services.watermarks import (
-    watermark_after_gap_reads,
-    watermark_after_new_rows,
-    watermark_gap_batches,
-)
 
 logger = logging.getLogger("funnels.sync")
 
@@ -151,102 +134,59 @@ class _Run:
         self.clock = clock
         self.client: BrevoClient | None = None
         self.skipped_by_reason: Counter = Counter()
+        self.waiting_by_reason: Counter = Counter()
 
     def heartbeat(self, *fields: str) -> None:
         self.run.heartbeat_at = self.clock()
         self.run.save(update_fields=["heartbeat_at", *fields])
 
-    def entries_phase(self, funnels: list[Funnel]) -> None:
+    def results_phase(self, funnels: list[Funnel]) -> None:
         run = self.run
-        state = watermark_state_get(key=WATERMARK_KEY)
-        if state is None:
-            since = self.since or _default_since(now=self.now)
-            start = candidates_start_id(since=since)
-            logger.info(
-                "run #%s: first run, reading test results completed since %s (after #%s)",
-                run.pk, since.isoformat(), start,
-            )
-            if not run.dry_run:
-                watermark_advance(key=WATERMARK_KEY, last_id=start, run=run)
-            state = WatermarkState(key=WATERMARK_KEY, last_id=start, stored=not run.dry_run)
-        elif self.since is not None:
-            logger.warning(
-                "run #%s: --since %s ignored: the watermark (#%s) already exists",
-                run.pk, self.since.isoformat(), state.last_id,
-            )
-        planner = EntryPlanner(
-            funnels=funnels, list_ids={f.slug: funnel_list_id(funnel=f) for f in funnels}
+        if self.since is not None:
+            state = watermark_state_get(key=WATERMARK_KEY)
+            if state is not None:
+                logger.warning(
+                    "run #%s: --since %s ignored: the watermark (#%s) already exists",
+                    run.pk, self.since.isoformat(), state.last_id,
+                )
+        outcome = results_sync(
+            run=run, funnels=funnels, dry_run=run.dry_run, now=self.now,
+            since=self.since or _default_since(now=self.now), chunk_size=self.chunk_size,
+            lock_check=self.lock.check,
         )
-        kinds = KindResolver()
-        # Rows committed late below the watermark first: they are older than the new ones.
-        state = self.gaps_read(state, planner=planner, kinds=kinds)
-        for chunk in candidates_stream(
-            after_id=state.last_id, chunk_size=self.chunk_size, kinds=kinds
-        ):
-            move = watermark_after_new_rows(
-                state=state, ids=[c.result_id for c in chunk], now=self.now
+        read = outcome.read
+        run.results_read = read.rows_read
+        run.entries_added = outcome.added
+        skipped = Counter(outcome.skipped_by_reason)
+        skipped.update({k: v for k, v in read.dropped_by_reason.items() if v})
+        run.skipped = sum(skipped.values())
+        self.skipped_by_reason.update(skipped)
+        self.waiting_by_reason.update(read.waiting_by_reason)
+        run.contacts_held = outcome.contacts_held
+        if outcome.contacts_held:
+            logger.warning(
+                "run #%s: %s new contacts, more than FUNNELS_MAX_NEW_CONTACTS_PER_RUN (%s): "
+                "%s held back from Brevo until released (admin dashboard, or run_funnels "
+                "--release-held)",
+                run.pk, outcome.contacts_held, outcome.guard_limit,
+                "would be" if run.dry_run else "their entries are recorded and",
             )
-            outcome = entries_create_chunk(
-                run=run, planner=planner, candidates=chunk, dry_run=run.dry_run,
-                now=self.now, lock=self.lock, watermark=move,
-            )
-            state = move.after
-            move.log(run=run, dry_run=run.dry_run)
-            self.count(outcome)
-            logger.info(
-                "run #%s: read results up to #%s: %s %s, %s skipped",
-                run.pk, outcome.last_id, outcome.added,
-                "would be added" if run.dry_run else "added", outcome.skipped,
-            )
+        logger.info(
+            "run #%s: test results: %s read, %s %s, %s skipped, %s waiting for a recheck "
+            "(%s new)",
+            run.pk, read.rows_read, outcome.added,
+            "would be added" if run.dry_run else "added", run.skipped, read.waiting_now,
+            sum(read.waiting_by_reason.values()),
+        )
+        self._record_reasons()
+        self.heartbeat(
+            "results_read", "entries_added", "skipped", "skipped_by_reason",
+            "waiting_by_reason", "contacts_held",
+        )
 
-    def gaps_read(
-        self, state: WatermarkState, *, planner: EntryPlanner, kinds: KindResolver
-    ) -> WatermarkState:
-        """Re-read the watermark's gaps by primary key; the rows that have appeared become
-        entries (or skips) in the transaction that takes them off the list. Nothing to do,
-        no query: the gaps came with the watermark's row."""
-        run = self.run
-        grace = timedelta(minutes=settings.FUNNELS_WATERMARK_GAP_GRACE_MINUTES)
-        for ids in watermark_gap_batches(state=state):
-            found = candidates_by_ids(ids=ids, kinds=kinds)
-            # Processed in the run's chunk size, each part committed with its own removal
-            # from the list; the expired ids of the batch leave with the last part.
-            parts = [found[i:i + self.chunk_size] for i in range(0, len(found), self.chunk_size)]
-            for number, part in enumerate(parts or [[]], start=1):
-                last = number == max(1, len(parts))
-                move = watermark_after_gap_reads(
-                    state=state,
-                    read_ids=ids if last else [c.result_id for c in part],
-                    found_ids=[c.result_id for c in part],
-                    now=self.now,
-                    grace=grace,
-                )
-                if not move.changed:
-                    continue
-                outcome = entries_create_chunk(
-                    run=run, planner=planner, candidates=part, dry_run=run.dry_run,
-                    now=self.now, lock=self.lock, watermark=move,
-                )
-                state = move.after
-                move.log(run=run, dry_run=run.dry_run)
-                if part:
-                    self.count(outcome)
-                    logger.info(
-                        "run #%s: read %s results committed late below the watermark: "
-                        "%s %s, %s skipped",
-                        run.pk, len(part), outcome.added,
-                        "would be added" if run.dry_run else "added", outcome.skipped,
-                    )
-        return state
-
-    def count(self, outcome: ChunkOutcome) -> None:
-        run = self.run
-        run.results_read += outcome.results_read
-        run.entries_added += outcome.added
-        run.skipped += outcome.skipped
-        self.skipped_by_reason.update(outcome.skipped_by_reason)
-        run.skipped_by_reason = dict(sorted(self.skipped_by_reason.items()))
-        self.heartbeat("results_read", "entries_added", "skipped", "skipped_by_reason")
+    def _record_reasons(self) -> None:
+        self.run.skipped_by_reason = dict(sorted(self.skipped_by_reason.items()))
+        self.run.waiting_by_reason = dict(sorted(self.waiting_by_reason.items()))
 
     def purchases_phase(self) -> None:
         result = purchases_sync(
@@ -260,9 +200,13 @@ class _Run:
         self.skipped_by_reason.update(
             {f"payment:{reason}": n for reason, n in result.skipped_by_reason.items()}
         )
-        self.run.skipped_by_reason = dict(sorted(self.skipped_by_reason.items()))
+        self.waiting_by_reason.update(
+            {f"payment:{reason}": n for reason, n in result.waiting_by_reason.items()}
+        )
+        self._record_reasons()
         self.heartbeat(
-            "payments_read", "purchases_found", "purchases_revoked", "skipped_by_reason"
+            "payments_read", "purchases_found", "purchases_revoked", "skipped_by_reason",
+            "waiting_by_reason",
         )
 
     def outbox_phase(self) -> bool:
@@ -296,8 +240,12 @@ def run_funnels(
     chunk_size: int | None = None,
     brevo_client_factory: Callable[[], BrevoClient] = brevo_client_build,
     clock: Callable[[], datetime] = timezone.now,
+    release_held: bool = False,
 ) -> SyncRun:
-    """One run of the funnel job; returns its SyncRun (status success/partial/failed).
+    """One run of the funnel job; returns its SyncRun (status success/held/partial/failed).
+
+    `release_held` first lets the entries the flood guard held go to Brevo (live runs only:
+    a dry run sends nothing, so there is nothing to release for it).
 
     `now` is the as-of time every decision uses (entry times for results without one,
     retry schedules, the default first-run start); `clock` stamps the run's own progress.
@@ -316,6 +264,7 @@ def run_funnels(
         return _run_locked(
             lock=lock, now=now, dry_run=dry_run, trigger=trigger, since=since,
             chunk_size=chunk_size, brevo_client_factory=brevo_client_factory, clock=clock,
+            release_held=release_held,
         )
     finally:
         lock.release()
@@ -331,6 +280,7 @@ def _run_locked(
     chunk_size: int,
     brevo_client_factory: Callable[[], BrevoClient],
     clock: Callable[[], datetime],
+    release_held: bool = False,
 ) -> SyncRun:
     ping_send(event="start")
     runs_mark_crashed(now=clock())
@@ -359,12 +309,18 @@ def _run_locked(
             problems = live_config_problems(funnels=funnels)
             if problems:
                 raise RunConfigError("live mode needs: " + "; ".join(problems))
-        state.entries_phase(funnels)
+        if release_held and not effective_dry_run:
+            held_entries_release(now=now, source=f"run_funnels --release-held, run #{run.pk}")
+        state.results_phase(funnels)
         state.purchases_phase()
         complete = True
         if not effective_dry_run:
             complete = state.outbox_phase()
-        run.status = SyncRun.Status.SUCCESS if complete else SyncRun.Status.PARTIAL
+        if run.contacts_held and not effective_dry_run:
+            # Needs a person before anything else: held wins over partial.
+            run.status = SyncRun.Status.HELD
+        else:
+            run.status = SyncRun.Status.SUCCESS if complete else SyncRun.Status.PARTIAL
     except RunConfigError as exc:
         _finish_failed(state, str(exc))
         raise
@@ -408,10 +364,10 @@ def _run_locked(
         state.client.close()
     logger.info(
         "run #%s %s: %s results read, %s entries %s, %s skipped, %s contacts sent, "
-        "%s failed, %s Brevo requests",
+        "%s failed, %s held, %s Brevo requests",
         run.pk, run.status, run.results_read, run.entries_added,
         "planned" if run.dry_run else "added", run.skipped, run.contacts_sent,
-        run.contacts_failed, run.brevo_requests,
+        run.contacts_failed, run.contacts_held, run.brevo_requests,
     )
     ping_send(event="success")
     return run

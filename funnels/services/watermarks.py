@@ -29,6 +29,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from django.utils import timezone
+
 from funnels.models import SyncRun, SyncState
 from funnels.selectors.funnels import WatermarkState, watermark_gaps_encode
 
@@ -38,6 +40,10 @@ HOLE_SPAN = 1_000
 GAP_LIMIT = 10_000
 # Gap ids per primary-key re-read (`Id IN (...)`), whatever the run's chunk size.
 GAP_READ_SIZE = 1_000
+
+
+class WatermarkMoved(RuntimeError):
+    """The watermark is not where this run left it: another writer. Nothing was applied."""
 
 
 @dataclass(frozen=True)
@@ -206,3 +212,13 @@ def watermark_save(*, move: WatermarkMove, run: SyncRun | None, stamp: dt.dateti
         last_id=after.last_id, gaps=payload, run=run, updated_at=stamp
     )
     return updated == 1
+
+
+def watermark_advance(*, key: str, last_id: int, run: SyncRun | None) -> None:
+    """Move the watermark forward (never back), leaving its gaps as they are: for a first
+    run's starting point, which passes no id. Chunks move it with watermark_save."""
+    updated = SyncState.objects.filter(key=key, last_id__lt=last_id).update(
+        last_id=last_id, run=run, updated_at=timezone.now()
+    )
+    if not updated and not SyncState.objects.filter(key=key).exists():
+        SyncState.objects.create(key=key, last_id=last_id, run=run)

@@ -49,7 +49,7 @@ class HostileResult:
     email: str | None
     test_id: int | None
     completed_at: dt.datetime | str | None  # ZERO_DATE on MySQL only
-    outcome: str  # "entry:<funnel>", "skip:<reason>" or DUPLICATE
+    outcome: str  # "entry:<funnel>", "skip:<reason>", "wait:<reason>" or DUPLICATE
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,9 @@ class HostilePayment:
     cert_type: int | None = modx.CERT_TYPE_LANGUAGE  # None: the cert test row is missing
     result_missing: bool = False
     user_missing: bool = False
-    outcome: str = ""  # "purchase:<email>:<funnel>" or the run's payment skip reason
+    # "purchase:<email>:<funnel>", the run's payment skip reason, or "wait:<reason>" for a
+    # payment put on the recheck list
+    outcome: str = ""
 
 
 @dataclass
@@ -93,32 +95,32 @@ def _hand_written_results(*, now: dt.datetime, vendor: str) -> list[HostileResul
                       DUPLICATE),
         HostileResult("same person, other funnel, mixed case", "Anna@Example.Com", TEST_OTHER,
                       at(3), _entry("non_language")),
-        HostileResult("NULL email", None, TEST_LANG, at(4), "skip:empty_email"),
-        HostileResult("empty email", "", TEST_LANG, at(5), "skip:empty_email"),
-        HostileResult("spaces only", "    ", TEST_LANG, at(6), "skip:empty_email"),
-        HostileResult("tabs and newlines only", "\t\r\n", TEST_OTHER, at(7), "skip:empty_email"),
-        HostileResult("no @", "not-an-email", TEST_LANG, at(8), "skip:invalid_email"),
-        HostileResult("no domain dot", "anna@localhost", TEST_LANG, at(9), "skip:invalid_email"),
-        HostileResult("no local part", "@example.com", TEST_LANG, at(10), "skip:invalid_email"),
-        HostileResult("no domain", "anna@", TEST_LANG, at(11), "skip:invalid_email"),
-        HostileResult("two @", "two@@example.com", TEST_LANG, at(12), "skip:invalid_email"),
-        HostileResult("space inside", "a b@example.com", TEST_LANG, at(13), "skip:invalid_email"),
+        HostileResult("NULL email", None, TEST_LANG, at(4), "wait:empty_email"),
+        HostileResult("empty email", "", TEST_LANG, at(5), "wait:empty_email"),
+        HostileResult("spaces only", "    ", TEST_LANG, at(6), "wait:empty_email"),
+        HostileResult("tabs and newlines only", "\t\r\n", TEST_OTHER, at(7), "wait:empty_email"),
+        HostileResult("no @", "not-an-email", TEST_LANG, at(8), "wait:invalid_email"),
+        HostileResult("no domain dot", "anna@localhost", TEST_LANG, at(9), "wait:invalid_email"),
+        HostileResult("no local part", "@example.com", TEST_LANG, at(10), "wait:invalid_email"),
+        HostileResult("no domain", "anna@", TEST_LANG, at(11), "wait:invalid_email"),
+        HostileResult("two @", "two@@example.com", TEST_LANG, at(12), "wait:invalid_email"),
+        HostileResult("space inside", "a b@example.com", TEST_LANG, at(13), "wait:invalid_email"),
         HostileResult("newline before @", "nl\n@example.com", TEST_LANG, at(14),
-                      "skip:invalid_email"),
+                      "wait:invalid_email"),
         HostileResult("header injection", "x@example.com\nBcc: victim@example.com", TEST_LANG,
-                      at(15), "skip:invalid_email"),
-        HostileResult("trailing dot", "dot@example.com.", TEST_LANG, at(16), "skip:invalid_email"),
-        HostileResult("double dot", "dd@example..com", TEST_LANG, at(17), "skip:invalid_email"),
+                      at(15), "wait:invalid_email"),
+        HostileResult("trailing dot", "dot@example.com.", TEST_LANG, at(16), "wait:invalid_email"),
+        HostileResult("double dot", "dd@example..com", TEST_LANG, at(17), "wait:invalid_email"),
         HostileResult("numeric top-level domain", "ip@127.0.0.1", TEST_LANG, at(18),
-                      "skip:invalid_email"),
+                      "wait:invalid_email"),
         HostileResult("local part over 64", "l" * 65 + "@example.com", TEST_LANG, at(19),
-                      "skip:invalid_email"),
+                      "wait:invalid_email"),
         HostileResult("255 characters", f"{LONG_LOCAL}@{DOMAIN_190}", TEST_LANG, at(20),
-                      "skip:email_too_long"),
+                      "wait:email_too_long"),
         HostileResult("300+ characters", "a" * 300 + "@example.com", TEST_LANG, at(21),
-                      "skip:email_too_long"),
+                      "wait:email_too_long"),
         HostileResult("600 characters of garbage", "<x>" * 200, TEST_LANG, at(22),
-                      "skip:email_too_long"),
+                      "wait:email_too_long"),
         HostileResult("254 characters exactly", f"{LONG_LOCAL}@{DOMAIN_189}", TEST_LANG, at(23),
                       _entry("language")),
         HostileResult("IDN domain", "ivan@пример.рф", TEST_LANG, at(24), _entry("language")),
@@ -128,42 +130,45 @@ def _hand_written_results(*, now: dt.datetime, vendor: str) -> list[HostileResul
         HostileResult("IDN in Latin script", "mueller@münchen.de", TEST_OTHER, at(27),
                       _entry("non_language")),
         HostileResult("ü in the local part", "jürgen@example.de", TEST_LANG, at(28),
-                      "skip:invalid_email"),
+                      "wait:invalid_email"),
         HostileResult("Cyrillic local part", "иван@пример.рф", TEST_LANG, at(29),
-                      "skip:invalid_email"),
-        HostileResult("emoji", "😀@example.com", TEST_LANG, at(30), "skip:invalid_email"),
+                      "wait:invalid_email"),
+        HostileResult("emoji", "😀@example.com", TEST_LANG, at(30), "wait:invalid_email"),
         HostileResult("zero-width space", "zw\u200bsp@example.com", TEST_LANG, at(31),
-                      "skip:invalid_email"),
+                      "wait:invalid_email"),
         HostileResult("right-to-left override", "\u202eevil@example.com", TEST_LANG, at(32),
-                      "skip:invalid_email"),
-        HostileResult("NUL byte", "nul\x00@example.com", TEST_LANG, at(33), "skip:invalid_email"),
-        HostileResult("SQL: ' OR 1=1 --", "' OR 1=1 --", TEST_LANG, at(34), "skip:invalid_email"),
+                      "wait:invalid_email"),
+        HostileResult("NUL byte", "nul\x00@example.com", TEST_LANG, at(33), "wait:invalid_email"),
+        HostileResult("SQL: ' OR 1=1 --", "' OR 1=1 --", TEST_LANG, at(34), "wait:invalid_email"),
         HostileResult("SQL: quote in an address", "' OR '1'='1'@example.com", TEST_LANG, at(35),
-                      "skip:invalid_email"),
+                      "wait:invalid_email"),
         HostileResult("SQL: DROP TABLE", "robert');DROP TABLE simpletest_users;--@example.com",
-                      TEST_LANG, at(36), "skip:invalid_email"),
+                      TEST_LANG, at(36), "wait:invalid_email"),
         # RFC 5322 allows ' and = in a local part: a real (if odd) address, sent as such.
         HostileResult("SQL-looking but valid", "x'or'1'='1@example.com", TEST_OTHER, at(37),
                       _entry("non_language")),
         HostileResult("apostrophe in a name", "o'brien@example.com", TEST_LANG, at(38),
                       _entry("language")),
         HostileResult("HTML: script", "<script>alert(1)</script>@x.com", TEST_LANG, at(39),
-                      "skip:invalid_email"),
+                      "wait:invalid_email"),
         HostileResult("HTML: attribute breakout", "\"><img src=x onerror=alert(1)>", TEST_LANG,
-                      at(40), "skip:invalid_email"),
+                      at(40), "wait:invalid_email"),
         HostileResult("HTML: bold", "<b>bold</b>@example.com", TEST_OTHER, at(41),
-                      "skip:invalid_email"),
+                      "wait:invalid_email"),
         HostileResult("CSV formula", "=HYPERLINK(\"http://x\")@example.com", TEST_LANG, at(42),
-                      "skip:invalid_email"),
+                      "wait:invalid_email"),
         # Valid addresses that start like a spreadsheet formula (+ and - are atext).
         HostileResult("leading plus", "+formula@example.com", TEST_OTHER, at(43),
                       _entry("non_language")),
         HostileResult("leading minus", "-cmd@example.com", TEST_LANG, at(44), _entry("language")),
-        HostileResult("NULL date", "nodate@example.com", TEST_LANG, None, _entry("language")),
+        # Not completed (yet): waits until MODX sets the time.
+        HostileResult("NULL date", "nodate@example.com", TEST_LANG, None,
+                      "wait:no_completion_time"),
         HostileResult("date in the future", "future@example.com", TEST_OTHER,
-                      now + dt.timedelta(days=30), _entry("non_language")),
+                      now + dt.timedelta(days=30), "wait:completed_in_future"),
         HostileResult("date in 1970", "epoch@example.com", TEST_LANG,
-                      dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.UTC), _entry("language")),
+                      dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.UTC),
+                      "skip:completed_too_long_ago"),
         HostileResult("LangId NULL", "nulllang@example.com", TEST_NULL_LANG, at(45),
                       _entry("non_language")),
         HostileResult("LangId with no language row", "unknownlang@example.com",
@@ -178,7 +183,7 @@ def _hand_written_results(*, now: dt.datetime, vendor: str) -> list[HostileResul
                       _entry("non_language")),
         HostileResult("negative test id", "negtest@example.com", TEST_NEGATIVE, at(51),
                       _entry("non_language")),
-        HostileResult("NULL test id", "notest@example.com", None, at(52), "skip:no_test_id"),
+        HostileResult("NULL test id", "notest@example.com", None, at(52), "wait:no_test_id"),
         HostileResult("buyer of the future payment", "vera@example.com", TEST_LANG, at(53),
                       _entry("language")),
         HostileResult("buyer, other funnel", "boris@example.org", TEST_OTHER, at(54),
@@ -186,7 +191,7 @@ def _hand_written_results(*, now: dt.datetime, vendor: str) -> list[HostileResul
     ]
     if vendor == "mysql":
         rows.append(HostileResult("zero date 0000-00-00", "zerodate@example.com", TEST_LANG,
-                                  ZERO_DATE, _entry("language")))
+                                  ZERO_DATE, "wait:no_completion_time"))
     return rows
 
 
@@ -212,20 +217,20 @@ def _hand_written_payments(*, now: dt.datetime, vendor: str) -> list[HostilePaym
         HostilePayment("status 0 with a time", 0, now - dt.timedelta(hours=1),
                        buyer="anna@example.com", outcome="not_paid"),
         HostilePayment("result missing", 2, now - dt.timedelta(hours=1), result_missing=True,
-                       outcome="payment_result_missing"),
+                       outcome="wait:payment_result_missing"),
         HostilePayment("user missing", 2, now - dt.timedelta(hours=1), user_missing=True,
-                       outcome="payment_user_missing"),
+                       outcome="wait:payment_user_missing"),
         HostilePayment("certificate test missing", 2, now - dt.timedelta(hours=1),
                        buyer="anna@example.com", cert_type=None,
-                       outcome="payment_cert_test_missing"),
+                       outcome="wait:payment_cert_test_missing"),
         HostilePayment("unknown certificate type 3", 2, now - dt.timedelta(hours=1),
-                       buyer="anna@example.com", cert_type=3, outcome="unknown_certificate_type"),
+                       buyer="anna@example.com", cert_type=3, outcome="wait:unknown_certificate_type"),
         HostilePayment("buyer email NULL", 2, now - dt.timedelta(hours=1), buyer=None,
-                       outcome="empty_email"),
+                       outcome="wait:empty_email"),
         HostilePayment("buyer email HTML", 2, now - dt.timedelta(hours=1),
-                       buyer="<script>alert(1)</script>@x.com", outcome="invalid_email"),
+                       buyer="<script>alert(1)</script>@x.com", outcome="wait:invalid_email"),
         HostilePayment("buyer email 300+ characters", 2, now - dt.timedelta(hours=1),
-                       buyer="b" * 300 + "@example.com", outcome="email_too_long"),
+                       buyer="b" * 300 + "@example.com", outcome="wait:email_too_long"),
         HostilePayment("buyer never took a test", 2, now - dt.timedelta(hours=1),
                        buyer="stranger@example.com", outcome="no_entry"),
         HostilePayment("paid in the future", 2, now + dt.timedelta(days=10),
@@ -279,9 +284,11 @@ def hostile_generate(*, seed: int, now: dt.datetime, vendor: str, extra: int = 6
         completed = rng.choice([start + dt.timedelta(minutes=n), None])
         check = email_check(raw)
         if not check.ok:
-            outcome = f"skip:{check.reason}"
+            outcome = f"wait:{check.reason}"
         elif test_id is None:
-            outcome = "skip:no_test_id"
+            outcome = "wait:no_test_id"
+        elif completed is None:
+            outcome = "wait:no_completion_time"
         elif (check.email, _kind(test_id)) in seen:
             outcome = DUPLICATE
         else:

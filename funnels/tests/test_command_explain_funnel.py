@@ -6,7 +6,7 @@ from django.core.management import call_command
 
 from funnels.models import Funnel, SyncState
 from funnels.selectors.funnels import watermark_gaps_encode
-from funnels.services.entries import watermark_advance
+from funnels.services.watermarks import watermark_advance
 from funnels.tests.sync_support import (
     LANG_TEST,
     LANG_TEST_2,

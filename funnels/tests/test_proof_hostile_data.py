@@ -15,7 +15,7 @@ import pytest
 from django.db import connections
 
 from funnels.emails import email_check, email_normalize
-from funnels.models import FunnelEntry, SyncRun, SyncRunItem
+from funnels.models import RecheckRow, FunnelEntry, SyncRun, SyncRunItem
 from funnels.tests.factories import (
     CertPaymentFactory,
     CertResultFactory,
@@ -81,18 +81,22 @@ def test_the_job_survives_hostile_modx_data(
     assert run.status in (SyncRun.Status.SUCCESS, SyncRun.Status.PARTIAL), run.error
     assert run.status == SyncRun.Status.SUCCESS, run.error  # nothing here is Brevo's fault
 
-    # Every MODX result is an entry or a skipped item with a reason: counted, one each.
+    # Every MODX result is an entry, a skipped item or a waiting item, with a reason:
+    # counted, one each.
     assert run.results_read == len(data.results)
     entries = {e.user_id: e for e in FunnelEntry.objects.all()}
     skipped = Counter()
     skip_items: dict[int, SyncRunItem] = {}
-    for item in SyncRunItem.objects.filter(run=run, action="skipped",
+    for item in SyncRunItem.objects.filter(run=run, action__in=["skipped", "waiting"],
                                            source_id__lt=PAYMENT_IDS_FROM):
         skipped[item.source_id] += 1
         skip_items[item.source_id] = item
     assert all(n == 1 for n in skipped.values())
-    assert len(entries) + len(skip_items) == len(data.results) == run.entries_added + run.skipped
+    waiting = sum(v for k, v in run.waiting_by_reason.items() if not k.startswith("payment:"))
+    assert len(entries) + len(skip_items) == len(data.results)
+    assert len(data.results) == run.entries_added + run.skipped + waiting
     assert all(item.reason for item in skip_items.values())
+    assert RecheckRow.objects.filter(source="test_results").count() == waiting
 
     for row in data.results:
         result_id = loaded.result_ids[row.label]
@@ -104,11 +108,14 @@ def test_the_job_survives_hostile_modx_data(
             assert entry.email == email_check(row.email).email, row
         else:
             assert result_id not in entries, row
-            reason = skip_items[result_id].reason
+            item = skip_items[result_id]
             if row.outcome == DUPLICATE:
-                assert reason in DUPLICATE_REASONS, (row, reason)
+                assert item.reason in DUPLICATE_REASONS, (row, item.reason)
             else:
-                assert reason == row.outcome.split(":", 1)[1], (row, reason)
+                kind, reason = row.outcome.split(":", 1)
+                assert (item.action, item.reason) == (
+                    "waiting" if kind == "wait" else "skipped", reason
+                ), (row, item.action, item.reason)
 
     # Brevo got valid, normalised addresses only, and none of the refused ones.
     sent = set(fake_brevo.contacts)
@@ -117,16 +124,23 @@ def test_the_job_survives_hostile_modx_data(
         assert email_check(email).email == email, email
     refused = {
         email_normalize(r.email) for r in data.results
-        if r.outcome.startswith("skip:") and r.outcome not in ("skip:no_test_id", DUPLICATE)
+        if r.outcome.split(":")[1] in ("empty_email", "invalid_email", "email_too_long")
     }
     assert not refused & sent
 
-    # Payments: each marked on its entry or counted under its reason.
+    # Payments: each marked on its entry, counted under its reason, or waiting.
     expected_reasons = Counter(
-        f"payment:{p.outcome}" for p in data.payments if not p.outcome.startswith("purchase:")
+        f"payment:{p.outcome}" for p in data.payments
+        if not p.outcome.startswith(("purchase:", "wait:"))
     )
     got_reasons = {k: v for k, v in run.skipped_by_reason.items() if k.startswith("payment:")}
     assert got_reasons == dict(expected_reasons)
+    expected_waiting = Counter(
+        f"payment:{p.outcome.split(':', 1)[1]}" for p in data.payments
+        if p.outcome.startswith("wait:")
+    )
+    got_waiting = {k: v for k, v in run.waiting_by_reason.items() if k.startswith("payment:")}
+    assert got_waiting == dict(expected_waiting)
     purchased = {
         (e.email, e.funnel_type): e.payment_id
         for e in FunnelEntry.objects.filter(certificate_purchased=True)

@@ -1,11 +1,12 @@
 import datetime as dt
+from types import SimpleNamespace
 
 import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
 from funnels.locks import RunLockLost
-from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState
+from funnels.models import Funnel, FunnelEntry, RecheckRow, SyncRun, SyncRunItem, SyncState
 from funnels.selectors.candidates import (
     WATERMARK_KEY,
     KindResolver,
@@ -19,13 +20,16 @@ from funnels.selectors.funnels import (
     funnels_all,
     watermark_state_get,
 )
-from funnels.services.entries import (
-    EntryPlanner,
+from funnels.services.entries import EntryPlanner
+from funnels.services.flood_guard import FloodGuard
+from funnels.services.modx_reader import ModxReader
+from funnels.services.results import ResultSource
+from funnels.services.watermarks import (
     WatermarkMoved,
-    entries_create_chunk,
     watermark_advance,
+    watermark_after_gap_reads,
+    watermark_after_new_rows,
 )
-from funnels.services.watermarks import watermark_after_gap_reads, watermark_after_new_rows
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
 from funnels.tests.sync_support import (
     LANG_TEST,
@@ -63,12 +67,28 @@ def _move(candidates, *, after_id, now):
     return watermark_after_new_rows(state=state, ids=[c.result_id for c in candidates], now=now)
 
 
+def _commit(*, run, candidates, now, move, lock, planner=None, dry_run=False):
+    """One chunk through the MODX reader, as a run commits it; what the source counted."""
+    source = ResultSource(
+        run=run, planner=planner or _planner(), guard=FloodGuard(limit=0), dry_run=dry_run,
+        now=now, since=now.date(),
+    )
+    reader = ModxReader(source=source, run=run, dry_run=dry_run, now=now, chunk_size=1000,
+                        lock_check=lock.check)
+    reader.commit(candidates, move=move)
+    return SimpleNamespace(
+        added=source.added, skipped_by_reason=source.skipped,
+        last_id=candidates[-1].result_id if candidates else 0,
+        waiting=reader.result.waiting_by_reason,
+    )
+
+
 def _process(now, *, dry_run=False, planner=None, lock=None, after_id=0, limit=1000):
     run = SyncRunFactory(status=SyncRun.Status.RUNNING, dry_run=dry_run, finished_at=None)
     candidates = candidates_chunk(after_id=after_id, limit=limit, kinds=KindResolver())
-    outcome = entries_create_chunk(
-        run=run, planner=planner or _planner(), candidates=candidates, dry_run=dry_run,
-        now=now, lock=lock or _Lock(), watermark=_move(candidates, after_id=after_id, now=now),
+    outcome = _commit(
+        run=run, candidates=candidates, now=now, planner=planner, dry_run=dry_run,
+        lock=lock or _Lock(), move=_move(candidates, after_id=after_id, now=now),
     )
     return run, outcome
 
@@ -97,16 +117,23 @@ def test_both_funnels_are_filled_by_test_kind(configured, now):
     assert {i.entry_id for i in added} == {e.id for e in entries.values()}
 
 
-def test_invalid_and_empty_emails_are_skipped_with_their_reason(configured, now):
+def test_invalid_and_empty_emails_wait_for_a_recheck_with_their_reason(configured, now):
     modx_result(None)
     modx_result("   ")
-    modx_result("not-an-email")
+    bad = modx_result("not-an-email")
     modx_result(" Good@Example.com ")
     run, outcome = _process(now)
     assert outcome.added == 1
     assert FunnelEntry.objects.get().email == "good@example.com"
-    assert _skips(run) == ["empty_email", "empty_email", "invalid_email"]
-    assert dict(outcome.skipped_by_reason) == {"empty_email": 2, "invalid_email": 1}
+    assert _skips(run) == []
+    assert dict(outcome.waiting) == {"empty_email": 2, "invalid_email": 1}
+    waiting = SyncRunItem.objects.filter(run=run, action="waiting")
+    assert sorted(waiting.values_list("reason", flat=True)) == [
+        "empty_email", "empty_email", "invalid_email"
+    ]
+    row = RecheckRow.objects.get(modx_id=bad.id)
+    assert (row.source, row.reason, row.email) == ("test_results", "invalid_email", "not-an-email")
+    assert row.recheck_until == now + dt.timedelta(days=30)
 
 
 def test_once_means_one_entry_per_person_and_funnel(configured, now):
@@ -171,11 +198,12 @@ def test_inactive_funnel_and_missing_list_id_are_reasons(configured, now, settin
     assert _skips(run) == ["funnel_inactive", "no_list_id"]
 
 
-def test_null_test_id_is_never_written(configured, now):
+def test_null_test_id_is_never_written_and_waits(configured, now):
     modx_result("anna@example.com", None)
     run, _ = _process(now)
     assert FunnelEntry.objects.count() == 0
-    assert _skips(run) == [SkipReason.NO_TEST_ID]
+    assert _skips(run) == []
+    assert RecheckRow.objects.get().reason == SkipReason.NO_TEST_ID
 
 
 def test_entry_time_is_the_completion_time(configured, now):
@@ -187,23 +215,55 @@ def test_entry_time_is_the_completion_time(configured, now):
     assert entry.test_completed_at == done
 
 
-def test_missing_completion_time_enters_at_the_run_time_and_says_so(configured, now):
-    modx_result("anna@example.com", completed_at=None)
+def test_a_result_without_a_completion_time_is_not_a_completed_test_yet(configured, now):
+    row = modx_result("anna@example.com", completed_at=None)
+    run, _ = _process(now)
+    assert FunnelEntry.objects.count() == 0
+    item = SyncRunItem.objects.get(run=run)
+    assert (item.action, item.reason, item.source_id) == ("waiting", "no_completion_time", row.id)
+    assert RecheckRow.objects.get().email == "anna@example.com"
+
+
+def test_a_completion_time_within_the_clock_skew_is_clamped_to_the_run_time(
+    configured, now, settings
+):
+    settings.FUNNELS_CLOCK_SKEW_MINUTES = 10
+    soon = now + dt.timedelta(minutes=9)
+    modx_result("anna@example.com", completed_at=soon)
     run, _ = _process(now)
     entry = FunnelEntry.objects.get()
     assert entry.entered_at == now
-    assert entry.test_completed_at is None
-    assert "no completion time" in SyncRunItem.objects.get(run=run).detail
+    assert entry.test_completed_at == soon
+    assert "slightly after the run's time" in SyncRunItem.objects.get(run=run).detail
 
 
-def test_future_completion_time_is_clamped_to_the_run_time(configured, now):
-    future = now + dt.timedelta(days=3)
-    modx_result("anna@example.com", completed_at=future)
-    run, _ = _process(now)
-    entry = FunnelEntry.objects.get()
-    assert entry.entered_at == now
-    assert entry.test_completed_at == future
-    assert "in the future" in SyncRunItem.objects.get(run=run).detail
+def test_a_completion_time_further_in_the_future_waits(configured, now, settings):
+    settings.FUNNELS_CLOCK_SKEW_MINUTES = 10
+    modx_result("anna@example.com", completed_at=now + dt.timedelta(minutes=11))
+    modx_result("boris@example.com", completed_at=now + dt.timedelta(days=300))
+    run, outcome = _process(now)
+    assert FunnelEntry.objects.count() == 0
+    assert dict(outcome.waiting) == {"completed_in_future": 2}
+
+
+def test_a_result_older_than_the_funnels_maximum_age_is_not_entered(
+    configured, now, settings
+):
+    settings.FUNNELS_MAX_AGE_DAYS = 30
+    settings.TIME_ZONE = "UTC"
+    Funnel.objects.filter(slug="non_language").update(max_age_days=2)
+    # 2026-11-28 15:30 UTC: 30 days back is the day 2026-10-29, from its midnight.
+    modx_result("edge@example.com", completed_at=dt.datetime(2026, 10, 29, tzinfo=dt.UTC))
+    modx_result("old@example.com", completed_at=dt.datetime(2026, 10, 28, 23, 59, tzinfo=dt.UTC))
+    modx_result("young@example.com", OTHER_TEST,
+                completed_at=dt.datetime(2026, 11, 26, 0, 0, tzinfo=dt.UTC))
+    modx_result("aged@example.com", OTHER_TEST,
+                completed_at=dt.datetime(2026, 11, 25, 23, 0, tzinfo=dt.UTC))
+    run, outcome = _process(now)
+    assert sorted(FunnelEntry.objects.values_list("email", flat=True)) == [
+        "edge@example.com", "young@example.com"
+    ]
+    assert dict(outcome.skipped_by_reason) == {"completed_too_long_ago": 2}
 
 
 def test_watermark_moves_with_the_entries_of_its_chunk(configured, now):
@@ -237,8 +297,9 @@ def test_dry_run_writes_only_its_plan(configured, now):
     assert outcome.added == 1
     assert FunnelEntry.objects.count() == 0
     assert not SyncState.objects.filter(key="test_results").exists()
+    assert not RecheckRow.objects.exists()
     assert sorted(SyncRunItem.objects.filter(run=run).values_list("action", flat=True)) == [
-        "skipped", "would_add",
+        "waiting", "would_add",
     ]
 
 
@@ -262,10 +323,7 @@ def _chunk_queries(now, size):
     candidates = candidates_chunk(after_id=after, limit=1000, kinds=KindResolver())
     move = _move(candidates, after_id=after, now=now)
     with CaptureQueriesContext(connections["default"]) as queries:
-        entries_create_chunk(
-            run=run, planner=_planner(), candidates=candidates, dry_run=False, now=now,
-            lock=_Lock(), watermark=move,
-        )
+        _commit(run=run, candidates=candidates, now=now, lock=_Lock(), move=move)
     return len(queries)
 
 
@@ -287,10 +345,7 @@ def test_a_watermark_moved_by_someone_else_rolls_the_chunk_back(configured, now)
     move = _move(candidates, after_id=0, now=now)
     SyncState.objects.filter(key=WATERMARK_KEY).update(last_id=7)  # another writer
     with pytest.raises(WatermarkMoved):
-        entries_create_chunk(
-            run=run, planner=_planner(), candidates=candidates, dry_run=False, now=now,
-            lock=_Lock(), watermark=move,
-        )
+        _commit(run=run, candidates=candidates, now=now, lock=_Lock(), move=move)
     assert FunnelEntry.objects.count() == 0
     assert SyncRunItem.objects.count() == 0
     assert SyncState.objects.get(key=WATERMARK_KEY).last_id == 7
@@ -319,8 +374,7 @@ def test_a_late_row_leaves_the_gap_list_with_its_entries_or_not_at_all(configure
     run = SyncRunFactory(status=SyncRun.Status.RUNNING, finished_at=None)
 
     def create(lock):
-        return entries_create_chunk(run=run, planner=_planner(), candidates=candidates,
-                                    dry_run=False, now=now, lock=lock, watermark=move)
+        return _commit(run=run, candidates=candidates, now=now, lock=lock, move=move)
 
     with pytest.raises(RunLockLost):
         create(_Lock(lost=True))
@@ -373,8 +427,7 @@ def test_a_late_entry_before_an_existing_one_relinks_it_in_the_same_transaction(
     candidates = candidates_chunk(after_id=0, limit=1000, kinds=KindResolver())
 
     def create(lock):
-        return entries_create_chunk(run=run, planner=_planner(), candidates=candidates,
-                                    dry_run=False, now=now, lock=lock, watermark=None)
+        return _commit(run=run, candidates=candidates, now=now, lock=lock, move=None)
 
     with pytest.raises(RunLockLost):
         create(_Lock(lost=True))

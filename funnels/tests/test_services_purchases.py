@@ -6,7 +6,15 @@ import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
-from funnels.models import Funnel, FunnelEntry, PaymentWatch, SyncRunItem, SyncState, SyncStatus
+from funnels.models import (
+    Funnel,
+    FunnelEntry,
+    PaymentWatch,
+    RecheckRow,
+    SyncRunItem,
+    SyncState,
+    SyncStatus,
+)
 from funnels.modx.models import (
     CERT_TYPE_LANGUAGE,
     CERT_TYPE_NON_LANGUAGE,
@@ -15,10 +23,10 @@ from funnels.modx.models import (
     CertUser,
 )
 from funnels.selectors.funnels import watermark_state_get
+from funnels.services.watermarks import WatermarkMoved
 from funnels.services import purchases as purchases_module
 from funnels.services.purchases import (
     WATERMARK_KEY,
-    PurchaseSyncConflict,
     PurchaseSyncResult,
     SkipReason,
     _id_ranges,
@@ -416,7 +424,7 @@ def test_watches_expire_and_old_payments_are_not_watched(now, settings):
 # --- bad data ------------------------------------------------------------------------------
 
 
-def test_bad_rows_are_skipped_with_a_reason_and_do_not_stop_the_run(now):
+def test_bad_rows_wait_or_are_skipped_with_a_reason_and_do_not_stop_the_run(now):
     entry = FunnelEntryFactory(email="ann@example.com", entered_at=ENTERED)
     missing_result = CertPaymentFactory(result=CertResult(id=10_000_000), paid_at=ENTERED + DAY)
     missing_user = CertPaymentFactory(result__user_id=9_000_001, paid_at=ENTERED + DAY)
@@ -430,20 +438,23 @@ def test_bad_rows_are_skipped_with_a_reason_and_do_not_stop_the_run(now):
     result = sync(now)
 
     assert refreshed(entry).payment_id == good.id
-    assert result.skipped_by_reason == {
-        "empty_email": 1, "invalid_email": 1, "not_paid": 1,
-        "payment_result_missing": 1, "payment_time_missing": 1,
+    assert result.skipped_by_reason == {"not_paid": 1, "payment_time_missing": 1}
+    # MODX may still write the missing rows or correct the email: these wait.
+    assert result.waiting_by_reason == {
+        "empty_email": 1, "invalid_email": 1, "payment_result_missing": 1,
         "payment_user_missing": 1, "unknown_certificate_type": 1,
     }
-    reasons = {i.source_id: i.reason for i in items(result, "skipped")}
-    assert reasons == {
+    waiting = {i.source_id: i.reason for i in items(result, "waiting")}
+    assert waiting == {
         missing_result.id: SkipReason.RESULT_MISSING,
         missing_user.id: SkipReason.USER_MISSING,
         bad_email.id: "invalid_email",
         no_email.id: "empty_email",
         unknown_type.id: SkipReason.UNKNOWN_TYPE,
-        no_time.id: SkipReason.TIME_MISSING,
     }
+    assert set(RecheckRow.objects.values_list("modx_id", flat=True)) == set(waiting)
+    reasons = {i.source_id: i.reason for i in items(result, "skipped")}
+    assert reasons == {no_time.id: SkipReason.TIME_MISSING}
     assert odd_status.id not in reasons  # not paid: counted only
     assert SyncState.objects.get(key=WATERMARK_KEY).last_id == good.id
 
@@ -552,7 +563,7 @@ def test_a_watermark_moved_by_someone_else_rolls_the_chunk_back(now, monkeypatch
     monkeypatch.setattr(
         purchases_module, "payments_after", read_while_another_run_moves_the_watermark
     )
-    with pytest.raises(PurchaseSyncConflict):
+    with pytest.raises(WatermarkMoved):
         sync(now)
 
     assert refreshed(entry).certificate_purchased is False
@@ -584,11 +595,11 @@ def test_queries_per_chunk_do_not_grow_with_the_rows_in_it(now, settings):
     # bulk_create and bulk_update are the only thing that may add a query per chunk.
     many = _queries_for_one_chunk(now, buyers=40, offset=100)
     assert few == many
-    # Ours: the run row (the test's own), watermark, expired watches, due watches; for the
-    # chunk: funnels (read once, when first needed), its watches, entries (one UNION ALL
-    # query), savepoint, entries update, run items, watermark, release. MODX: one query
-    # for the single (short) chunk.
-    assert few == (12, 1)
+    # Ours: the run row (the test's own), expired watches, due watches, recheck list,
+    # watermark; for the chunk: funnels (read once, when first needed), its watches,
+    # entries (one UNION ALL query), savepoint, entries update, run items, watermark,
+    # release. MODX: one query for the single (short) chunk.
+    assert few == (13, 1)
 
 
 def test_queries_grow_with_chunks_not_rows(now, settings):
@@ -834,9 +845,10 @@ def test_a_run_with_nothing_to_do_costs_the_same_few_queries_whatever_the_table_
 
     assert [shapes(q) for q in large] == [shapes(q) for q in small]
     ours, modx_queries = large
-    # Ours: the watermark, expired watches deleted, due watches (none). MODX: new payments
-    # (none). Neither the entries nor the funnels are asked about.
-    assert (len(ours), len(modx_queries)) == (3, 1)
+    # Ours: expired watches deleted, due watches (none), the recheck list (empty), the
+    # watermark. MODX: new payments (none). Neither the entries nor the funnels are asked
+    # about.
+    assert (len(ours), len(modx_queries)) == (4, 1)
     assert not any("funnel_entries" in q["sql"] for q in ours)
     assert _tables_read_whole("default", ours) == set()
     assert _tables_read_whole("modx", modx_queries) == set()

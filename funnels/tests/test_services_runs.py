@@ -10,11 +10,18 @@ from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
 from funnels.locks import RunLock
-from funnels.models import FunnelEntry, RuntimeSettings, SyncRun, SyncRunItem, SyncState
+from funnels.models import (
+    FunnelEntry,
+    RecheckRow,
+    RuntimeSettings,
+    SyncRun,
+    SyncRunItem,
+    SyncState,
+)
 from funnels.selectors.candidates import WATERMARK_KEY
 from funnels.selectors.funnels import watermark_state_get
 from funnels.services import watermarks
-from funnels.services.entries import watermark_advance
+from funnels.services.watermarks import watermark_advance
 from funnels.services.runs import RunBusy, RunConfigError, run_funnels
 from funnels.tests.factories import (
     CertPaymentFactory,
@@ -64,8 +71,11 @@ def test_live_run_fills_both_funnels_and_records_itself(
     assert fake_brevo.list_members(OTHER_LIST) == {"boris@example.com"}
     assert set(FunnelEntry.objects.values_list("sync_status", flat=True)) == {"synced"}
     run.refresh_from_db()
-    assert (run.results_read, run.entries_added, run.skipped) == (3, 2, 1)
-    assert run.skipped_by_reason == {"invalid_email": 1}
+    # The invalid address may yet be corrected in MODX: it waits, it is not skipped.
+    assert (run.results_read, run.entries_added, run.skipped) == (3, 2, 0)
+    assert run.skipped_by_reason == {}
+    assert run.waiting_by_reason == {"invalid_email": 1}
+    assert RecheckRow.objects.get().modx_id == last.id
     assert (run.contacts_sent, run.contacts_failed) == (2, 0)
     assert run.brevo_requests == fake_brevo.request_count == 2
     assert run.ratelimit_limit is not None and run.ratelimit_remaining is not None
@@ -116,7 +126,8 @@ def test_dry_run_writes_nothing_but_its_run_and_repeats_the_same_plan(
             )
         ))
     assert plans[0] == plans[1]
-    assert sorted(p[0] for p in plans[0]) == ["skipped", "would_add", "would_add"]
+    assert sorted(p[0] for p in plans[0]) == ["waiting", "would_add", "would_add"]
+    assert RecheckRow.objects.count() == 0
     assert FunnelEntry.objects.count() == 0
     assert SyncState.objects.count() == 0
     assert fake_brevo.request_count == 0
@@ -439,10 +450,27 @@ def test_a_row_committed_late_is_entered_by_the_next_run_and_only_once(
     assert SyncRunItem.objects.filter(source_id=late_row).count() == 1
 
 
-def test_a_late_row_that_is_skipped_is_skipped_once(late_row, client_factory, now):
+def test_a_late_row_that_cannot_be_decided_waits_and_is_said_once(
+    late_row, client_factory, now
+):
     modx_result("not-an-email", OTHER_TEST, id=late_row)
     run = run_live(client_factory, now=now + 15 * MINUTE)
-    assert run.skipped_by_reason == {"invalid_email": 1}
+    assert run.waiting_by_reason == {"invalid_email": 1}
+    again = run_live(client_factory, now=now + 30 * MINUTE)
+    assert again.waiting_by_reason == {}
+    assert SyncRunItem.objects.filter(source_id=late_row, action="waiting").count() == 1
+    assert RecheckRow.objects.filter(modx_id=late_row).exists()
+    assert not watermark_state_get(key=WATERMARK_KEY).gaps
+
+
+def test_a_late_row_that_is_skipped_is_skipped_once(late_row, client_factory, now):
+    FunnelEntry.objects.create(
+        email="known@example.com", funnel_type="non_language", test_id=OTHER_TEST,
+        entered_at=now - dt.timedelta(days=1),
+    )
+    modx_result("known@example.com", OTHER_TEST, id=late_row)
+    run = run_live(client_factory, now=now + 15 * MINUTE)
+    assert run.skipped_by_reason == {"already_in_funnel": 1}
     run_live(client_factory, now=now + 30 * MINUTE)
     assert SyncRunItem.objects.filter(source_id=late_row, action="skipped").count() == 1
 

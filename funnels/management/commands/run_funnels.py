@@ -66,6 +66,15 @@ def summary_line(run: SyncRun) -> str:
         _("%(n)s payments read, %(f)s purchases found, %(r)s revoked")
         % {"n": run.payments_read, "f": run.purchases_found, "r": run.purchases_revoked},
     ]
+    waiting = sum((run.waiting_by_reason or {}).values())
+    if waiting:
+        parts.append(_("%(n)s rows put on the recheck list") % {"n": waiting})
+    if run.contacts_held:
+        parts.append(
+            (_("%(n)s new contacts would be held back (flood guard)") if run.dry_run
+             else _("%(n)s new contacts held back (flood guard)"))
+            % {"n": run.contacts_held}
+        )
     if not run.dry_run:
         parts.append(
             _("%(s)s contacts sent, %(f)s failed, %(r)s Brevo requests")
@@ -128,12 +137,18 @@ class Command(BaseCommand):
                               "the reason"),
         )
         parser.add_argument(
+            "--release-held", action="store_true",
+            help=gettext_lazy("first let the new contacts held back by the flood guard go to "
+                              "Brevo (live runs), then run as usual"),
+        )
+        parser.add_argument(
             "--trigger", choices=[SyncRun.Trigger.CRON, SyncRun.Trigger.MANUAL],
             default=SyncRun.Trigger.MANUAL,
             help=gettext_lazy("who started the run (recorded on it)"),
         )
 
-    def handle(self, *args, dry_run, live, since, as_of, chunk_size, plan, trigger, **options):
+    def handle(self, *args, dry_run, live, since, as_of, chunk_size, plan, trigger,
+               release_held, **options):
         if chunk_size is not None and chunk_size < 1:
             raise CommandError(_("--chunk-size must be at least 1"))
         forced = True if dry_run else (False if live else None)
@@ -144,6 +159,7 @@ class Command(BaseCommand):
                 trigger=trigger,
                 since=since,
                 chunk_size=chunk_size or settings.FUNNELS_CHUNK_SIZE,
+                release_held=release_held,
             )
         except RunBusy as exc:
             self.stderr.write(str(exc))

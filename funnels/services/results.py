@@ -1,0 +1,150 @@
+"""The test-results phase of a run: MODX results -> funnel entries, through the one reader.
+
+How to read (selectors/candidates.py), when a result cannot be decided yet, and how a
+chunk of decided results is applied (services/entries.py's planner and writer, the flood
+guard); services/modx_reader.py does the rest (watermark, gaps, recheck list, chunks).
+
+A result cannot be decided yet, and waits on the recheck list, when it has no email or an
+invalid one, no test id, no completion time (MODX has not finished it: not a completed
+test), or a completion time further in the future than FUNNELS_CLOCK_SKEW_MINUTES (a clock
+or time-zone error, or a typo; time or a correction makes it decidable). Everything else
+is decided by the funnel rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from funnels.emails import email_check, email_normalize
+from funnels.models import Funnel, SyncRun, SyncRunItem, SyncStatus
+from funnels.selectors.candidates import (
+    WATERMARK_KEY,
+    Candidate,
+    KindResolver,
+    WaitReason,
+    candidates_by_ids,
+    candidates_chunk,
+    candidates_start_id,
+)
+from funnels.selectors.funnels import funnel_list_id
+from funnels.services.entries import EntryPlanner, entries_write
+from funnels.services.flood_guard import FloodGuard, entries_hold_run
+from funnels.services.modx_reader import ReadResult, modx_source_read
+from funnels.services.recheck import Waiting, fingerprint_of
+
+
+def candidate_waiting(
+    candidate: Candidate, *, now: dt.datetime, skew: dt.timedelta
+) -> Waiting | None:
+    """Why this result cannot be decided yet, or None if the funnel rules can decide it."""
+    email = email_normalize(candidate.raw_email)
+    check = email_check(candidate.raw_email)
+    if not check.ok:
+        return Waiting(check.reason, email=email)
+    if candidate.test_id is None:
+        return Waiting(WaitReason.NO_TEST_ID, email=check.email)
+    if candidate.completed_at is None:
+        return Waiting(WaitReason.NO_COMPLETION_TIME, email=check.email)
+    if candidate.completed_at > now + skew:
+        return Waiting(WaitReason.COMPLETED_IN_FUTURE, email=check.email, clock=True)
+    return None
+
+
+@dataclass
+class ResultsOutcome:
+    read: ReadResult
+    added: int = 0
+    skipped_by_reason: Counter = field(default_factory=Counter)
+    contacts_held: int = 0  # the run's new contacts, when the guard tripped
+    guard_limit: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skipped_by_reason.values())
+
+
+class ResultSource:
+    key = WATERMARK_KEY
+    clock_reasons = frozenset({WaitReason.COMPLETED_IN_FUTURE})
+
+    def __init__(
+        self, *, run: SyncRun, planner: EntryPlanner, guard: FloodGuard, dry_run: bool,
+        now: dt.datetime, since: dt.date,
+    ) -> None:
+        self.run = run
+        self.planner = planner
+        self.guard = guard
+        self.dry_run = dry_run
+        self.now = now
+        self.since = since
+        self.skew = dt.timedelta(minutes=settings.FUNNELS_CLOCK_SKEW_MINUTES)
+        self.kinds = KindResolver()
+        self.added = 0
+        self.skipped: Counter = Counter()
+
+    def read_after(self, *, after_id: int, limit: int) -> list[Candidate]:
+        return candidates_chunk(after_id=after_id, limit=limit, kinds=self.kinds)
+
+    def read_by_ids(self, *, ids: Sequence[int]) -> list[Candidate]:
+        return candidates_by_ids(ids=ids, kinds=self.kinds)
+
+    def row_id(self, row: Candidate) -> int:
+        return row.result_id
+
+    def fingerprint(self, row: Candidate) -> str:
+        return fingerprint_of(row.raw_email, row.test_id, row.completed_at)
+
+    def waiting(self, row: Candidate) -> Waiting | None:
+        return candidate_waiting(row, now=self.now, skew=self.skew)
+
+    def first_start_id(self) -> int:
+        return candidates_start_id(since=self.since)
+
+    def apply(self, rows: list[Candidate]) -> None:
+        if not rows:
+            return
+        entries, items, outcome = self.planner.plan_chunk(
+            run=self.run, candidates=rows, dry_run=self.dry_run, now=self.now
+        )
+        added = {SyncRunItem.Action.ADDED, SyncRunItem.Action.WOULD_ADD}
+        trips = self.guard.admit([item.email for item in items if item.action in added])
+        if trips:
+            # From this chunk on, and for what earlier chunks of the run committed.
+            self.planner.hold = True
+            for entry in entries:
+                entry.sync_status = SyncStatus.HELD
+        if not self.dry_run:
+            entries_write(entries=entries, items=items, outcome=outcome, run=self.run)
+            if trips:
+                entries_hold_run(run=self.run)
+        else:
+            SyncRunItem.objects.bulk_create(items, batch_size=1000)
+        self.added += outcome.added
+        self.skipped.update(outcome.skipped_by_reason)
+
+
+def results_sync(
+    *, run: SyncRun, funnels: list[Funnel], dry_run: bool, now: dt.datetime, since: dt.date,
+    chunk_size: int, lock_check=None,
+) -> ResultsOutcome:
+    """Read new, late and waiting test results and enter the decidable ones."""
+    planner = EntryPlanner(
+        funnels=funnels, list_ids={f.slug: funnel_list_id(funnel=f) for f in funnels}
+    )
+    guard = FloodGuard(limit=settings.FUNNELS_MAX_NEW_CONTACTS_PER_RUN)
+    source = ResultSource(
+        run=run, planner=planner, guard=guard, dry_run=dry_run, now=now, since=since
+    )
+    read = modx_source_read(
+        source=source, run=run, dry_run=dry_run, now=now, chunk_size=chunk_size,
+        lock_check=lock_check,
+    )
+    return ResultsOutcome(
+        read=read, added=source.added, skipped_by_reason=source.skipped,
+        contacts_held=guard.held, guard_limit=guard.limit,
+    )
