@@ -60,7 +60,6 @@ RECHECK_READ_SIZE = 10_000
 # Reasons a row leaves a recheck list without being decided (SyncRun.skipped_by_reason).
 DROPPED_EXPIRED = "recheck_expired"
 DROPPED_LIST_FULL = "recheck_list_full"
-DROPPED_GONE = "recheck_row_gone"
 
 
 class ModxSource(Protocol):
@@ -265,7 +264,12 @@ class ModxReader:
         result.waiting_by_reason.update(w.reason for w in changes.newly_waiting)
         result.dropped_by_reason[DROPPED_EXPIRED] += len(changes.expired)
         result.dropped_by_reason[DROPPED_LIST_FULL] += len(changes.overflow)
-        result.dropped_by_reason[DROPPED_GONE] += len(changes.vanished)
+        if changes.vanished:
+            # Deleted in MODX: nobody to decide about, and nothing for the run to report.
+            logger.info(
+                "run #%s: %s: %s waiting rows no longer in MODX, taken off the list",
+                self.run.pk, self.source.key, len(changes.vanished),
+            )
         if changes.overflow:
             logger.warning(
                 "run #%s: %s recheck list full (%s rows): the %s rows waiting longest %s",

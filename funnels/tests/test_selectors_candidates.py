@@ -4,6 +4,7 @@ import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
+from funnels.modx.models import TestResult
 from funnels.selectors.candidates import (
     KIND_LANGUAGE,
     KIND_NON_LANGUAGE,
@@ -22,6 +23,7 @@ from funnels.tests.sync_support import (
     catalogue,  # noqa: F401 - fixture
     modx_result,
 )
+from testizer_funnels.routers import modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 
@@ -168,3 +170,59 @@ def test_results_by_id_are_those_that_exist_now_in_one_query(catalogue):
     with CaptureQueriesContext(connections["modx"]) as queries:
         assert candidates_by_ids(ids=[], kinds=KindResolver()) == []
     assert len(queries) == 0
+
+
+# --- the first run's start cannot be moved by outlier dates --------------------------------
+
+
+def _history(days=60, per_day=4):
+    """Results in id order, one every 6 hours over `days` days up to 2026-11-28."""
+    end = dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc)
+    rows = []
+    for n in range(days * per_day, 0, -1):
+        rows.append(modx_result(f"h{n}@example.com",
+                                completed_at=end - dt.timedelta(hours=6 * n)))
+    return rows
+
+
+def _first_on_or_after(rows, day):
+    start = dt.datetime.combine(day, dt.time.min, tzinfo=dt.timezone.utc)
+    return next(r for r in rows if r.completed_at >= start)
+
+
+@pytest.mark.parametrize("where", ["before", "inside", "after"])
+def test_outlier_dates_do_not_move_the_first_runs_start(catalogue, settings, where):
+    settings.TIME_ZONE = "UTC"
+    since = dt.date(2026, 10, 29)
+    rows = _history()
+    expected = _first_on_or_after(rows, since).id - 1
+    with modx_writes_allowed():
+        if where == "before":
+            # A recent id dated long ago (an import, a wrong year): it is read, and the
+            # planner finds it too old; the start does not move.
+            modx_result("old@example.com", completed_at=dt.datetime(2019, 1, 1, tzinfo=dt.UTC))
+        else:
+            # An old id dated inside the look-back, or years ahead: taken as the start by
+            # the old "lowest id at or after since", it would send two months of history.
+            moment = (dt.datetime(2026, 11, 20, tzinfo=dt.UTC) if where == "inside"
+                      else dt.datetime(2031, 5, 5, tzinfo=dt.UTC))
+            TestResult.objects.using("modx").filter(pk=rows[10].pk).update(completed_at=moment)
+    assert candidates_start_id(since=since) == expected
+
+
+def test_a_cluster_of_outliers_does_not_move_the_start_either(catalogue, settings):
+    settings.TIME_ZONE = "UTC"
+    rows = _history()
+    with modx_writes_allowed():
+        for row in rows[20:24]:
+            TestResult.objects.using("modx").filter(pk=row.pk).update(
+                completed_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+            )
+    since = dt.date(2026, 10, 29)
+    assert candidates_start_id(since=since) == _first_on_or_after(rows, since).id - 1
+
+
+def test_undated_newest_rows_are_read_by_the_first_run(catalogue):
+    old = modx_result("old@example.com", completed_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    modx_result("running@example.com", completed_at=None)
+    assert candidates_start_id(since=dt.date(2026, 11, 20)) == old.id

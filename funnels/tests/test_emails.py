@@ -1,0 +1,37 @@
+"""funnels.emails: what an email is, and how an internationalised domain is stored."""
+
+import pytest
+
+from funnels.emails import domain_to_ascii, email_check
+
+
+@pytest.mark.parametrize(
+    "raw, stored",
+    [
+        # IDNA 2008 keeps ß and ς as letters of their own; IDNA 2003 mapped them to ss and
+        # σ, which is somebody else's domain.
+        ("user@straße.de", "user@xn--strae-oqa.de"),
+        ("user@STRASSE.de", "user@strasse.de"),
+        ("a@faß.de", "a@xn--fa-hia.de"),  # the example of UTS 46 itself
+        (" Ivan@ПРИМЕР.рф ", "ivan@xn--e1afmkfd.xn--p1ai"),
+        ("ivan@xn--e1afmkfd.xn--p1ai", "ivan@xn--e1afmkfd.xn--p1ai"),
+        ("x@bücher.example", "x@xn--bcher-kva.example"),
+    ],
+)
+def test_internationalised_domains_are_stored_by_idna_2008(raw, stored):
+    check = email_check(raw)
+    assert check.ok, check
+    assert check.email == stored
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["a@example..com", "a@-bad.com", "a@bad-.com", "a@пример..рф", "a@\u200d.com", "a@x.123"],
+)
+def test_domains_that_no_idna_form_exists_for_are_invalid(raw):
+    assert email_check(raw).reason == "invalid_email"
+
+
+def test_an_ascii_domain_is_taken_as_it_is():
+    assert domain_to_ascii("example.com") == "example.com"
+    assert domain_to_ascii("пример..рф") is None

@@ -1,0 +1,305 @@
+"""Rows that change after the first read: results and payments that could not be decided
+wait on a recheck list and are decided like new rows once MODX completes or corrects them;
+rows that never become decidable are dropped after the period, with the reason."""
+
+import datetime as dt
+
+import pytest
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+
+from funnels.models import FunnelEntry, RecheckRow, SyncRun, SyncRunItem
+from funnels.modx import models as modx
+from funnels.services.recheck import RecheckList, Waiter, Waiting
+from funnels.tests.factories import (
+    CertPaymentFactory,
+    CertResultFactory,
+    CertTestFactory,
+    CertUserFactory,
+)
+from funnels.tests.sync_support import (
+    LANG_TEST,
+    LANGUAGE_LIST,
+    OTHER_LIST,
+    OTHER_TEST,
+    client_factory,  # noqa: F401 - fixture
+    configured,  # noqa: F401 - fixture
+    fake_brevo,  # noqa: F401 - fixture
+    live_settings,  # noqa: F401 - fixture
+    modx_result,
+    run_live,
+    sleeps,  # noqa: F401 - fixture
+)
+from testizer_funnels.routers import modx_writes_allowed
+
+pytestmark = pytest.mark.django_db(databases=["default", "modx"])
+
+MINUTE = dt.timedelta(minutes=1)
+DAY = dt.timedelta(days=1)
+
+
+def modx_set(row, **fields):
+    """MODX completes or corrects a row after we first read it."""
+    with modx_writes_allowed():
+        type(row).objects.using("modx").filter(pk=row.pk).update(**fields)
+
+
+def waiting(source="test_results"):
+    return dict(RecheckRow.objects.filter(source=source).values_list("modx_id", "reason"))
+
+
+@pytest.fixture
+def world(configured, live_settings, client_factory, fake_brevo, now):
+    """A first run has read one good result; later rows are new to the watermark."""
+    modx_result("first@example.com", LANG_TEST, completed_at=now - DAY)
+    run = run_live(client_factory, now=now)
+    assert run.entries_added == 1
+    return run
+
+
+def later_run(client_factory, now, minutes, **kwargs):
+    run = run_live(client_factory, now=now + minutes * MINUTE, **kwargs)
+    assert run.status in (SyncRun.Status.SUCCESS, SyncRun.Status.HELD), run.error
+    return run
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "before, after, reason",
+    [
+        ({"email": None}, {"email": "filled@example.com"}, "empty_email"),
+        ({"email": "typo@example"}, {"email": "typo@example.com"}, "invalid_email"),
+        ({"completed_at": None}, {}, "no_completion_time"),
+        ({"test_id": None}, {"test_id": OTHER_TEST}, "no_test_id"),
+    ],
+    ids=["email filled in", "email corrected", "completion time set", "test id set"],
+)
+def test_a_result_completed_or_corrected_later_is_entered_with_its_own_time(
+    world, client_factory, fake_brevo, now, before, after, reason
+):
+    done = now - 2 * MINUTE
+    fields = {"email": "person@example.com", "test_id": OTHER_TEST, "completed_at": done}
+    row = modx_result(**{**fields, **before})
+    run = later_run(client_factory, now, 15)
+    assert run.waiting_by_reason == {reason: 1}
+    assert waiting() == {row.id: reason}
+    assert not FunnelEntry.objects.filter(user_id=row.id).exists()
+
+    # Unchanged: the next run re-reads it and writes nothing.
+    idle = later_run(client_factory, now, 30)
+    assert (idle.results_read, idle.entries_added, idle.waiting_by_reason) == (0, 0, {})
+
+    modx_set(row, **{**fields, **after})
+    fixed = later_run(client_factory, now, 45)
+    assert (fixed.results_read, fixed.entries_added) == (1, 1)
+    entry = FunnelEntry.objects.get(user_id=row.id)
+    assert entry.entered_at == done  # its own completion time, not the run's
+    assert entry.funnel_type == "non_language"
+    assert waiting() == {}
+    assert entry.email in fake_brevo.list_members(OTHER_LIST)
+    # Said once each: when it started waiting and when it was added.
+    actions = list(SyncRunItem.objects.filter(source_id=row.id).values_list("action", flat=True))
+    assert sorted(actions) == ["added", "waiting"]
+
+
+def test_a_reason_that_changes_is_said_again_and_the_period_does_not_restart(
+    world, client_factory, now
+):
+    row = modx_result(None, OTHER_TEST, completed_at=None)
+    later_run(client_factory, now, 15)
+    first_seen = RecheckRow.objects.get().first_seen_at
+    modx_set(row, email="half@example.com")
+    run = later_run(client_factory, now, 30)
+    assert run.waiting_by_reason == {"no_completion_time": 1}
+    stored = RecheckRow.objects.get()
+    assert (stored.reason, stored.email, stored.first_seen_at) == (
+        "no_completion_time", "half@example.com", first_seen
+    )
+
+
+def test_a_future_date_waits_until_its_time_comes(world, client_factory, fake_brevo, now):
+    soon = now + 3 * 60 * MINUTE
+    row = modx_result("early@example.com", OTHER_TEST, completed_at=soon)
+    run = later_run(client_factory, now, 15)
+    assert run.waiting_by_reason == {"completed_in_future": 1}
+    assert later_run(client_factory, now, 60).entries_added == 0
+    # Nothing in MODX changed: the clock alone makes it decidable.
+    arrived = later_run(client_factory, now, 3 * 60 + 15)
+    assert arrived.entries_added == 1
+    assert FunnelEntry.objects.get(user_id=row.id).entered_at == soon
+    assert waiting() == {}
+
+
+def test_a_future_date_corrected_in_modx_is_entered(world, client_factory, now):
+    row = modx_result("typo@example.com", LANG_TEST, completed_at=now + 365 * DAY)
+    later_run(client_factory, now, 15)
+    modx_set(row, completed_at=now - MINUTE)
+    assert later_run(client_factory, now, 30).entries_added == 1
+
+
+def test_a_result_that_never_becomes_valid_is_dropped_after_the_period_with_its_reason(
+    world, client_factory, fake_brevo, now, settings
+):
+    settings.FUNNELS_RECHECK_DAYS = 30
+    row = modx_result("never@example.com", OTHER_TEST, completed_at=now + 400 * DAY)
+    later_run(client_factory, now, 15)
+    assert RecheckRow.objects.get().recheck_until == now + 15 * MINUTE + 30 * DAY
+    still = later_run(client_factory, now, 30 * 24 * 60)  # 14 minutes short of the end
+    assert waiting() == {row.id: "completed_in_future"}
+    assert still.skipped_by_reason == {}
+    dropped = later_run(client_factory, now, 30 * 24 * 60 + 15)
+    assert waiting() == {}
+    assert dropped.skipped_by_reason == {"recheck_expired": 1}
+    item = SyncRunItem.objects.get(run=dropped, source_id=row.id)
+    assert (item.action, item.reason) == ("skipped", "recheck_expired")
+    assert "completed_in_future" in item.detail
+    # Dropped means dropped: a later correction is not looked at any more.
+    modx_set(row, completed_at=now)
+    assert later_run(client_factory, now, 30 * 24 * 60 + 30).entries_added == 0
+    assert not FunnelEntry.objects.filter(user_id=row.id).exists()
+
+
+def test_a_waiting_row_deleted_in_modx_leaves_the_list(world, client_factory, now):
+    row = modx_result("", OTHER_TEST)
+    later_run(client_factory, now, 15)
+    with modx_writes_allowed():
+        modx.TestResult.objects.using("modx").filter(pk=row.pk).delete()
+    run = later_run(client_factory, now, 30)
+    assert waiting() == {}
+    assert run.skipped_by_reason == {}  # nothing to say about a row that is gone
+
+
+def test_the_list_is_bounded_oldest_first(world, client_factory, now, settings):
+    settings.FUNNELS_RECHECK_MAX_ROWS = 3
+    old = [modx_result(f"old{n}@", OTHER_TEST) for n in range(2)]
+    later_run(client_factory, now, 15)
+    new = [modx_result(f"new{n}@", OTHER_TEST) for n in range(2)]
+    run = later_run(client_factory, now, 30)
+    assert set(waiting()) == {old[1].id, *(r.id for r in new)}
+    assert run.skipped_by_reason == {"recheck_list_full": 1}
+
+
+def test_a_dry_run_reads_the_list_and_writes_none_of_it(world, client_factory, now):
+    row = modx_result(None, OTHER_TEST)
+    later_run(client_factory, now, 15)
+    modx_set(row, email="fixed@example.com")
+    dry = later_run(client_factory, now, 30, dry_run=True)
+    assert dry.entries_added == 1  # "would add"
+    assert waiting() == {row.id: "empty_email"}
+    assert not FunnelEntry.objects.filter(user_id=row.id).exists()
+    assert later_run(client_factory, now, 45).entries_added == 1
+
+
+def test_an_idle_run_with_rows_waiting_costs_the_same_queries_as_with_few(
+    world, client_factory, now
+):
+    def idle_queries():
+        with CaptureQueriesContext(connections["default"]) as ours, \
+                CaptureQueriesContext(connections["modx"]) as theirs:
+            run = later_run(client_factory, now, 60)
+        assert (run.results_read, run.entries_added) == (0, 0)
+        return len(ours), len(theirs)
+
+    modx_result(None, OTHER_TEST)
+    later_run(client_factory, now, 15)
+    few = idle_queries()
+    for n in range(300):
+        modx_result(f"bad{n}@", OTHER_TEST)
+    later_run(client_factory, now, 30)
+    assert RecheckRow.objects.count() == 301
+    assert idle_queries() == few
+
+
+# --- payments ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def buyer(world, now):
+    """first@example.com entered the language funnel a day ago."""
+    return FunnelEntry.objects.get(email="first@example.com")
+
+
+def _payment(*, email="first@example.com", cert_type=modx.CERT_TYPE_LANGUAGE, at):
+    return CertPaymentFactory(
+        result=CertResultFactory(user=CertUserFactory(email=email),
+                                 test=CertTestFactory(type=cert_type)),
+        status_id=modx.PAYMENT_STATUS_PAID, paid_at=at,
+    )
+
+
+def test_a_payment_whose_buyer_email_is_fixed_is_matched(buyer, client_factory, now):
+    payment = _payment(email="first@example", at=now - MINUTE)
+    run = later_run(client_factory, now, 15)
+    assert run.waiting_by_reason == {"payment:invalid_email": 1}
+    with modx_writes_allowed():
+        modx.CertUser.objects.using("modx").filter(pk=payment.result.user_id).update(
+            email=" First@Example.com "
+        )
+    fixed = later_run(client_factory, now, 30)
+    assert fixed.purchases_found == 1
+    buyer.refresh_from_db()
+    assert (buyer.certificate_purchased, buyer.payment_id) == (True, payment.id)
+    assert waiting("payments") == {}
+
+
+def test_a_payment_whose_result_row_appears_later_is_matched(buyer, client_factory, now):
+    user = CertUserFactory(email="first@example.com")
+    test = CertTestFactory(type=modx.CERT_TYPE_LANGUAGE)
+    payment = CertPaymentFactory(result=modx.CertResult(id=7_000_001), paid_at=now - MINUTE)
+    run = later_run(client_factory, now, 15)
+    assert run.waiting_by_reason == {"payment:payment_result_missing": 1}
+    CertResultFactory(id=7_000_001, user=user, test=test)
+    assert later_run(client_factory, now, 30).purchases_found == 1
+    buyer.refresh_from_db()
+    assert buyer.payment_id == payment.id
+
+
+def test_a_payment_whose_type_becomes_known_is_matched(buyer, client_factory, now):
+    payment = _payment(cert_type=9, at=now - MINUTE)
+    run = later_run(client_factory, now, 15)
+    assert run.waiting_by_reason == {"payment:unknown_certificate_type": 1}
+    with modx_writes_allowed():
+        modx.CertTest.objects.using("modx").filter(pk=payment.result.test_id).update(
+            type=modx.CERT_TYPE_LANGUAGE
+        )
+    assert later_run(client_factory, now, 30).purchases_found == 1
+    assert waiting("payments") == {}
+
+
+def test_an_old_broken_payment_is_history_not_a_waiting_row(buyer, client_factory, now):
+    _payment(email="first@example", at=now - 400 * DAY)
+    run = later_run(client_factory, now, 15)
+    assert run.waiting_by_reason == {}
+    assert run.skipped_by_reason == {"payment:invalid_email": 1}
+
+
+# --- the list's own rules (no database) --------------------------------------------------
+
+
+def _waiter(modx_id, *, reason="empty_email", seen, days=30):
+    return Waiter(modx_id=modx_id, reason=reason, email="", fingerprint="f",
+                  first_seen_at=seen, recheck_until=seen + days * DAY)
+
+
+def test_an_unchanged_row_is_decided_again_only_for_a_clock_reason(now):
+    rows = {1: _waiter(1, seen=now), 2: _waiter(2, reason="completed_in_future", seen=now)}
+    listed = RecheckList(source="s", rows=rows, period=30 * DAY, limit=10,
+                         clock_reasons=frozenset({"completed_in_future"}))
+    assert not listed.needs_decision(modx_id=1, fingerprint="f")
+    assert listed.needs_decision(modx_id=1, fingerprint="g")
+    assert listed.needs_decision(modx_id=2, fingerprint="f")
+    assert listed.needs_decision(modx_id=3, fingerprint="f")  # not on the list
+
+
+def test_plan_keeps_the_first_seen_time_and_says_only_new_reasons(now):
+    listed = RecheckList(source="s", rows={1: _waiter(1, seen=now - DAY)}, period=30 * DAY,
+                         limit=10)
+    changes = listed.plan(
+        decided=[], now=now,
+        waiting={1: (Waiting("empty_email", email="x"), "g"), 2: (Waiting("no_test_id"), "h")},
+    )
+    assert changes.upsert[1].first_seen_at == now - DAY
+    assert changes.upsert[2].first_seen_at == now
+    assert [w.modx_id for w in changes.newly_waiting] == [2]
