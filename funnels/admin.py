@@ -317,7 +317,8 @@ class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         (None, {"fields": ["status", "mode", "trigger", "started_at", "finished_at",
                            "duration_display", "error_full"]}),
         (_("Counts"), {"fields": ["results_read", "entries_added", "skipped",
-                                  "skipped_reasons", "contacts_sent", "contacts_failed",
+                                  "skipped_reasons", "waiting_reasons", "contacts_held",
+                                  "contacts_sent", "contacts_failed",
                                   "payments_read", "purchases_found", "purchases_revoked"]}),
         (_("Brevo"), {"classes": ["collapse"],
                       "fields": ["brevo_requests", "ratelimit_remaining", "ratelimit_limit"]}),
@@ -345,6 +346,15 @@ class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description=_("skipped by reason"))
     def skipped_reasons(self, obj: SyncRun):
         reasons = obj.skipped_by_reason or {}
+        if not reasons:
+            return "—"
+        return format_html_join(
+            ", ", "{}: {}", sorted(reasons.items(), key=lambda item: (-int(item[1]), item[0]))
+        )
+
+    @admin.display(description=_("put on the recheck list, by reason"))
+    def waiting_reasons(self, obj: SyncRun):
+        reasons = obj.waiting_by_reason or {}
         if not reasons:
             return "—"
         return format_html_join(

@@ -8,13 +8,17 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseBadRequest
 from django.shortcuts import redirect
+from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from funnels.selectors.dashboard import live_mode_blockers_get
+from funnels.services.flood_guard import held_entries_release
 from funnels.services.runtime import dry_run_set
 
 DRY_RUN_PERMISSION = "funnels.change_dry_run"
+RELEASE_HELD_PERMISSION = "funnels.release_held"
 
 
 class DryRunForm(forms.Form):
@@ -50,4 +54,33 @@ def dry_run_toggle(request):
         messages.warning(
             request, _("Live: the next run will add contacts to Brevo and record entries.")
         )
+    return redirect("admin:index")
+
+
+class ReleaseHeldForm(forms.Form):
+    # Sending thousands of emails is a deliberate act: a tick on the page and here.
+    confirm = forms.BooleanField(required=True)
+
+
+@require_POST
+def held_release(request):
+    if not request.user.has_perm(RELEASE_HELD_PERMISSION):
+        raise PermissionDenied
+    if not ReleaseHeldForm(request.POST).is_valid():
+        messages.error(request, _("Nothing released: tick the confirmation first."))
+        return redirect("admin:index")
+    released = held_entries_release(
+        now=timezone.now(), user=request.user, source="admin dashboard"
+    )
+    if released:
+        messages.warning(
+            request,
+            ngettext(
+                "Released %(n)s entry: the next run sends it to Brevo.",
+                "Released %(n)s entries: the next run sends them to Brevo.",
+                released,
+            ) % {"n": released},
+        )
+    else:
+        messages.info(request, _("Nothing was held any more."))
     return redirect("admin:index")

@@ -26,6 +26,8 @@ from funnels.selectors.dashboard import (
     funnels_without_list_get,
     live_mode_blockers_get,
 )
+from funnels.selectors.held import held_summary_get
+from funnels.selectors.recheck import recheck_counts_get
 from funnels.services.runtime import dry_run_changes
 
 DRY_RUN_CHANGES_SHOWN = 5
@@ -60,6 +62,8 @@ class FunnelsAdminSite(admin.AdminSite):
     def get_urls(self):
         return [
             path("dry-run/", self.admin_view(views.dry_run_toggle), name="funnels_dry_run"),
+            path("release-held/", self.admin_view(views.held_release),
+                 name="funnels_release_held"),
             *super().get_urls(),
         ]
 
@@ -76,6 +80,11 @@ class FunnelsAdminSite(admin.AdminSite):
             "can_change_dry_run": request.user.has_perm(views.DRY_RUN_PERMISSION),
             "live_mode_blockers": live_mode_blockers_get(),
             "funnels_without_list": funnels_without_list_get(),
+            "held": held_summary_get(),
+            "held_limit": settings.FUNNELS_MAX_NEW_CONTACTS_PER_RUN,
+            "can_release_held": request.user.has_perm(views.RELEASE_HELD_PERMISSION),
+            "waiting": recheck_counts_get(),
+            "recheck_days": settings.FUNNELS_RECHECK_DAYS,
             **(extra_context or {}),
         }
         return super().index(request, extra_context=context)

@@ -8,7 +8,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from funnels.emails import email_check
-from funnels.models import Funnel, FunnelEntry, SyncRunItem, SyncStatus
+from funnels.models import Funnel, FunnelEntry, RecheckRow, SyncRunItem, SyncStatus
 from funnels.selectors.candidates import (
     WATERMARK_KEY,
     Candidate,
@@ -36,6 +36,35 @@ class Explanation:
     invalid_reason: str | None
     results: list[Candidate]
     verdicts: list[FunnelVerdict]
+    # MODX rows of this person that wait on a recheck list (results and payments).
+    waiting: list[RecheckRow] = field(default_factory=list)
+
+    def waiting_lines(self) -> list[str]:
+        return [waiting_line(row) for row in self.waiting]
+
+
+def waiting_line(row: RecheckRow) -> str:
+    what = (_("result #%(id)s") if row.source == WATERMARK_KEY else _("payment #%(id)s")) % {
+        "id": row.modx_id
+    }
+    return _("%(what)s waits for a recheck since %(since)s: %(reason)s; read again by "
+             "every run until %(until)s") % {
+        "what": what, "since": _when(row.first_seen_at), "reason": row.reason,
+        "until": _when(row.recheck_until),
+    }
+
+
+def recheck_rows_for(*, email: str, result_ids: list[int]) -> list[RecheckRow]:
+    """A person's waiting rows: by the email MODX has now, or by their results' ids (a
+    result found by a looser spelling). Two indexed look-ups."""
+    rows = {
+        (row.source, row.modx_id): row
+        for row in RecheckRow.objects.filter(email=email).order_by("source", "modx_id")
+    }
+    if result_ids:
+        for row in RecheckRow.objects.filter(source=WATERMARK_KEY, modx_id__in=result_ids):
+            rows[(row.source, row.modx_id)] = row
+    return [rows[key] for key in sorted(rows)]
 
 
 def _when(moment) -> str:
@@ -88,6 +117,8 @@ def funnel_explain(*, raw_email: str) -> Explanation:
             ).order_by("id")
         ):
             items[(item.source_id, item.funnel_type)] = item
+    waiting = recheck_rows_for(email=email, result_ids=result_ids)
+    waiting_results = {row.modx_id: row for row in waiting if row.source == WATERMARK_KEY}
     verdicts = []
     for funnel in funnels:
         if funnel.slug in entries:
@@ -96,16 +127,23 @@ def funnel_explain(*, raw_email: str) -> Explanation:
             )
             continue
         verdicts.append(
-            FunnelVerdict(funnel, False, [_why_not(funnel, results, watermark, items)])
+            FunnelVerdict(
+                funnel, False, [_why_not(funnel, results, watermark, items, waiting_results)]
+            )
         )
-    return Explanation(email, None, results, verdicts)
+    return Explanation(email, None, results, verdicts, waiting)
 
 
 def _why_not(
-    funnel: Funnel, results: list[Candidate], watermark: WatermarkState | None, items
+    funnel: Funnel, results: list[Candidate], watermark: WatermarkState | None, items,
+    waiting: dict[int, RecheckRow],
 ) -> str:
     if not results:
         return _("not in it: no test result in MODX for this email")
+    waits = [waiting[r.result_id] for r in results if r.result_id in waiting]
+    if waits and not any(r.result_id not in waiting for r in results):
+        # Nothing else to go by: every result of the person waits (no time, no test...).
+        return _("not in it yet: ") + "; ".join(waiting_line(row) for row in waits)
     qualifying = [
         r for r in results if funnel_accepts(funnel=funnel, kind=r.kind, test_id=r.test_id)
     ]
@@ -142,6 +180,10 @@ def _why_not(
             )
     if reasons:
         return _("not in it: ") + "; ".join(reasons)
+    if any(r.result_id in waiting for r in qualifying):
+        return _("not in it yet: ") + "; ".join(
+            waiting_line(waiting[r.result_id]) for r in qualifying if r.result_id in waiting
+        )
     if unread:
         return _("not in it yet: not yet read (results %(ids)s are beyond the watermark "
                  "#%(w)s); the next run will read them") % {

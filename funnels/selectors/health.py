@@ -9,12 +9,13 @@ from django.conf import settings
 from django.utils.translation import gettext as _
 
 from funnels.models import SyncRun
+from funnels.selectors.held import held_summary_get
 
 OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
 EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2}
 RECENT_RUNS = 4
 
-_COMPLETED = (SyncRun.Status.SUCCESS, SyncRun.Status.PARTIAL)
+_COMPLETED = (SyncRun.Status.SUCCESS, SyncRun.Status.PARTIAL, SyncRun.Status.HELD)
 _BROKEN = (SyncRun.Status.FAILED, SyncRun.Status.CRASHED)
 
 
@@ -37,9 +38,18 @@ def _minutes(delta: timedelta) -> int:
 
 
 def run_health(*, now: datetime, schedule_minutes: int | None = None) -> Health:
-    """CRITICAL when no run completed within twice the schedule; WARNING when one of the
-    last RECENT_RUNS runs failed or crashed, the latest one had Brevo failures, or a run
-    has shown no heartbeat for twice the schedule; OK otherwise."""
+    """CRITICAL while the flood guard holds contacts back (a person must decide) or when no
+    run completed within twice the schedule; WARNING when one of the last RECENT_RUNS runs
+    failed or crashed, the latest one had Brevo failures, or a run has shown no heartbeat
+    for twice the schedule; OK otherwise."""
+    held = held_summary_get()
+    if held.entries:
+        return Health(
+            CRITICAL,
+            _("%(n)s new contacts held back from Brevo by the flood guard (run #%(run)s): "
+              "check them, then release them in the admin or with run_funnels --release-held")
+            % {"n": held.contacts, "run": held.runs[0].pk if held.runs else "?"},
+        )
     schedule = schedule_minutes or settings.FUNNELS_SCHEDULE_MINUTES
     limit = timedelta(minutes=2 * schedule)
     last_good = (

@@ -14,7 +14,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from funnels.models import SyncRun, SyncStatus
+from funnels.models import FunnelEntry, RecheckRow, SyncRun, SyncStatus
 from funnels.services.runtime import runtime_settings_get
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory, TestResultFactory
 
@@ -308,3 +308,89 @@ def test_banners_are_not_shown_on_the_login_page(client):
     html = client.get(reverse("admin:login")).content.decode()
     assert 'id="funnels-banner-failed"' not in html
     assert 'id="funnels-banner-stale"' not in html
+
+
+# --- The flood guard's held contacts and the recheck lists -----------------------------------
+
+RELEASE_URL = reverse("admin:funnels_release_held")
+
+
+@pytest.fixture
+def held_run(now, settings):
+    settings.FUNNELS_MAX_NEW_CONTACTS_PER_RUN = 2
+    run = SyncRunFactory(status=SyncRun.Status.HELD, contacts_held=3,
+                         started_at=now - dt.timedelta(minutes=2))
+    for n, funnel in enumerate(["language", "language", "non_language"]):
+        FunnelEntryFactory(email=f"held{n}@example.com", funnel_type=funnel,
+                           sync_status=SyncStatus.HELD, run=run)
+    return run
+
+
+def test_held_contacts_show_with_their_run_and_the_limit(admin_client, held_run):
+    html = admin_client.get(INDEX_URL).content.decode()
+    summary = element(html, "funnels-held-summary")
+    assert "3 new contacts (3 entries) are recorded but not sent" in summary
+    assert "limit of 2 per run" in summary
+    assert f"/admin/funnels/syncrun/{held_run.pk}/change/" in html
+    assert 'id="funnels-release-button"' in html
+
+
+def test_release_needs_its_permission(django_user_model, held_run):
+    viewer = staff_client(django_user_model, username="viewer",
+                          perms=["funnels.view_funnelentry"])
+    html = viewer.get(INDEX_URL).content.decode()
+    assert 'id="funnels-release-button"' not in html
+    assert 'id="funnels-release-denied"' in html
+    assert viewer.post(RELEASE_URL, {"confirm": "yes"}).status_code == 403
+    assert FunnelEntry.objects.filter(sync_status=SyncStatus.HELD).count() == 3
+
+
+def test_release_asks_for_the_tick_then_releases_and_is_audited(django_user_model, held_run):
+    operator = staff_client(django_user_model, username="operator",
+                            perms=["funnels.release_held"])
+    operator.post(RELEASE_URL, {})
+    assert FunnelEntry.objects.filter(sync_status=SyncStatus.HELD).count() == 3
+    response = operator.post(RELEASE_URL, {"confirm": "yes"}, follow=True)
+    assert "Released 3 entries: the next run sends them to Brevo." in response.content.decode()
+    assert not FunnelEntry.objects.filter(sync_status=SyncStatus.HELD).exists()
+    assert FunnelEntry.objects.filter(sync_status=SyncStatus.PENDING).count() == 3
+    log = LogEntry.objects.get(user__username="operator")
+    assert log.change_message == "released 3 entries held by the flood guard"
+    # Nothing held any more: the block is gone.
+    assert 'id="funnels-held-module"' not in operator.get(INDEX_URL).content.decode()
+
+
+def test_release_is_a_post(admin_client, held_run):
+    assert admin_client.get(RELEASE_URL).status_code == 405
+
+
+def test_waiting_rows_are_counted_by_source_and_reason(admin_client, now):
+    for n, (source, reason) in enumerate([
+        ("test_results", "no_completion_time"), ("test_results", "no_completion_time"),
+        ("test_results", "invalid_email"), ("payments", "payment_result_missing"),
+    ]):
+        RecheckRow.objects.create(source=source, modx_id=n + 1, reason=reason, fingerprint="f",
+                                  first_seen_at=now, recheck_until=now + dt.timedelta(days=30))
+    html = admin_client.get(INDEX_URL).content.decode()
+    start = html.index('id="funnels-waiting-module"')
+    module = html[start:html.index("</div>", start)]
+    assert "4 MODX rows could not be decided yet" in module
+    assert "<td>Test results</td><td>no_completion_time</td><td class=\"num\">2</td>" in module
+    assert "<td>Payments</td><td>payment_result_missing</td><td class=\"num\">1</td>" in module
+
+
+def test_held_and_waiting_blocks_cost_a_fixed_number_of_queries(
+    admin_client, held_run, now, django_assert_max_num_queries
+):
+    def count():
+        with CaptureQueriesContext(connections["default"]) as queries:
+            assert admin_client.get(INDEX_URL).status_code == 200
+        return len(queries)
+
+    few = count()
+    for n in range(30):
+        FunnelEntryFactory(sync_status=SyncStatus.HELD, run=held_run)
+        RecheckRow.objects.create(source="test_results", modx_id=100 + n, reason="x",
+                                  fingerprint="f", first_seen_at=now,
+                                  recheck_until=now + dt.timedelta(days=1))
+    assert count() == few

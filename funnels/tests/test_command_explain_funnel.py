@@ -129,3 +129,32 @@ def test_before_the_first_runs_starting_point(configured, live_settings, client_
     run_live(client_factory, now=now, since=dt.date(2026, 11, 1))
     lines, _ = _explain("anna@example.com")
     assert lines["language"].startswith(f"not in it: results #{old.id} were before the first run")
+
+
+def test_a_result_waiting_for_a_recheck_says_why_and_until_when(
+    configured, live_settings, client_factory, now, settings
+):
+    settings.TIME_ZONE = "UTC"
+    row = modx_result("Wait@Example.com", OTHER_TEST, completed_at=None)
+    run_live(client_factory, now=now)
+    lines, _ = _explain("wait@example.com")
+    assert lines["non_language"] == (
+        f"not in it yet: result #{row.id} waits for a recheck since 2026-11-28 15:30 UTC: "
+        "no_completion_time; read again by every run until 2026-12-28 15:30 UTC"
+    )
+    assert lines["waiting"].startswith(f"result #{row.id} waits for a recheck")
+
+
+def test_a_payment_waiting_for_a_recheck_is_listed(
+    configured, live_settings, client_factory, now
+):
+    from funnels.tests.factories import CertPaymentFactory
+
+    modx_result("buyer@example.com", LANG_TEST)
+    payment = CertPaymentFactory(result__user__email="buyer@example.com",
+                                 result__test__type=9, paid_at=now)
+    run_live(client_factory, now=now)
+    lines, _ = _explain("buyer@example.com")
+    assert lines["language"].startswith("in it since")
+    assert lines["waiting"].startswith(f"payment #{payment.id} waits for a recheck")
+    assert "unknown_certificate_type" in lines["waiting"]

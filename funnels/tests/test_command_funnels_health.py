@@ -4,8 +4,9 @@ import io
 import pytest
 from django.core.management import call_command
 
+from funnels.models import FunnelEntry
 from funnels.selectors.health import run_health
-from funnels.tests.factories import SyncRunFactory
+from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -96,5 +97,19 @@ def test_dry_runs_keep_the_job_healthy_and_say_so(now):
 def test_health_reads_a_constant_number_of_queries(now, django_assert_max_num_queries):
     for minutes in range(0, 600, 15):
         _run(now, minutes_ago=minutes)
-    with django_assert_max_num_queries(3):
+    # The runs (last completed, recent ones) and whether the flood guard holds anything.
+    with django_assert_max_num_queries(4):
         assert run_health(now=now).level == "OK"
+
+
+def test_critical_while_the_flood_guard_holds_contacts(now):
+    _run(now, minutes_ago=5)
+    held_by = _run(now, minutes_ago=1, status="held", contacts_held=2)
+    for email in ("a@example.com", "b@example.com"):
+        FunnelEntryFactory(email=email, sync_status="held", run=held_by)
+    code, out = _health(now)
+    assert code == 2
+    assert out.startswith(f"CRITICAL: 2 new contacts held back from Brevo by the flood "
+                          f"guard (run #{held_by.pk})")
+    FunnelEntry.objects.update(sync_status="pending")  # released
+    assert _health(now)[0] == 0

@@ -12,7 +12,8 @@ from funnels.selectors.explain import funnel_explain
 _HELP = gettext_lazy(
     "Explain, funnel by funnel, whether EMAIL is in it and since when, or why not "
     "(no test result, invalid email, test of the other kind, funnel inactive, not yet "
-    "read, skipped by a run and why). Scans MODX results by email: a by-hand tool."
+    "read, waiting for a recheck and until when, skipped by a run and why). Scans MODX "
+    "results by email: a by-hand tool."
 )
 
 
@@ -35,3 +36,5 @@ class Command(BaseCommand):
         for verdict in explanation.verdicts:
             for line in verdict.lines:
                 self.stdout.write(f"{verdict.funnel.slug}: {line}")
+        for line in explanation.waiting_lines():
+            self.stdout.write(_("waiting: %(line)s") % {"line": line})
