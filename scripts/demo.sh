@@ -16,6 +16,9 @@ export DATABASE_URL="sqlite:///$ROOT/db.sqlite3"
 export MODX_DATABASE_URL="sqlite:///$ROOT/demo_modx.sqlite3"
 export BREVO_API_KEY="demo-key-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 export BREVO_LANGUAGE_LIST_ID=1 BREVO_NON_LANGUAGE_LIST_ID=2
+# The demo's results span 60 days and its first run looks back that far: let the funnels
+# take results that old (production's default maximum age is the 30-day look-back).
+export FUNNELS_MAX_AGE_DAYS=60
 PORT="${DEMO_BREVO_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
 export BREVO_BASE_URL="http://127.0.0.1:$PORT/v3"
 
