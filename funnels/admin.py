@@ -291,6 +291,15 @@ site.register(FunnelEntry, FunnelEntryAdmin)
 # --- Sync runs -----------------------------------------------------------------------
 
 
+def _reason_counts(reasons: dict | None):
+    """"reason: n, ..." most frequent first, or a dash."""
+    if not reasons:
+        return "—"
+    return format_html_join(
+        ", ", "{}: {}", sorted(reasons.items(), key=lambda item: (-int(item[1]), item[0]))
+    )
+
+
 class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "id",
@@ -345,21 +354,11 @@ class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("skipped by reason"))
     def skipped_reasons(self, obj: SyncRun):
-        reasons = obj.skipped_by_reason or {}
-        if not reasons:
-            return "—"
-        return format_html_join(
-            ", ", "{}: {}", sorted(reasons.items(), key=lambda item: (-int(item[1]), item[0]))
-        )
+        return _reason_counts(obj.skipped_by_reason)
 
     @admin.display(description=_("put on the recheck list, by reason"))
     def waiting_reasons(self, obj: SyncRun):
-        reasons = obj.waiting_by_reason or {}
-        if not reasons:
-            return "—"
-        return format_html_join(
-            ", ", "{}: {}", sorted(reasons.items(), key=lambda item: (-int(item[1]), item[0]))
-        )
+        return _reason_counts(obj.waiting_by_reason)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         context = dict(extra_context or {})
