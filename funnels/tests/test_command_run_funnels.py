@@ -120,6 +120,19 @@ def test_plan_names_payments_as_payments_and_counts_every_purchase_line(ready, f
     assert "2 purchases would be marked (1 new, 1 updated), 0 revoked" in lines[-1]
 
 
+def test_a_copied_live_mode_makes_the_first_run_a_dry_run_and_says_so(ready, fake_brevo):
+    from funnels.models import RuntimeSettings
+
+    RuntimeSettings.objects.update_or_create(id=1, defaults={"dry_run": False})
+    modx_result("anna@example.com", LANG_TEST)
+    code, out, _ = _call("--since", "2026-10-01", "--as-of", AS_OF)
+    assert code == 0
+    assert "this run was a dry run; the next one is live" in out
+    assert "(dry run)" in out.splitlines()[-1] and fake_brevo.request_count == 0
+    code, out, _ = _call("--as-of", AS_OF)
+    assert code == 0 and "(live)" in out and "dry run" not in out
+
+
 def test_trigger_and_naive_as_of_are_recorded(ready, settings):
     settings.TIME_ZONE = "Europe/Moscow"
     code, _, _ = _call("--dry-run", "--trigger", "cron", "--as-of", "2026-11-28T18:30")

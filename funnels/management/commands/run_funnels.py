@@ -18,6 +18,7 @@ from funnels.models import SyncRun, SyncRunItem
 from funnels.selectors.plan import run_items_iter
 from funnels.services.purchases import SkipReason as PaymentSkipReason
 from funnels.services.runs import RunBusy, RunConfigError, run_funnels
+from funnels.services.runtime import live_needs_dry_run_first
 
 # What cron and monitoring see; README "Commands" documents the same table.
 EXIT_OK = 0
@@ -139,6 +140,7 @@ class Command(BaseCommand):
         if chunk_size is not None and chunk_size < 1:
             raise CommandError(_("--chunk-size must be at least 1"))
         forced = True if dry_run else (False if live else None)
+        held_back = forced is None and live_needs_dry_run_first()
         try:
             run = run_funnels(
                 now=as_of or timezone.now(),
@@ -161,6 +163,13 @@ class Command(BaseCommand):
         if plan:
             for item in run_items_iter(run=run):
                 self.stdout.write(_plan_line(item))
+        if held_back and run.dry_run:
+            self.stdout.write(_(
+                "the mode is live, but no dry run had completed on this database and "
+                "nobody switched to live in the admin (APP_DRY_RUN=false copied into "
+                ".env?): this run was a dry run; the next one is live. Check this run "
+                "first; use --live to skip the dry run."
+            ))
         self.stdout.write(summary_line(run))
         code = EXIT_BY_STATUS.get(run.status, EXIT_FAILED)
         if code != EXIT_OK:
