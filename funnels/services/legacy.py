@@ -784,3 +784,72 @@ def legacy_entries_adopt(
     report.adopted_pending = report.adopted - report.adopted_synced
     legacy_report_write(report=report, directory=report_dir, now=now)
     return report
+
+
+# --- Where the switch-over stands (switch_over_check) ------------------------------------
+
+@dataclass
+class LegacyStatus:
+    """The earlier tool's table as the pre-flight check sees it; nothing is written."""
+
+    source: LegacySource | None = None  # None: no earlier table in either database
+    rows: int = 0
+    entries: int = 0  # entries its usable rows become
+    missing: int = 0  # of them, not in funnel_entries
+    adopted_at: dt.datetime | None = None  # the last adoption (its entries' created_at)
+    rows_after: int = 0  # legacy rows the earlier tool wrote after that
+    jobs_after: int = 0  # earlier outbox jobs created after that
+
+
+def legacy_adoption_status() -> LegacyStatus:
+    """Is the earlier table adopted, and is its writer still at work? Reads only; raises
+    LegacyAdoptionRefused where the adoption itself would refuse."""
+    found = legacy_source_inspect(source=SOURCE_AUTO)
+    if found.table is None:
+        return LegacyStatus()
+    rows = list(legacy_rows_read(alias=found.alias, table=found.table))
+    plan = legacy_groups_plan(
+        rows=rows,
+        modx_results=legacy_modx_results(user_ids=(r.user_id for r in rows if r.user_id)),
+        time_zone=settings.MODX_TIME_ZONE,
+        email_results=legacy_email_results(
+            rows=(r for r in rows if r.test_id is None), time_zone=settings.MODX_TIME_ZONE
+        ),
+    )
+    status = LegacyStatus(source=found, rows=len(rows), entries=len(plan.groups))
+    if found.needs_rename:
+        # Our table does not exist yet: nothing is adopted.
+        status.missing = status.entries
+        return status
+    existing = _existing_ids(plan.groups)
+    status.missing = sum(1 for g in plan.groups if g.key not in existing)
+    # Adopted entries are the only ones no run created.
+    status.adopted_at = (
+        FunnelEntry.objects.filter(run__isnull=True).order_by("-created_at")
+        .values_list("created_at", flat=True).first()
+    )
+    if status.adopted_at is not None:
+        status.rows_after, status.jobs_after = _written_after(
+            alias=found.alias, table=found.table, moment=status.adopted_at
+        )
+    return status
+
+
+def _written_after(*, alias: str, table: str, moment: dt.datetime) -> tuple[int, int]:
+    """Rows of the legacy table and jobs of its outbox stamped after `moment`. The earlier
+    tool stamps them with the MODX server's naive clock."""
+    naive = moment.astimezone(zoneinfo.ZoneInfo(settings.MODX_TIME_ZONE)).replace(tzinfo=None)
+    connection = connections[alias]
+    counts = []
+    for name, column in ((table, "entered_at"), (LEGACY_OUTBOX_TABLE, "created_at")):
+        if name not in _tables(alias):
+            counts.append(0)
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT COUNT(*) FROM {connection.ops.quote_name(name)} "
+                f"WHERE {connection.ops.quote_name(column)} > %s",
+                [naive],
+            )
+            counts.append(int(cursor.fetchone()[0]))
+    return counts[0], counts[1]
