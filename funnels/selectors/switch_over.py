@@ -123,7 +123,8 @@ def check_sql_mode(*, read: Callable[[str], str | None] | None = None) -> Check:
 
 
 def check_our_tables() -> Check:
-    unusable = funnel_entries_unusable_count()
+    # Before our migrations, funnel_entries may still be the earlier tool's own table.
+    unusable = funnel_entries_unusable_count() if _our_tables_exist() else 0
     if _same_database("default", MODX_ALIAS):
         return Check("our tables", FAIL, _(
             "our tables are in the MODX database, where the earlier tool (or anything "
@@ -207,7 +208,22 @@ def first_run_forecast(*, now: dt.datetime, since: dt.date | None = None) -> Fir
                             contacts=len(emails))
 
 
+def _our_tables_exist() -> bool:
+    connection = connections["default"]
+    with connection.cursor() as cursor:
+        return SyncRun._meta.db_table in connection.introspection.table_names(cursor)
+
+
 def check_look_back(*, now: dt.datetime) -> Check:
+    days = settings.FUNNELS_INITIAL_LOOKBACK_DAYS
+    if not _our_tables_exist():
+        return Check("look-back", FAIL if days < EARLIER_WINDOW_DAYS else WARN, _(
+            "FUNNELS_INITIAL_LOOKBACK_DAYS=%(days)s; our tables do not exist yet, so the "
+            "first run cannot be counted (run adopt_legacy_entries)%(short)s"
+        ) % {"days": days, "short": _(
+            "; shorter than the earlier tool's %(window)s days: people it had not reached "
+            "yet are never added; set FUNNELS_INITIAL_LOOKBACK_DAYS=%(window)s"
+        ) % {"window": EARLIER_WINDOW_DAYS} if days < EARLIER_WINDOW_DAYS else ""})
     last_id = watermark_get(key=WATERMARK_KEY)
     if last_id is not None:
         due = (FunnelEntry.objects.filter(outbox_due_q(now=now), funnel_entry_usable_q())
@@ -216,7 +232,6 @@ def check_look_back(*, now: dt.datetime) -> Check:
             "the first run is done (watermark at result #%(id)s); %(n)s contacts are due "
             "for Brevo"
         ) % {"id": last_id, "n": due})
-    days = settings.FUNNELS_INITIAL_LOOKBACK_DAYS
     forecast = first_run_forecast(now=now)
     said = _(
         "FUNNELS_INITIAL_LOOKBACK_DAYS=%(days)s: the first run reads %(results)s results "
