@@ -817,7 +817,10 @@ def legacy_adoption_status() -> LegacyStatus:
         ),
     )
     status = LegacyStatus(source=found, rows=len(rows), entries=len(plan.groups))
-    if found.needs_rename:
+    ours = FunnelEntry._meta.db_table
+    if found.needs_rename or ours not in _tables("default") or (
+        OUR_COLUMN not in _columns("default", ours)
+    ):
         # Our table does not exist yet: nothing is adopted.
         status.missing = status.entries
         return status

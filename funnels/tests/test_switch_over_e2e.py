@@ -209,6 +209,10 @@ def test_the_documented_switch_over_loses_nobody_and_flags_every_trap(tmp_path):
 
         # -- The path: a database of our own (the .env still has its BOM).
         dotenv = _dotenv(tmp_path / ".env", ours=ours, modx=modx, fake=fake, log_dir=tmp_path)
+        before = _lines(_manage(dotenv, "switch_over_check"))
+        assert before["our tables"].startswith("OK ")
+        assert before["earlier table"].startswith(
+            "FAIL earlier table: modx.funnel_entries found (8 rows), not adopted"), before
         dry = _manage(dotenv, "adopt_legacy_entries", "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert "from modx.funnel_entries" in dry.stdout
