@@ -49,10 +49,11 @@ def funnel_list_ids() -> dict[str, int | None]:
     return {funnel.slug: funnel_list_id(funnel=funnel) for funnel in funnels_all()}
 
 
-# Earlier than any entry this job writes. A zero date (which MariaDB without strict SQL
-# mode stores in a NOT NULL column and mysqlclient reads as None) and NULL both fail
-# `entered_at >= this`, in the database, before Python ever sees the row.
-EARLIEST_ENTRY = dt.datetime(1970, 1, 2, tzinfo=dt.timezone.utc)
+# MySQL's documented DATETIME minimum: every date this job writes passes (a MODX result
+# dated 1970 too). A zero date (which MariaDB without strict SQL mode stores in a NOT NULL
+# column and mysqlclient reads as None) and NULL both fail `entered_at >= this`, in the
+# database, before Python ever sees the row.
+EARLIEST_ENTRY = dt.datetime(1000, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class _AsBytes(Func):

@@ -4,8 +4,8 @@ left alone, and never able to crash a run.
 On MariaDB the rows are inserted as the earlier tool does it, on a session without strict
 SQL mode: only its own columns, so ours take their implicit defaults (an empty
 sync_status, zero dates) and `entered_at` is the zero date. SQLite enforces NOT NULL and
-has no zero date, so there the same rows are written with every column and a date before
-any entry of ours.
+has no zero date, so there the same rows are written with every column, an empty sync
+state and a real (1970) date.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def test_the_definition_accepts_every_row_we_write_and_none_of_theirs():
 def test_a_run_goes_on_past_their_rows_and_leaves_them_alone(
     configured, live_settings, client_factory, fake_brevo, now
 ):
+    live_settings.LANGUAGE_CODE = "en"
     entered = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.timezone.utc)
     anna = FunnelEntryFactory(email="anna@example.com", test_id=LANG_TEST, entered_at=entered)
     _plant()
