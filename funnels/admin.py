@@ -24,6 +24,7 @@ from django.utils.translation import gettext, gettext_lazy as _, ngettext
 from funnels.admin_filters import (
     FunnelFilter,
     PurchasedFilter,
+    UsableFilter,
     RunModeFilter,
     RunStatusFilter,
     SyncStateFilter,
@@ -197,7 +198,7 @@ class FunnelEntryAdmin(ReadOnlyAdminMixin, CountFreePaginationMixin, admin.Model
         "certificate_purchased_at",
         "payment_id",
     ]
-    list_filter = [FunnelFilter, SyncStateFilter, PurchasedFilter]
+    list_filter = [FunnelFilter, SyncStateFilter, PurchasedFilter, UsableFilter]
     date_hierarchy = "entered_at"
     search_fields = ["email"]
     search_help_text = _(

@@ -8,11 +8,14 @@ which manage.py turns into one line on stderr.
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 import warnings
 import zoneinfo
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import environ
 
@@ -118,7 +121,47 @@ class Config:
         return parsed
 
 
-def read_dotenv(path: Path) -> None:
-    """Load KEY=VALUE lines into os.environ without overriding what is already set."""
-    if path.is_file():
-        environ.Env.read_env(str(path), overwrite=False)
+BOM = "\ufeff"
+
+
+@dataclass(frozen=True)
+class DotenvRead:
+    path: Path
+    found: bool = False
+    # The file started with a byte-order mark, which was stripped (and said on stderr).
+    bom_stripped: bool = False
+
+
+def read_dotenv(path: Path, *, stderr: TextIO | None = None) -> DotenvRead:
+    """Load KEY=VALUE lines into os.environ without overriding what is already set.
+
+    A byte-order mark at the start (the earlier tool's .env.example has one, so does any
+    .env copied from it) would glue itself to the first name: django-environ prints
+    "Invalid line: \ufeffAPP_ENV=production" and ignores that line, so the installation
+    runs as development without anyone noticing. It is stripped here, with a warning on
+    stderr every time, until the file is saved without it. A mark anywhere else (two
+    files joined) cannot be stripped safely: refused.
+    """
+    if not path.is_file():
+        return DotenvRead(path=path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    bom = text.startswith(BOM)
+    if bom:
+        text = text[len(BOM):]
+        print(
+            f"warning: {path} starts with a byte-order mark (BOM); it was stripped. Save "
+            "the file as UTF-8 without BOM: sed -i '1s/^\xEF\xBB\xBF//' " + str(path),
+            file=stderr or sys.stderr,
+        )
+    if BOM in text:
+        number = text[: text.index(BOM)].count("\n") + 1
+        raise ConfigError(
+            f"{path} line {number} contains a byte-order mark (two files joined?); "
+            "remove it"
+        )
+    environ.Env.read_env(io.StringIO(text), overwrite=False)
+    return DotenvRead(path=path, found=True, bom_stripped=bom)

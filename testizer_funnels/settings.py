@@ -11,14 +11,16 @@ from pathlib import Path
 
 from django.utils.translation import gettext_lazy as _
 
-from testizer_funnels.config import Config, ConfigError, read_dotenv
+from testizer_funnels.config import Config, ConfigError, DotenvRead, read_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # Tests must not pick up an operator's .env (it may point at production); pytest sets
 # PYTEST_VERSION for the whole session.
+DOTENV = DotenvRead(path=Path(os.environ.get("TESTIZER_ENV_FILE", BASE_DIR / ".env")))
 if "PYTEST_VERSION" not in os.environ:
-    read_dotenv(Path(os.environ.get("TESTIZER_ENV_FILE", BASE_DIR / ".env")))
+    # What was read is kept for switch_over_check (a BOM stripped is one of its checks).
+    DOTENV = read_dotenv(DOTENV.path)
 
 cfg = Config()
 

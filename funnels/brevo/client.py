@@ -254,6 +254,18 @@ class BrevoClient:
             raise BrevoPermanentError("GET /contacts/{email} answered without a JSON object")
         return reply.data
 
+    def get_list(self, *, list_id: int) -> dict[str, Any] | None:
+        """The list (id, name, ...), or None when the account has no such list. A wrong
+        key raises BrevoAuthError like every call: one read checks key and list."""
+        path = f"/contacts/lists/{int(list_id)}"
+        reply = self._request("GET", path, log_path="/contacts/lists/{id}",
+                              subject=f"list {int(list_id)}", none_on_404=True)
+        if reply.status == 404:
+            return None
+        if not isinstance(reply.data, dict):
+            raise BrevoPermanentError("GET /contacts/lists/{id} answered without a JSON object")
+        return reply.data
+
     def update_contact(self, *, email: str, attributes: dict[str, Any]) -> None:
         _reject_forbidden(attributes)
         path = f"/contacts/{quote(email, safe='')}"

@@ -864,6 +864,8 @@ class FakeBrevo:
             return self._import_op(body, fail_import)
         if name == "getProcess":
             return self._get_process_op(int(params["processId"]))
+        if name == "getList":
+            return self._get_list_op(int(params["listId"]))
         return _Outcome(405, _error("method_not_allowed", "Method not allowed"))
 
     # ------------------------------------------------------ state changes
@@ -1187,6 +1189,18 @@ class FakeBrevo:
     def _public_process(self, process: dict[str, Any]) -> dict[str, Any]:
         return {"id": process["id"], "status": process["status"], "name": process["name"]}
 
+    def _get_list_op(self, list_id: int) -> _Outcome:
+        # Without a fixed set of lists (strict_lists off) every list exists, as for writes.
+        if not self._known_lists([list_id]):
+            return _Outcome(404, _error("document_not_found", "List ID does not exist"))
+        stored = self._lists[list_id]
+        members = sum(1 for c in self._contacts.values() if list_id in c["listIds"])
+        return _Outcome(200, {
+            "id": list_id, "name": stored.get("name", f"List {list_id}"), "folderId": 1,
+            "createdAt": _now_iso(), "totalBlacklisted": 0, "totalSubscribers": members,
+            "uniqueSubscribers": members,
+        })
+
     def _get_process_op(self, process_id: int) -> _Outcome:
         process = self._processes.get(process_id)
         if process is None:
@@ -1204,6 +1218,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/v3/contacts$"), "createContact"),
     ("POST", re.compile(r"^/v3/contacts/import$"), "importContacts"),
     ("POST", re.compile(r"^/v3/contacts/lists/(?P<listId>\d+)/contacts/add$"), "addContactToList"),
+    ("GET", re.compile(r"^/v3/contacts/lists/(?P<listId>\d+)$"), "getList"),
     ("GET", re.compile(r"^/v3/contacts/(?P<identifier>[^/]+)$"), "getContactInfo"),
     ("PUT", re.compile(r"^/v3/contacts/(?P<identifier>[^/]+)$"), "updateContact"),
     ("DELETE", re.compile(r"^/v3/contacts/(?P<identifier>[^/]+)$"), "deleteContact"),

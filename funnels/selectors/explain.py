@@ -75,7 +75,10 @@ def _entry_line(entry: FunnelEntry) -> str:
     line = _("in it since %(when)s (test %(test)s, MODX result #%(result)s)") % {
         "when": _when(entry.entered_at), "test": entry.test_id, "result": entry.user_id or "?",
     }
-    if entry.sync_status == SyncStatus.SYNCED:
+    if entry.sync_status == SyncStatus.SYNCED and entry.synced_at is None:
+        # Only an adopted entry is synced without a time: the earlier outbox's success.
+        brevo = _("in Brevo (sent by the earlier tool, confirmed by its outbox)")
+    elif entry.sync_status == SyncStatus.SYNCED:
         brevo = _("in Brevo since %(when)s") % {"when": _when(entry.synced_at)}
     elif entry.sync_status == SyncStatus.FAILED:
         brevo = _("Brevo failed: %(error)s") % {"error": entry.sync_last_error or "?"}

@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from django.conf import settings
+from django.db.models import BinaryField, F, Func, Q
+from django.db.models.functions import Lower, Trim
+from django.db.models.lookups import Exact
 
-from funnels.models import Funnel, FunnelEntry, SyncState
+from funnels.models import Funnel, FunnelEntry, SyncState, SyncStatus
 
 # The two standard funnels may take their list from the environment, so that a fresh
 # installation configured only through .env works; a list id saved on the row wins.
@@ -46,6 +49,51 @@ def funnel_list_ids() -> dict[str, int | None]:
     return {funnel.slug: funnel_list_id(funnel=funnel) for funnel in funnels_all()}
 
 
+# MySQL's documented DATETIME minimum: every date this job writes passes (a MODX result
+# dated 1970 too). A zero date (which MariaDB without strict SQL mode stores in a NOT NULL
+# column and mysqlclient reads as None) and NULL both fail `entered_at >= this`, in the
+# database, before Python ever sees the row.
+EARLIEST_ENTRY = dt.datetime(1000, 1, 1, tzinfo=dt.timezone.utc)
+
+
+class _AsBytes(Func):
+    """The value as bytes: compared with no collation (case) and no PAD SPACE."""
+
+    template = "CAST(%(expressions)s AS BLOB)"
+    output_field = BinaryField()
+
+    def as_mysql(self, compiler, connection, **extra):
+        return super().as_sql(compiler, connection,
+                              template="CAST(%(expressions)s AS BINARY)", **extra)
+
+
+def funnel_entry_usable_q() -> Q:
+    """THE definition of a funnel_entries row this job can use; every read of entries
+    that a run acts on applies it, and what fails it is reported and left alone.
+
+    Rows we write always pass. Rows another writer put in our table (the earlier tool's
+    cron, on a server without strict SQL mode, inserting only its own columns) fail on
+    at least one point: a zero or NULL `entered_at`, a `sync_status` that is none of ours
+    (such an insert leaves it empty), or an email not in our normalised form (surrounding
+    spaces or capitals). The email is compared as bytes: the column's collation would
+    call "Anna@X.com " equal to "anna@x.com" on MariaDB.
+    """
+    email = _AsBytes(F("email"))
+    normalised = _AsBytes(Lower(Trim(F("email"))))
+    return (
+        Q(entered_at__gte=EARLIEST_ENTRY)
+        & Q(sync_status__in=SyncStatus.values)
+        & Q(email__gt="")
+        & Q(Exact(email, normalised))
+    )
+
+
+def funnel_entries_unusable_count() -> int:
+    """Rows of funnel_entries this job cannot use (funnels_health, the admin filter).
+    One pass over the table: for monitoring, never part of a run."""
+    return FunnelEntry.objects.exclude(funnel_entry_usable_q()).count()
+
+
 class ExistingEntry(NamedTuple):
     id: int
     entered_at: dt.datetime
@@ -64,7 +112,7 @@ def funnel_entries_existing(
     return {
         (email, funnel_type, test_id): ExistingEntry(pk, entered_at, previous)
         for email, funnel_type, test_id, pk, entered_at, previous in FunnelEntry.objects.filter(
-            email__in=emails, funnel_type__in=funnel_types
+            funnel_entry_usable_q(), email__in=emails, funnel_type__in=funnel_types
         ).values_list(
             "email", "funnel_type", "test_id", "id", "entered_at", "previous_entered_at"
         )

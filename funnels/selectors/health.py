@@ -9,6 +9,7 @@ from django.conf import settings
 from django.utils.translation import gettext as _
 
 from funnels.models import SyncRun
+from funnels.selectors.funnels import funnel_entries_unusable_count
 from funnels.selectors.held import held_summary_get
 
 OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
@@ -40,8 +41,9 @@ def _minutes(delta: timedelta) -> int:
 def run_health(*, now: datetime, schedule_minutes: int | None = None) -> Health:
     """CRITICAL while the flood guard holds contacts back (a person must decide) or when no
     run completed within twice the schedule; WARNING when one of the last RECENT_RUNS runs
-    failed or crashed, the latest one had Brevo failures, or a run has shown no heartbeat
-    for twice the schedule; OK otherwise."""
+    failed or crashed, the latest one had Brevo failures, a run has shown no heartbeat for
+    twice the schedule, or funnel_entries holds rows this job cannot use (another
+    writer's); OK otherwise."""
     held = held_summary_get()
     if held.entries:
         return Health(
@@ -97,6 +99,15 @@ def run_health(*, now: datetime, schedule_minutes: int | None = None) -> Health:
             WARNING,
             _("last run #%(id)s finished with %(n)s contacts failed in Brevo")
             % {"id": recent[0]["id"], "n": recent[0]["contacts_failed"]},
+        )
+    unusable = funnel_entries_unusable_count()
+    if unusable:
+        return Health(
+            WARNING,
+            _("%(n)s rows in funnel_entries were not written by this job (zero or NULL "
+              "date, empty sync state or unnormalised email): left alone; see admin, "
+              "Funnel entries, filter \"Not usable\"; is the earlier tool's cron still "
+              "running?") % {"n": unusable},
         )
     return Health(
         OK,

@@ -18,6 +18,7 @@ from datetime import datetime
 from django.db.models import Q
 
 from funnels.models import FunnelEntry, SyncStatus
+from funnels.selectors.funnels import funnel_entry_usable_q
 
 _FIELDS = (
     "id",
@@ -53,14 +54,17 @@ def outbox_due_chunk(*, now: datetime, after_id: int, limit: int) -> list[DueEnt
     # Two range reads merged here rather than one OR: MariaDB answers the OR with a scan
     # of the primary key once many rows have just changed status (1.4 s on a million
     # entries, against 2 ms for the two ranges).
+    # Rows another writer left in the table are not sent (funnel_entry_usable_q).
     pending = (
-        FunnelEntry.objects.filter(sync_status=SyncStatus.PENDING, id__gt=after_id)
+        FunnelEntry.objects.filter(funnel_entry_usable_q(), sync_status=SyncStatus.PENDING,
+                                   id__gt=after_id)
         .order_by("id")
         .values_list(*_FIELDS)[:limit]
     )
     failed = (
         FunnelEntry.objects.filter(
-            sync_status=SyncStatus.FAILED, sync_next_attempt_at__lte=now, id__gt=after_id
+            funnel_entry_usable_q(), sync_status=SyncStatus.FAILED,
+            sync_next_attempt_at__lte=now, id__gt=after_id,
         )
         .order_by("id")
         .values_list(*_FIELDS)[:limit]
@@ -89,7 +93,9 @@ def outbox_people(*, emails: Iterable[str]) -> dict[str, list[PersonEntry]]:
     if not wanted:
         return {}
     people: dict[str, list[PersonEntry]] = {}
-    rows = FunnelEntry.objects.filter(email__in=wanted).order_by().values_list(
+    rows = FunnelEntry.objects.filter(
+        funnel_entry_usable_q(), email__in=wanted
+    ).order_by().values_list(
         "id", "email", "funnel_type", "entered_at", "certificate_purchased",
         "certificate_purchased_at",
     )
@@ -100,4 +106,4 @@ def outbox_people(*, emails: Iterable[str]) -> dict[str, list[PersonEntry]]:
 
 
 def outbox_due_count(*, now: datetime) -> int:
-    return FunnelEntry.objects.filter(outbox_due_q(now=now)).count()
+    return FunnelEntry.objects.filter(outbox_due_q(now=now), funnel_entry_usable_q()).count()

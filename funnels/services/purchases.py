@@ -41,6 +41,7 @@ from funnels.models import (
     SyncStatus,
 )
 from funnels.modx.models import PAYMENT_STATUS_PAID
+from funnels.selectors.funnels import funnel_entry_usable_q
 from funnels.selectors.payments import (
     PaymentRow,
     paid_payments_for_emails,
@@ -332,10 +333,13 @@ class _PurchaseRun:
         in_ranges = Q()
         for low, high in _id_ranges(ids, most=_MAX_ID_RANGES):
             in_ranges |= Q(payment_id__range=(low, high))
-        by_payment = FunnelEntry.objects.filter(in_ranges).order_by().only(*_ENTRY_FIELDS)
+        # Rows another writer left in the table are never matched (funnel_entry_usable_q).
+        usable = funnel_entry_usable_q()
+        by_payment = FunnelEntry.objects.filter(in_ranges, usable).order_by().only(*_ENTRY_FIELDS)
         if emails:
             by_email = (
-                FunnelEntry.objects.filter(email__in=sorted(emails), funnel_type__in=sorted(slugs))
+                FunnelEntry.objects.filter(usable, email__in=sorted(emails),
+                                           funnel_type__in=sorted(slugs))
                 .order_by()
                 .only(*_ENTRY_FIELDS)
             )

@@ -44,7 +44,7 @@ from funnels.services.outbox import outbox_push
 from funnels.services.pings import ping_send
 from funnels.services.purchases import purchases_sync
 from funnels.services.results import results_sync
-from funnels.services.runtime import runtime_settings_get
+from funnels.services.runtime import run_mode_resolve
 
 logger = logging.getLogger("funnels.sync")
 
@@ -284,7 +284,8 @@ def _run_locked(
 ) -> SyncRun:
     ping_send(event="start")
     runs_mark_crashed(now=clock())
-    effective_dry_run = runtime_settings_get().dry_run if dry_run is None else dry_run
+    # A live settings row runs dry until a first dry run completed here (copied .env).
+    effective_dry_run = run_mode_resolve(forced=dry_run)
     started = clock()
     run = SyncRun.objects.create(
         started_at=started,

@@ -105,5 +105,7 @@ def sql_script_run(connection, path: Path) -> None:
                 cursor.execute(statement)
 
 
-# The stand-in DDL of the MODX schema and of the earlier tool's tables, beside the checkout.
-SHARED_DOMAIN = Path(settings.BASE_DIR).parent / "shared" / "domain"
+# The stand-in DDL of the MODX schema and of the earlier tool's tables: verbatim copies
+# kept in the repository (a clone has nothing beside it).
+MODX_DDL = Path(settings.BASE_DIR) / "bench" / "modx_schema.sql"
+LEGACY_DDL = Path(settings.BASE_DIR) / "docs" / "legacy_funnel_entries.sql"

@@ -3,7 +3,7 @@ world to hurt, and the MariaDB plumbing to kill a run's connections.
 
 The invariant is computed from the MODX rows independently of the sync engine: it reads
 the tables through the unmanaged models and applies the business rules as the domain
-description states them (docs in /work/shared/domain), using only funnels.emails, which is
+description states them, using only funnels.emails, which is
 by definition what decides what an email is. It never calls a selector or a service.
 """
 

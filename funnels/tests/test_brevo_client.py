@@ -570,3 +570,18 @@ def test_mask_email(email: str, masked: str) -> None:
 def test_mask_emails_in_text() -> None:
     text = "Contact mary.smith@example.org already exists"
     assert mask_emails_in_text(text) == "Contact m***@example.org already exists"
+
+
+def test_get_list_checks_the_key_and_the_list_in_one_read() -> None:
+    with FakeBrevo(api_key=KEY, requests_per_second=1_000, lists=[7]) as server:
+        with make_client(server) as client:
+            found = client.get_list(list_id=7)
+            missing = client.get_list(list_id=8)
+        with make_client(server, api_key="xkeysib-wrong-0000000000000000") as wrong:
+            with pytest.raises(BrevoAuthError):
+                wrong.get_list(list_id=7)
+    assert found is not None and found["id"] == 7 and "totalSubscribers" in found
+    assert missing is None
+    assert [r.path for r in server.requests_log[:2]] == [
+        "/v3/contacts/lists/7", "/v3/contacts/lists/8"
+    ]

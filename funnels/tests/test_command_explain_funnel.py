@@ -51,6 +51,17 @@ def test_member_since_and_why_not_the_other_kind(configured, live_settings, clie
     )
 
 
+def test_an_adopted_entry_the_earlier_tool_sent_says_so(configured):
+    from funnels.tests.factories import FunnelEntryFactory
+
+    modx_result("lena@example.com", LANG_TEST)
+    FunnelEntryFactory(email="lena@example.com", test_id=LANG_TEST, sync_status="synced",
+                       synced_revision=1, synced_at=None, user_id=None)
+    lines, _ = _explain("lena@example.com")
+    assert "in Brevo (sent by the earlier tool, confirmed by its outbox)" in lines["language"]
+    assert "since ?" not in lines["language"]
+
+
 def test_no_test_result(configured):
     lines, _ = _explain("nobody@example.com")
     assert set(lines.values()) == {"not in it: no test result in MODX for this email"}

@@ -88,6 +88,51 @@ def test_plan_lists_each_candidate_with_its_outcome(ready, fake_brevo):
     assert FunnelEntry.objects.count() == 0 and fake_brevo.request_count == 0
 
 
+def test_plan_names_payments_as_payments_and_counts_every_purchase_line(ready, fake_brevo):
+    from funnels.modx.models import PAYMENT_STATUS_PAID
+    from funnels.tests.factories import (
+        CertPaymentFactory,
+        CertResultFactory,
+        CertUserFactory,
+        FunnelEntryFactory,
+    )
+
+    entered = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.timezone.utc)
+    # One new buyer, and one the earlier tool marked purchased without a payment id.
+    FunnelEntryFactory(email="new@example.com", entered_at=entered)
+    FunnelEntryFactory(email="old@example.com", entered_at=entered,
+                       certificate_purchased=True, certificate_purchased_at=entered)
+    payments = [
+        CertPaymentFactory(
+            result=CertResultFactory(user=CertUserFactory(email=email)),
+            status_id=PAYMENT_STATUS_PAID, paid_at=entered + dt.timedelta(days=1),
+        )
+        for email in ("new@example.com", "old@example.com")
+    ]
+    code, out, _ = _call("--dry-run", "--plan", "--since", "2026-10-01", "--as-of", AS_OF)
+    assert code == 0
+    lines = out.strip().splitlines()
+    purchase_lines = [line for line in lines if line.startswith("Would mark purchase")]
+    assert len(purchase_lines) == 2
+    for payment in payments:
+        assert any(f"payment #{payment.id}" in line for line in purchase_lines)
+    assert not any("result #" in line for line in purchase_lines)
+    assert "2 purchases would be marked (1 new, 1 updated), 0 revoked" in lines[-1]
+
+
+def test_a_copied_live_mode_makes_the_first_run_a_dry_run_and_says_so(ready, fake_brevo):
+    from funnels.models import RuntimeSettings
+
+    RuntimeSettings.objects.update_or_create(id=1, defaults={"dry_run": False})
+    modx_result("anna@example.com", LANG_TEST)
+    code, out, _ = _call("--since", "2026-10-01", "--as-of", AS_OF)
+    assert code == 0
+    assert "this run was a dry run; the next one is live" in out
+    assert "(dry run)" in out.splitlines()[-1] and fake_brevo.request_count == 0
+    code, out, _ = _call("--as-of", AS_OF)
+    assert code == 0 and "(live)" in out and "dry run" not in out
+
+
 def test_trigger_and_naive_as_of_are_recorded(ready, settings):
     settings.TIME_ZONE = "Europe/Moscow"
     code, _, _ = _call("--dry-run", "--trigger", "cron", "--as-of", "2026-11-28T18:30")

@@ -15,13 +15,15 @@ import pytest
 
 from funnels.services.legacy import (
     UNKNOWN_TEST_ID,
+    LegacyOutbox,
     LegacyRow,
     ModxResult,
     TestIdSource,
     legacy_groups_plan,
 )
 from funnels.tests.manage_subprocess import (
-    SHARED_DOMAIN,
+    LEGACY_DDL,
+    MODX_DDL,
     manage_run,
     mariadb_connect,
     mariadb_query,
@@ -115,6 +117,57 @@ def test_test_ids_come_from_the_modx_row_of_the_same_person_only():
     }
 
 
+def test_without_a_user_id_the_latest_result_of_the_funnels_kind_in_30_days_is_taken():
+    def result(pk, test_id, completed, kind="language"):
+        return ModxResult(email="Ann@Example.com", test_id=test_id, result_id=pk, kind=kind,
+                          completed_at=dt.datetime.fromisoformat(completed).replace(tzinfo=UTC))
+    by_email = {"ann@example.com": [
+        result(1, 5, "2024-01-01 10:00"),   # more than 30 days before the row
+        result(2, 6, "2024-02-20 10:00"),
+        result(3, 7, "2024-02-25 10:00", kind="non_language"),  # not the funnel's kind
+        result(4, 8, "2024-03-02 10:00"),   # after the row was written
+    ]}
+    plan = legacy_groups_plan(
+        rows=[_row(1, "ann@example.com", entered="2024-03-01 12:00"),
+              _row(2, "bo@example.com", entered="2024-03-01 12:00")],
+        modx_results={}, time_zone="UTC", email_results=by_email,
+    )
+    by_id = {g.survivor_id: g for g in plan.groups}
+    assert (by_id[1].test_id, by_id[1].user_id) == (6, 2)
+    assert by_id[1].test_completed_at == dt.datetime(2024, 2, 20, 10, 0, tzinfo=UTC)
+    assert by_id[2].test_id == UNKNOWN_TEST_ID
+    assert plan.test_id_sources == {TestIdSource.RESOLVED_BY_EMAIL: 1, TestIdSource.NO_USER_ID: 1}
+
+
+def test_only_a_successful_job_with_nothing_pending_or_failed_counts_as_in_brevo():
+    outbox = LegacyOutbox(present=True, jobs={
+        1: {("upsert_contact", "success")},
+        2: {("upsert_contact", "success")}, 3: {("upsert_contact", "pending")},
+        4: {("upsert_contact", "failed")},
+        5: {("upsert_contact", "success")},  # purchased, but no purchase update sent
+        6: {("upsert_contact", "success"), ("update_after_purchase", "success")},
+        7: {("upsert_contact", "completed")},  # not a status the earlier tool documents
+    })
+    plan = legacy_groups_plan(
+        rows=[
+            _row(1, "a@example.com"),
+            _row(2, "b@example.com"), _row(3, "B@example.com"),
+            _row(4, "c@example.com"),
+            _row(5, "d@example.com", purchased=True, purchased_at="2024-03-02 10:00"),
+            _row(6, "e@example.com", purchased=True, purchased_at="2024-03-02 10:00"),
+            _row(7, "f@example.com"),
+            _row(8, "g@example.com"),  # no job at all
+        ],
+        modx_results={}, time_zone="UTC", outbox=outbox,
+    )
+    assert {g.email: g.confirmed for g in plan.groups} == {
+        "a@example.com": True, "b@example.com": False, "c@example.com": False,
+        "d@example.com": False, "e@example.com": True, "f@example.com": False,
+        "g@example.com": False,
+    }
+    assert plan.confirmed_groups == 2
+
+
 # --- The command on MariaDB ----------------------------------------------------------------
 
 # (id, email, funnel_type, user_id, test_id, entered_at, purchased, purchased_at): naive
@@ -137,7 +190,19 @@ MODX_RESULTS = [
     (11, "anna@example.com ", 5, "2024-03-01 12:00:00"),
     (12, "bob@example.com", 7, "2024-03-02 10:00:00"),
     (13, "other@example.com", 9, "2024-03-02 10:00:00"),  # not dave: test id not trusted
+    # Carol's row names no existing result: her language result the day before is found
+    # by email.
+    (14, "Carol@Example.com ", 8, "2024-03-01 10:00:00"),
 ]
+# Brevo jobs of the earlier outbox: (legacy row, operation, status). Only bob, anna's
+# non-language entry and dave were confirmed (success, nothing pending or failed).
+OUTBOX_JOBS = [
+    (1, "upsert_contact", "success"), (2, "upsert_contact", "pending"),
+    (3, "upsert_contact", "success"), (4, "upsert_contact", "success"),  # bought, not sent
+    (5, "upsert_contact", "success"), (6, "upsert_contact", "success"),
+    (9, "upsert_contact", "failed"), (10, "upsert_contact", "success"),
+]
+SYNCED_IDS = {5, 6, 10}
 # What the adoption must produce: id -> (email, funnel, test id, entered UTC, purchased at).
 EXPECTED_ENTRIES = {
     2: ("anna@example.com", "language", 5, dt.datetime(2024, 3, 1, 8, 0),
@@ -146,7 +211,7 @@ EXPECTED_ENTRIES = {
         dt.datetime(2024, 2, 10, 6, 0)),
     5: ("anna@example.com", "non_language", 0, dt.datetime(2024, 2, 3, 6, 0), None),
     6: ("bob@example.com", "language", 7, dt.datetime(2024, 3, 2, 7, 5), None),
-    9: ("carol@example.com", "language", 0, dt.datetime(2024, 3, 2, 7, 5), None),
+    9: ("carol@example.com", "language", 8, dt.datetime(2024, 3, 2, 7, 5), None),
     10: ("dave@example.com", "language", 0, dt.datetime(2024, 3, 2, 7, 5), None),
     11: ("eve@example.com", "language", 42, dt.datetime(2024, 3, 2, 7, 5), None),
 }
@@ -156,9 +221,11 @@ INVALID_IDS = {7, 8}
 def _fill_modx_and_legacy(name: str) -> None:
     connection = mariadb_connect(name)
     try:
-        sql_script_run(connection, SHARED_DOMAIN / "modx_schema.sql")
-        sql_script_run(connection, SHARED_DOMAIN / "legacy_funnel_entries.sql")
+        sql_script_run(connection, MODX_DDL)
+        sql_script_run(connection, LEGACY_DDL)
         with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO simpletest_lang (Id) VALUES (1)")
+            cursor.execute("INSERT INTO simpletest_test (newid, Id, LangId) VALUES (1, 8, 1)")
             cursor.executemany(
                 "INSERT INTO simpletest_users (Id, Email, TestId, Datep) VALUES (%s,%s,%s,%s)",
                 MODX_RESULTS,
@@ -171,8 +238,8 @@ def _fill_modx_and_legacy(name: str) -> None:
             )
             cursor.executemany(
                 "INSERT INTO brevo_sync_outbox (funnel_entry_id, operation_type, payload, "
-                "status) VALUES (%s, 'create_contact', '{}', %s)",
-                [(1, "pending"), (2, "pending"), (3, "pending"), (4, "completed")],
+                "status) VALUES (%s, %s, '{}', %s)",
+                OUTBOX_JOBS,
             )
     finally:
         connection.close()
@@ -236,10 +303,13 @@ def test_adoption_sets_the_table_aside_migrates_and_loses_no_row(same_schema, tm
     done = _adopt(tmp_path, default=same_schema, modx=same_schema)
 
     assert done.returncode == 0, done.stderr
-    assert "adopted 7 entries as synced, 0 already present, 2 duplicate groups" in done.stdout
+    assert ("adopted 7 entries (3 synced, 4 pending), 0 already present, 2 duplicate "
+            "groups") in done.stdout
     assert "duplicate groups (legacy ids): 1 2; 3 4" in done.stdout
     assert "7 (invalid_email), 8 (empty_email)" in done.stdout
-    assert "3 pending jobs left in brevo_sync_outbox" in done.stdout
+    assert "earlier outbox: 6 jobs succeeded, 1 pending, 1 failed, 0 with another" in done.stdout
+    assert ("test ids, counted in legacy rows (9 rows became 7 entries): 3 from the "
+            "simpletest_users row user_id names, 1 from the person's latest result") in done.stdout
     assert "funnel_entries renamed to funnel_entries_legacy" in done.stdout
     # Set aside, untouched; the old outbox stays as it was.
     assert mariadb_query(same_schema, LEGACY_SELECT.format(table="funnel_entries_legacy")) == (
@@ -252,9 +322,10 @@ def test_adoption_sets_the_table_aside_migrates_and_loses_no_row(same_schema, tm
 
     entries = _entries(same_schema)
     assert {pk: values[:5] for pk, values in entries.items()} == EXPECTED_ENTRIES
-    assert {values[5:] for values in entries.values()} == {
-        (1, "synced", 1, 1), (0, "synced", 1, 1)
-    }
+    assert {pk for pk, values in entries.items() if values[6] == "synced"} == SYNCED_IDS
+    for pk, values in entries.items():
+        expected = ("synced", 1, 1) if pk in SYNCED_IDS else ("pending", 1, 0)
+        assert values[6:] == expected, pk
     assert entries[2][5] == 1 and entries[5][5] == 0  # purchased if any row of it was
     # Anna's two language entries are linked for the reports, the rest are first entries.
     assert dict(mariadb_query(
@@ -295,7 +366,7 @@ def test_running_the_adoption_again_adopts_nothing_twice(same_schema, tmp_path):
     again = _adopt(tmp_path, default=same_schema, modx=same_schema)
 
     assert again.returncode == 0, again.stderr
-    assert "adopted 0 entries as synced, 7 already present" in again.stdout
+    assert "adopted 0 entries (0 synced, 0 pending), 7 already present" in again.stdout
     assert "renamed" not in again.stdout
     assert _entries(same_schema) == entries
     rows = _csv(_latest(tmp_path, "-rows.csv"))
@@ -328,7 +399,7 @@ def test_resync_leaves_adopted_entries_pending_for_the_next_run(same_schema, tmp
     done = _adopt(tmp_path, "--resync", default=same_schema, modx=same_schema)
 
     assert done.returncode == 0, done.stderr
-    assert "adopted 7 entries as pending" in done.stdout
+    assert "adopted 7 entries (0 synced, 7 pending)" in done.stdout
     rows = mariadb_query(
         same_schema,
         "SELECT sync_status, synced_revision, sync_next_attempt_at IS NOT NULL "
@@ -344,14 +415,20 @@ def test_legacy_table_in_the_modx_database_is_only_read(tmp_path):
         modx_tables = _tables(modx)
         checksums = mariadb_query(modx, "CHECKSUM TABLE " + ", ".join(sorted(modx_tables)))
 
-        done = _adopt(tmp_path, "--source", "modx", default=ours, modx=modx)
+        looked_in_ours_only = _adopt(tmp_path, "--dry-run", "--source", "default",
+                                     default=ours, modx=modx)
+        # No option: the table is found where the earlier tool created it.
+        done = _adopt(tmp_path, default=ours, modx=modx)
         again = _adopt(tmp_path, "--source", "modx", default=ours, modx=modx)
 
+        assert looked_in_ours_only.returncode == 0, looked_in_ours_only.stderr
+        assert "run again without --source (or with --source modx)" in looked_in_ours_only.stdout
         assert done.returncode == 0, done.stderr
         assert "from modx.funnel_entries" in done.stdout
+        assert "found in the MODX database" in done.stdout
         assert "adopted 7 entries" in done.stdout and "renamed" not in done.stdout
         assert again.returncode == 0, again.stderr
-        assert "adopted 0 entries as synced, 7 already present" in again.stdout
+        assert "adopted 0 entries (0 synced, 0 pending), 7 already present" in again.stdout
         assert _tables(modx) == modx_tables
         assert mariadb_query(modx, "CHECKSUM TABLE " + ", ".join(sorted(modx_tables))) == checksums
         assert "funnel_entries_legacy" not in _tables(ours)

@@ -144,6 +144,33 @@ def test_mode_comes_from_the_runtime_settings_unless_forced(
     assert run_live(client_factory, now=now, dry_run=True).dry_run is True
 
 
+def test_a_live_settings_row_runs_dry_until_a_first_dry_run_completed_here(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    # What a .env copied from the earlier tool (APP_DRY_RUN=false) leaves in the row.
+    RuntimeSettings.objects.update_or_create(id=1, defaults={"dry_run": False})
+    modx_result("anna@example.com", LANG_TEST)
+
+    first = run_live(client_factory, now=now, dry_run=None)
+    assert first.dry_run is True and first.status == "success"
+    assert fake_brevo.request_count == 0 and FunnelEntry.objects.count() == 0
+
+    second = run_live(client_factory, now=now, dry_run=None)
+    assert second.dry_run is False and second.contacts_sent == 1
+
+
+def test_a_first_live_run_needs_an_explicit_choice(
+    configured, live_settings, client_factory, fake_brevo, now, admin_user
+):
+    from funnels.services.runtime import dry_run_set
+
+    RuntimeSettings.objects.update_or_create(id=1, defaults={"dry_run": True})
+    assert run_live(client_factory, now=now, dry_run=False).dry_run is False  # --live
+    SyncRun.objects.all().delete()
+    dry_run_set(user=admin_user, value=False)  # a person switched in the admin
+    assert run_live(client_factory, now=now, dry_run=None).dry_run is False
+
+
 def test_a_run_left_running_by_a_dead_process_is_marked_crashed(
     configured, live_settings, client_factory, now
 ):

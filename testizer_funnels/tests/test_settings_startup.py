@@ -82,3 +82,30 @@ def test_an_unopenable_sqlite_file_is_the_same_one_line(sqlite_env, tmp_path):
 
     assert done.returncode == EXIT_DATABASE_UNAVAILABLE
     assert done.stderr.splitlines() == ["database unavailable: unable to open database file"]
+
+
+def test_a_dotenv_starting_with_a_byte_order_mark_is_read_and_said(sqlite_env, tmp_path):
+    # The earlier tool's .env.example starts with a BOM; a .env copied from it too.
+    dotenv = tmp_path / ".env"
+    dotenv.write_bytes("\ufeffAPP_ENV=test\nFUNNELS_CHUNK_SIZE=123\n".encode())
+    done = manage_run(
+        "shell", "-c",
+        "from django.conf import settings; "
+        "print(settings.APP_ENV, settings.FUNNELS_CHUNK_SIZE, settings.DOTENV.bom_stripped)",
+        env={**sqlite_env, "TESTIZER_ENV_FILE": str(dotenv)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].split() == ["test", "123", "True"]  # line 1 counts
+    assert "starts with a byte-order mark (BOM); it was stripped" in done.stderr
+    assert "Invalid line" not in done.stderr
+
+
+def test_a_byte_order_mark_inside_a_dotenv_is_refused(sqlite_env, tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_bytes("APP_ENV=test\n\ufeffAPP_DRY_RUN=false\n".encode())
+    done = manage_run("check", env={**sqlite_env, "TESTIZER_ENV_FILE": str(dotenv)})
+    assert done.returncode == EXIT_CONFIG
+    assert done.stderr.strip() == (
+        f"configuration error: {dotenv} line 2 contains a byte-order mark (two files "
+        "joined?); remove it"
+    )

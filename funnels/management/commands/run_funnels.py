@@ -10,12 +10,15 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import OperationalError
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 
 from funnels.logging_filters import redact
-from funnels.models import SyncRun
+from funnels.emails import Reason as EmailReason
+from funnels.models import SyncRun, SyncRunItem
 from funnels.selectors.plan import run_items_iter
+from funnels.services.purchases import SkipReason as PaymentSkipReason
 from funnels.services.runs import RunBusy, RunConfigError, run_funnels
+from funnels.services.runtime import live_needs_dry_run_first
 
 # What cron and monitoring see; README "Commands" documents the same table.
 EXIT_OK = 0
@@ -63,8 +66,8 @@ def summary_line(run: SyncRun) -> str:
         (_("%(n)s entries would be added") if run.dry_run else _("%(n)s entries added"))
         % {"n": run.entries_added},
         _("%(n)s skipped") % {"n": run.skipped} + (f" ({reasons})" if reasons else ""),
-        _("%(n)s payments read, %(f)s purchases found, %(r)s revoked")
-        % {"n": run.payments_read, "f": run.purchases_found, "r": run.purchases_revoked},
+        _("%(n)s payments read") % {"n": run.payments_read},
+        _purchase_part(run),
     ]
     waiting = sum((run.waiting_by_reason or {}).values())
     if waiting:
@@ -92,7 +95,7 @@ _HELP = gettext_lazy(
     "detect certificate purchases and push the changes to Brevo. The mode (dry run or "
     "live) comes from the runtime settings row unless --dry-run or --live is given. "
     "On the very first run the job starts from the results completed since --since "
-    "(default: FUNNELS_INITIAL_LOOKBACK_DAYS days back, 7 unless configured); later "
+    "(default: FUNNELS_INITIAL_LOOKBACK_DAYS days back, 30 unless configured); later "
     "runs continue from the watermark. Exit codes: 0 success, 1 failure, 3 another run "
     "holds the lock, 4 partial (some contacts left for a later run: see the run), 5 new "
     "contacts held back by the flood guard, 6 schedule paused, 78 configuration error."
@@ -152,6 +155,7 @@ class Command(BaseCommand):
         if chunk_size is not None and chunk_size < 1:
             raise CommandError(_("--chunk-size must be at least 1"))
         forced = True if dry_run else (False if live else None)
+        held_back = forced is None and live_needs_dry_run_first()
         try:
             run = run_funnels(
                 now=as_of or timezone.now(),
@@ -175,14 +179,68 @@ class Command(BaseCommand):
         if plan:
             for item in run_items_iter(run=run):
                 self.stdout.write(_plan_line(item))
+        if held_back and run.dry_run:
+            self.stdout.write(_(
+                "the mode is live, but no dry run had completed on this database and "
+                "nobody switched to live in the admin (APP_DRY_RUN=false copied into "
+                ".env?): this run was a dry run; the next one is live. Check this run "
+                "first; use --live to skip the dry run."
+            ))
         self.stdout.write(summary_line(run))
         code = EXIT_BY_STATUS.get(run.status, EXIT_FAILED)
         if code != EXIT_OK:
             sys.exit(code)
 
 
+def _purchase_part(run: SyncRun) -> str:
+    """Purchases marked, counted as the --plan lines are (one per entry changed): new ones
+    and purchases moved to another payment or time (e.g. the earlier tool's purchases
+    that had no payment id), which `purchases_found` alone does not count."""
+    actions = (SyncRunItem.Action.WOULD_PURCHASE if run.dry_run else SyncRunItem.Action.PURCHASE,)
+    marked = SyncRunItem.objects.filter(run=run, action__in=actions).count()
+    updated = max(0, marked - run.purchases_found)
+    text = (
+        ngettext("%(n)s purchase would be marked", "%(n)s purchases would be marked", marked)
+        if run.dry_run
+        else ngettext("%(n)s purchase marked", "%(n)s purchases marked", marked)
+    ) % {"n": marked}
+    return text + " " + _("(%(new)s new, %(updated)s updated), %(r)s revoked") % {
+        "new": run.purchases_found, "updated": updated, "r": run.purchases_revoked,
+    }
+
+
+_PAYMENT_ACTIONS = frozenset({
+    SyncRunItem.Action.PURCHASE, SyncRunItem.Action.WOULD_PURCHASE,
+    SyncRunItem.Action.PURCHASE_REVOKED,
+})
+# Skip reasons only the purchase sync gives (email reasons are shared with results).
+_PAYMENT_REASONS = frozenset(
+    value for name, value in vars(PaymentSkipReason).items()
+    if name.isupper() and isinstance(value, str)
+)
+
+
+def _source_label(item) -> str:
+    """What the item's MODX row id is: a test result or a payment (ids overlap)."""
+    if not item.source_id:
+        return ""
+    if (
+        item.action in _PAYMENT_ACTIONS or item.reason in _PAYMENT_REASONS
+        or (item.action == SyncRunItem.Action.SKIPPED and item.detail.startswith("paid at"))
+    ):
+        return _("payment #%(id)s") % {"id": item.source_id}
+    if item.test_id is None and item.reason in _EMAIL_REASONS:
+        # A payment with an unusable email that was never paid looks like a result
+        # without a test: say only that it is a MODX row.
+        return _("MODX row #%(id)s") % {"id": item.source_id}
+    return _("result #%(id)s") % {"id": item.source_id}
+
+
+_EMAIL_REASONS = frozenset({EmailReason.EMPTY, EmailReason.INVALID, EmailReason.TOO_LONG})
+
+
 def _plan_line(item) -> str:
-    where = f"result #{item.source_id}" if item.source_id else ""
+    where = _source_label(item)
     test = f"test {item.test_id}" if item.test_id is not None else ""
     fields = [
         item.get_action_display(),
