@@ -242,7 +242,7 @@ class ModxReader:
         items = [
             SyncRunItem(
                 run=self.run, action=SyncRunItem.Action.WAITING, reason=w.reason,
-                email=w.email, source_id=w.modx_id,
+                email=w.email, source_id=w.modx_id, test_id=w.test_id,
                 detail=f"rechecked until {_day(w.recheck_until)}",
             )
             for w in changes.newly_waiting

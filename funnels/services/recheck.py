@@ -42,6 +42,7 @@ class Waiting:
     reason: str
     email: str = ""
     clock: bool = False
+    test_id: int | None = None  # a result's test, for the run item (not stored)
 
 
 @dataclass(slots=True)
@@ -55,6 +56,7 @@ class Waiter:
     first_seen_at: dt.datetime
     recheck_until: dt.datetime
     clock: bool = False
+    test_id: int | None = None
 
 
 def fingerprint_of(*values) -> str:
@@ -122,7 +124,7 @@ class RecheckList:
                 waiter = Waiter(
                     modx_id=modx_id, reason=why.reason, email=why.email[:255],
                     fingerprint=fingerprint, first_seen_at=now,
-                    recheck_until=now + self.period, clock=why.clock,
+                    recheck_until=now + self.period, clock=why.clock, test_id=why.test_id,
                 )
                 changes.upsert[modx_id] = waiter
                 changes.newly_waiting.append(waiter)
@@ -132,7 +134,7 @@ class RecheckList:
                 waiter = Waiter(
                     modx_id=modx_id, reason=why.reason, email=why.email[:255],
                     fingerprint=fingerprint, first_seen_at=known.first_seen_at,
-                    recheck_until=known.recheck_until, clock=why.clock,
+                    recheck_until=known.recheck_until, clock=why.clock, test_id=why.test_id,
                 )
                 changes.upsert[modx_id] = waiter
                 if known.reason != why.reason:

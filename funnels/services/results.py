@@ -42,16 +42,17 @@ def candidate_waiting(
     candidate: Candidate, *, now: dt.datetime, skew: dt.timedelta
 ) -> Waiting | None:
     """Why this result cannot be decided yet, or None if the funnel rules can decide it."""
-    email = email_normalize(candidate.raw_email)
     check = email_check(candidate.raw_email)
+    test_id = candidate.test_id
     if not check.ok:
-        return Waiting(check.reason, email=email)
-    if candidate.test_id is None:
+        return Waiting(check.reason, email=email_normalize(candidate.raw_email), test_id=test_id)
+    if test_id is None:
         return Waiting(WaitReason.NO_TEST_ID, email=check.email)
     if candidate.completed_at is None:
-        return Waiting(WaitReason.NO_COMPLETION_TIME, email=check.email)
+        return Waiting(WaitReason.NO_COMPLETION_TIME, email=check.email, test_id=test_id)
     if candidate.completed_at > now + skew:
-        return Waiting(WaitReason.COMPLETED_IN_FUTURE, email=check.email, clock=True)
+        return Waiting(WaitReason.COMPLETED_IN_FUTURE, email=check.email, clock=True,
+                       test_id=test_id)
     return None
 
 
