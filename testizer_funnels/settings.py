@@ -12,6 +12,7 @@ from pathlib import Path
 from django.utils.translation import gettext_lazy as _
 
 from testizer_funnels.config import Config, ConfigError, read_dotenv
+from testizer_funnels.secret_key import secret_key_problem
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -27,13 +28,13 @@ IS_PRODUCTION = APP_ENV == "production"
 
 DEBUG = cfg.bool("DEBUG", False)
 SECRET_KEY = cfg.str("SECRET_KEY", "")
-if not SECRET_KEY:
-    if IS_PRODUCTION:
-        raise ConfigError("SECRET_KEY must be set when APP_ENV=production")
+if IS_PRODUCTION:
+    _key_problem = secret_key_problem(key=SECRET_KEY, base_dir=BASE_DIR)
+    if _key_problem:
+        raise ConfigError(_key_problem)
+elif not SECRET_KEY:
     # Development and demo only: a fresh key per process is fine, sessions just expire.
     SECRET_KEY = "dev-insecure-" + secrets.token_urlsafe(40)
-elif IS_PRODUCTION and len(SECRET_KEY) < 50:
-    raise ConfigError("SECRET_KEY must be at least 50 characters in production")
 
 ALLOWED_HOSTS = cfg.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = cfg.list("CSRF_TRUSTED_ORIGINS", [])
@@ -141,8 +142,9 @@ for _alias, _db in DATABASES.items():
 DATABASE_ROUTERS = ["testizer_funnels.routers.ModxRouter"]
 
 # --- MODX tables ---------------------------------------------------------------------
-MODX_TABLE_PREFIX = cfg.str("MODX_TABLE_PREFIX", "modx_")
-SIMPLETEST_TABLE_PREFIX = cfg.str("SIMPLETEST_TABLE_PREFIX", "simpletest_")
+# They become part of quoted table names: identifier characters only.
+MODX_TABLE_PREFIX = cfg.identifier("MODX_TABLE_PREFIX", "modx_")
+SIMPLETEST_TABLE_PREFIX = cfg.identifier("SIMPLETEST_TABLE_PREFIX", "simpletest_")
 # MODX stores naive datetimes in its server's zone: Django reads and writes that alias in
 # this zone, so every datetime we get from it is aware and comparable to ours (UTC).
 MODX_TIME_ZONE = cfg.time_zone("MODX_TIME_ZONE", "Europe/Moscow")
