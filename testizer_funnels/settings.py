@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
+import sys
 from pathlib import Path
 
 from django.utils.translation import gettext_lazy as _
@@ -47,10 +49,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
-    "django_crontab",
     "funnels",
     "funnels.modx",
     "reports",
+    # After funnels: our `crontab` command (funnels/management/commands/crontab.py) must
+    # win over django-crontab's, whose `crontab run` swallows every exit code.
+    "django_crontab",
 ]
 
 MIDDLEWARE = [
@@ -236,17 +240,29 @@ FUNNELS_WATERMARK_GAP_GRACE_MINUTES = cfg.int(
 FUNNELS_PING_URL = cfg.str("FUNNELS_PING_URL", "")
 SENTRY_DSN = cfg.str("SENTRY_DSN", "")
 
+# What cron's mail or `>>` sees: one line per run (the summary, or the error).
+CRON_LOG_FILE = BASE_DIR / cfg.str("CRON_LOG_FILE", "logs/cron.log")  # relative: to the project
 CRONJOBS = [
     (
         f"*/{FUNNELS_SCHEDULE_MINUTES} * * * *",
         "django.core.management.call_command",
         ["run_funnels"],
         {"trigger": "cron"},
-        f">> {BASE_DIR / 'logs' / 'cron.log'} 2>&1",
+        f">> {shlex.quote(str(CRON_LOG_FILE))} 2>&1",
     ),
 ]
-CRONTAB_COMMAND_PREFIX = f"cd {BASE_DIR} &&"
-CRONTAB_LOCK_JOBS = True
+# cron starts with an empty environment in the user's home: go to the project, and keep an
+# explicitly chosen .env (TESTIZER_ENV_FILE at `crontab add` time) on the installed line.
+CRONTAB_COMMAND_PREFIX = f"cd {shlex.quote(str(BASE_DIR))} &&" + (
+    f" TESTIZER_ENV_FILE={shlex.quote(os.environ['TESTIZER_ENV_FILE'])}"
+    if os.environ.get("TESTIZER_ENV_FILE")
+    else ""
+)
+# The run lock (funnels/locks.py) keeps runs apart on every host and says who holds it;
+# django-crontab's own per-host file lock would only add a silent exit 0.
+CRONTAB_LOCK_JOBS = False
+# The crontab program `manage.py crontab add|show|remove` edits (tests use a fake one).
+CRONTAB_EXECUTABLE = cfg.str("CRONTAB_EXECUTABLE", "/usr/bin/crontab")
 
 # --- Logging -------------------------------------------------------------------------
 APP_LOG_LEVEL = cfg.choice(
@@ -254,6 +270,12 @@ APP_LOG_LEVEL = cfg.choice(
 )
 LOG_FILE = Path(cfg.str("LOG_FILE", str(BASE_DIR / "logs" / "app.log")))
 LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+# Log records on stderr too: "auto" does so only when stderr is a terminal (someone is
+# watching a command by hand); under cron stderr is cron.log, which gets the command's
+# one line and nothing else, and under gunicorn everything is in LOG_FILE already.
+LOG_CONSOLE = cfg.choice("LOG_CONSOLE", "auto", ("auto", "true", "false"))
+_log_console = LOG_CONSOLE == "true" or (LOG_CONSOLE == "auto" and sys.stderr.isatty())
+_log_handlers = ["console", "file"] if _log_console else ["file"]
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -263,7 +285,7 @@ LOGGING = {
         # process's local zone to TIME_ZONE, which would make them look local.
         "plain": {
             "()": "funnels.logging_filters.UtcFormatter",
-            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(process)d %(message)s",
         },
     },
     "handlers": {
@@ -272,20 +294,21 @@ LOGGING = {
             "formatter": "plain",
             "filters": ["redact"],
         },
+        # The cron job and every web worker append to one file. Rotation is logrotate's
+        # (docs/logrotate.conf: rename, then the next record reopens): a handler that
+        # rotated by itself would race the other processes and lose their lines.
         "file": {
-            "class": "logging.handlers.RotatingFileHandler",
+            "class": "logging.handlers.WatchedFileHandler",
             "filename": str(LOG_FILE),
-            "maxBytes": 10 * 1024 * 1024,
-            "backupCount": 5,
             "encoding": "utf-8",
             "formatter": "plain",
             "filters": ["redact"],
         },
     },
     "loggers": {
-        "funnels": {"handlers": ["console", "file"], "level": APP_LOG_LEVEL, "propagate": False},
-        "reports": {"handlers": ["console", "file"], "level": APP_LOG_LEVEL, "propagate": False},
-        "django": {"handlers": ["console", "file"], "level": "WARNING", "propagate": False},
+        "funnels": {"handlers": _log_handlers, "level": APP_LOG_LEVEL, "propagate": False},
+        "reports": {"handlers": _log_handlers, "level": APP_LOG_LEVEL, "propagate": False},
+        "django": {"handlers": _log_handlers, "level": "WARNING", "propagate": False},
     },
 }
 

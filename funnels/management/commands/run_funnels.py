@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -25,6 +25,9 @@ EXIT_PARTIAL = 4  # finished, but some contacts are left for a later run
 EXIT_HELD = 5  # the flood guard held new contacts back from Brevo
 EXIT_PAUSED = 6  # a scheduled run found the schedule paused
 EXIT_CONFIG = 78
+# sysexits.h EX_TEMPFAIL, as manage.py answers when the database is unreachable at start:
+# our database or MODX refused or dropped the connection (worth retrying, no bug).
+EXIT_DATABASE_UNAVAILABLE = 75
 
 EXIT_BY_STATUS = {
     SyncRun.Status.SUCCESS: EXIT_OK,
@@ -151,9 +154,15 @@ class Command(BaseCommand):
         except RunConfigError as exc:
             self.stderr.write(_("configuration error: %(e)s") % {"e": exc})
             sys.exit(EXIT_CONFIG)
-        except OperationalError as exc:
+        except (OperationalError, InterfaceError) as exc:
             self.stderr.write(
-                _("database unavailable: %(e)s") % {"e": redact(str(exc)).splitlines()[0][:300]}
+                _("database unavailable: %(e)s") % {"e": _first_line(redact(str(exc)))}
+            )
+            sys.exit(EXIT_DATABASE_UNAVAILABLE)
+        except Exception as exc:  # noqa: BLE001 - a bug: the traceback is in the log
+            self.stderr.write(
+                _("run failed unexpectedly: %(e)s (traceback in the log)")
+                % {"e": _first_line(f"{type(exc).__name__}: {redact(str(exc))}")}
             )
             sys.exit(EXIT_FAILED)
         if plan:
@@ -163,6 +172,11 @@ class Command(BaseCommand):
         code = EXIT_BY_STATUS.get(run.status, EXIT_FAILED)
         if code != EXIT_OK:
             sys.exit(code)
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else "")[:300]
 
 
 def _plan_line(item) -> str:
