@@ -5,6 +5,7 @@ Every variable is documented, with its default, in .env.example.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shlex
@@ -240,6 +241,26 @@ FUNNELS_WATERMARK_GAP_GRACE_MINUTES = cfg.int(
 FUNNELS_PING_URL = cfg.str("FUNNELS_PING_URL", "")
 SENTRY_DSN = cfg.str("SENTRY_DSN", "")
 
+# --- Alerts: who hears about a failed, partial or held run (funnels/services/alerts.py) -
+# One email per incident to ADMINS (Django's mail_admins) and one when it is over; the
+# incident is remembered in this file, which needs no database (the database may be
+# what is down).
+ADMINS = [("", address) for address in cfg.list("ADMINS", [])]
+SERVER_EMAIL = cfg.str("SERVER_EMAIL", "funnels@localhost")
+_subject_prefix = cfg.str("EMAIL_SUBJECT_PREFIX", "[Testizer Funnels]")
+EMAIL_SUBJECT_PREFIX = f"{_subject_prefix} " if _subject_prefix else ""
+EMAIL_HOST = cfg.str("EMAIL_HOST", "localhost")
+EMAIL_PORT = cfg.int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = cfg.str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = cfg.raw("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = cfg.bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = cfg.bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ConfigError("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be true")
+# Seconds: an SMTP server that does not answer must not hold the cron job.
+EMAIL_TIMEOUT = cfg.int("EMAIL_TIMEOUT", 10, minimum=1)
+FUNNELS_ALERT_STATE_FILE = BASE_DIR / cfg.str("FUNNELS_ALERT_STATE_FILE", "logs/alert-state.json")
+
 # What cron's mail or `>>` sees: one line per run (the summary, or the error).
 CRON_LOG_FILE = BASE_DIR / cfg.str("CRON_LOG_FILE", "logs/cron.log")  # relative: to the project
 CRONJOBS = [
@@ -317,4 +338,11 @@ if SENTRY_DSN:
         import sentry_sdk
     except ImportError:
         raise ConfigError("SENTRY_DSN is set but sentry-sdk is not installed") from None
-    sentry_sdk.init(dsn=SENTRY_DSN, send_default_pii=False, environment=APP_ENV)
+    from sentry_sdk.integrations.logging import LoggingIntegration
+
+    # Run outcomes reach Sentry once each, from funnels/services/alerts.py; error log
+    # records become breadcrumbs only, or a failed run would be reported twice.
+    sentry_sdk.init(
+        dsn=SENTRY_DSN, send_default_pii=False, environment=APP_ENV,
+        integrations=[LoggingIntegration(level=logging.INFO, event_level=None)],
+    )

@@ -15,6 +15,7 @@ from django.utils.translation import gettext_lazy
 from funnels.logging_filters import redact
 from funnels.models import SyncRun
 from funnels.selectors.plan import run_items_iter
+from funnels.services import alerts
 from funnels.services.runs import RunBusy, RunConfigError, run_funnels
 
 # What cron and monitoring see; README "Commands" documents the same table.
@@ -140,38 +141,42 @@ class Command(BaseCommand):
         if chunk_size is not None and chunk_size < 1:
             raise CommandError(_("--chunk-size must be at least 1"))
         forced = True if dry_run else (False if live else None)
+        now = as_of or timezone.now()
         try:
             run = run_funnels(
-                now=as_of or timezone.now(),
+                now=now,
                 dry_run=forced,
                 trigger=trigger,
                 since=since,
                 chunk_size=chunk_size or settings.FUNNELS_CHUNK_SIZE,
             )
         except RunBusy as exc:
-            self.stderr.write(str(exc))
-            sys.exit(EXIT_BUSY)
+            self._end(alerts.BUSY, str(exc), EXIT_BUSY)
         except RunConfigError as exc:
-            self.stderr.write(_("configuration error: %(e)s") % {"e": exc})
-            sys.exit(EXIT_CONFIG)
+            self._end(alerts.CONFIG, _("configuration error: %(e)s") % {"e": exc}, EXIT_CONFIG)
         except (OperationalError, InterfaceError) as exc:
-            self.stderr.write(
-                _("database unavailable: %(e)s") % {"e": _first_line(redact(str(exc)))}
-            )
-            sys.exit(EXIT_DATABASE_UNAVAILABLE)
+            line = _("database unavailable: %(e)s") % {"e": _first_line(redact(str(exc)))}
+            self._end(alerts.DATABASE, line, EXIT_DATABASE_UNAVAILABLE)
         except Exception as exc:  # noqa: BLE001 - a bug: the traceback is in the log
-            self.stderr.write(
-                _("run failed unexpectedly: %(e)s (traceback in the log)")
-                % {"e": _first_line(f"{type(exc).__name__}: {redact(str(exc))}")}
-            )
-            sys.exit(EXIT_FAILED)
+            line = _("run failed unexpectedly: %(e)s (traceback in the log)") % {
+                "e": _first_line(f"{type(exc).__name__}: {redact(str(exc))}")
+            }
+            self._end(SyncRun.Status.FAILED, line, EXIT_FAILED, error=exc)
         if plan:
             for item in run_items_iter(run=run):
                 self.stdout.write(_plan_line(item))
-        self.stdout.write(summary_line(run))
+        line = summary_line(run)
+        self.stdout.write(line)
+        alerts.alerts_send(status=run.status, line=line, now=timezone.now(), run_id=run.pk)
         code = EXIT_BY_STATUS.get(run.status, EXIT_FAILED)
         if code != EXIT_OK:
             sys.exit(code)
+
+    def _end(self, status: str, line: str, code: int, *, error: BaseException | None = None):
+        """A run that ended without a summary: its one line, the alerts, the exit code."""
+        self.stderr.write(line)
+        alerts.alerts_send(status=status, line=line, now=timezone.now(), error=error)
+        sys.exit(code)
 
 
 def _first_line(text: str) -> str:
