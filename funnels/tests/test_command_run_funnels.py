@@ -179,7 +179,9 @@ def _wait_for(predicate, *, seconds=30.0, what=""):
 def test_a_second_process_exits_3_while_the_first_runs(committed, fake_brevo, tmp_path):
     for n in range(6):
         modx_result(f"p{n}@example.com")
-    fake_brevo.set_latency(0.4)  # the first run spends a few seconds in the push
+    # The first run spends about 6 s in the push: on a busy machine the second process
+    # alone can take 3-4 s to start (0.4 s a request was not enough there).
+    fake_brevo.set_latency(1.0)
     env = subprocess_env(fake=fake_brevo, log_file=tmp_path / "app.log")
     first = manage_popen("run_funnels", "--live", "--since", "2026-10-01", env=env)
     try:
