@@ -14,6 +14,11 @@ from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.core.paginator import Paginator
 from django.utils.functional import cached_property
 
+# No table of ours comes near this many rows; a larger OFFSET overflows SQLite's and
+# MariaDB's 64-bit integers (a 500 for `?p=1000000000000000000`), so such a page is
+# answered as empty without a query, and Django's own validation takes it from there.
+MAX_OFFSET = 2**53
+
 
 def page_number_parse(*, raw: str | None) -> int:
     """The page the change list will ask for; it parses `?p=` the same way."""
@@ -35,12 +40,24 @@ class CountFreePaginator(Paginator):
     def _rows_with_lookahead(self) -> list:
         if self._rows is None:
             offset = self._offset(self.page_number)
-            self._rows = list(self.object_list[offset : offset + self.per_page + 1])
+            if offset > MAX_OFFSET:
+                self._rows = []
+            else:
+                self._rows = list(self.object_list[offset : offset + self.per_page + 1])
         return self._rows
 
     @cached_property
     def count(self) -> int:
         return self._offset(self.page_number) + len(self._rows_with_lookahead())
+
+    @cached_property
+    def num_pages(self) -> int:
+        # Django divides in floating point, which rounds a page number near 10**18 up to
+        # itself, so a page past the end would pass validation; whole numbers do not.
+        if self.count == 0 and not self.allow_empty_first_page:
+            return 0
+        hits = max(1, self.count - self.orphans)
+        return -(-hits // self.per_page)
 
     @property
     def has_more(self) -> bool:

@@ -12,7 +12,10 @@ from django.conf import settings
 
 
 def known_secrets() -> list[str]:
-    values = [getattr(settings, "BREVO_API_KEY", "")]
+    values = [
+        getattr(settings, name, "")
+        for name in ("BREVO_API_KEY", "EMAIL_HOST_PASSWORD", "FUNNELS_PING_URL", "SENTRY_DSN")
+    ]
     for db in settings.DATABASES.values():
         values.append(db.get("PASSWORD") or "")
     # Short values would redact ordinary words; real keys and passwords are longer.

@@ -14,13 +14,12 @@ from typing import Any
 from django.utils.formats import number_format
 from django.utils.translation import gettext as _
 
+from funnels.csv_cells import csv_cell
 from reports.selectors import PERIOD_GROUPINGS, ConversionReport, ReportRow
 
 # Excel reads a UTF-8 file as UTF-8 only when it starts with a byte order mark.
 CSV_BOM = "\ufeff"
 CSV_COLUMNS = ("funnel", "group", "entered", "converted", "rate", "median_hours", "p90_hours")
-# A spreadsheet treats a cell starting with one of these as a formula.
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 NO_VALUE = "—"
 
 
@@ -103,13 +102,6 @@ def report_json(report: ConversionReport) -> str:
 
 
 # --- CSV ---------------------------------------------------------------------------------
-
-
-def csv_cell(value: Any) -> Any:
-    """Text that a spreadsheet would run as a formula gets a leading apostrophe."""
-    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
-        return "'" + value
-    return "" if value is None else value
 
 
 def report_csv(report: ConversionReport) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import warnings
 import zoneinfo
@@ -21,6 +22,7 @@ import environ
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+IDENTIFIER = re.compile(r"[A-Za-z0-9_]*")
 
 
 class ConfigError(Exception):
@@ -89,6 +91,16 @@ class Config:
         value = self.str(name, default)
         if value not in choices:
             raise ConfigError(f"{name}={value!r} must be one of: {', '.join(choices)}")
+        return value
+
+    def identifier(self, name: str, default: str) -> str:
+        """Letters, digits and underscores only: the value becomes part of a table name,
+        and a quote or backtick in it would break out of the quoted name."""
+        value = self.str(name, default)
+        if not IDENTIFIER.fullmatch(value):
+            raise ConfigError(
+                f"{name}={value!r} may contain only letters, digits and underscores"
+            )
         return value
 
     def time_zone(self, name: str, default: str) -> str:

@@ -5,13 +5,17 @@ Every variable is documented, with its default, in .env.example.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import shlex
+import sys
 from pathlib import Path
 
 from django.utils.translation import gettext_lazy as _
 
 from testizer_funnels.config import Config, ConfigError, DotenvRead, read_dotenv
+from testizer_funnels.secret_key import secret_key_problem
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -29,13 +33,13 @@ IS_PRODUCTION = APP_ENV == "production"
 
 DEBUG = cfg.bool("DEBUG", False)
 SECRET_KEY = cfg.str("SECRET_KEY", "")
-if not SECRET_KEY:
-    if IS_PRODUCTION:
-        raise ConfigError("SECRET_KEY must be set when APP_ENV=production")
+if IS_PRODUCTION:
+    _key_problem = secret_key_problem(key=SECRET_KEY, base_dir=BASE_DIR)
+    if _key_problem:
+        raise ConfigError(_key_problem)
+elif not SECRET_KEY:
     # Development and demo only: a fresh key per process is fine, sessions just expire.
     SECRET_KEY = "dev-insecure-" + secrets.token_urlsafe(40)
-elif IS_PRODUCTION and len(SECRET_KEY) < 50:
-    raise ConfigError("SECRET_KEY must be at least 50 characters in production")
 
 ALLOWED_HOSTS = cfg.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = cfg.list("CSRF_TRUSTED_ORIGINS", [])
@@ -48,10 +52,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
-    "django_crontab",
     "funnels",
     "funnels.modx",
     "reports",
+    # After funnels: our `crontab` command (funnels/management/commands/crontab.py) must
+    # win over django-crontab's, whose `crontab run` swallows every exit code.
+    "django_crontab",
 ]
 
 MIDDLEWARE = [
@@ -143,8 +149,9 @@ for _alias, _db in DATABASES.items():
 DATABASE_ROUTERS = ["testizer_funnels.routers.ModxRouter"]
 
 # --- MODX tables ---------------------------------------------------------------------
-MODX_TABLE_PREFIX = cfg.str("MODX_TABLE_PREFIX", "modx_")
-SIMPLETEST_TABLE_PREFIX = cfg.str("SIMPLETEST_TABLE_PREFIX", "simpletest_")
+# They become part of quoted table names: identifier characters only.
+MODX_TABLE_PREFIX = cfg.identifier("MODX_TABLE_PREFIX", "modx_")
+SIMPLETEST_TABLE_PREFIX = cfg.identifier("SIMPLETEST_TABLE_PREFIX", "simpletest_")
 # MODX stores naive datetimes in its server's zone: Django reads and writes that alias in
 # this zone, so every datetime we get from it is aware and comparable to ours (UTC).
 MODX_TIME_ZONE = cfg.time_zone("MODX_TIME_ZONE", "Europe/Moscow")
@@ -247,17 +254,49 @@ FUNNELS_WATERMARK_GAP_GRACE_MINUTES = cfg.int(
 FUNNELS_PING_URL = cfg.str("FUNNELS_PING_URL", "")
 SENTRY_DSN = cfg.str("SENTRY_DSN", "")
 
+# --- Alerts: who hears about a failed, partial or held run (funnels/services/alerts.py) -
+# One email per incident to ADMINS (Django's mail_admins) and one when it is over; the
+# incident is remembered in this file, which needs no database (the database may be
+# what is down).
+ADMINS = [("", address) for address in cfg.list("ADMINS", [])]
+SERVER_EMAIL = cfg.str("SERVER_EMAIL", "funnels@localhost")
+_subject_prefix = cfg.str("EMAIL_SUBJECT_PREFIX", "[Testizer Funnels]")
+EMAIL_SUBJECT_PREFIX = f"{_subject_prefix} " if _subject_prefix else ""
+EMAIL_HOST = cfg.str("EMAIL_HOST", "localhost")
+EMAIL_PORT = cfg.int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = cfg.str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = cfg.raw("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = cfg.bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = cfg.bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ConfigError("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be true")
+# Seconds: an SMTP server that does not answer must not hold the cron job.
+EMAIL_TIMEOUT = cfg.int("EMAIL_TIMEOUT", 10, minimum=1)
+FUNNELS_ALERT_STATE_FILE = BASE_DIR / cfg.str("FUNNELS_ALERT_STATE_FILE", "logs/alert-state.json")
+
+# What cron's mail or `>>` sees: one line per run (the summary, or the error).
+CRON_LOG_FILE = BASE_DIR / cfg.str("CRON_LOG_FILE", "logs/cron.log")  # relative: to the project
 CRONJOBS = [
     (
         f"*/{FUNNELS_SCHEDULE_MINUTES} * * * *",
         "django.core.management.call_command",
         ["run_funnels"],
         {"trigger": "cron"},
-        f">> {BASE_DIR / 'logs' / 'cron.log'} 2>&1",
+        f">> {shlex.quote(str(CRON_LOG_FILE))} 2>&1",
     ),
 ]
-CRONTAB_COMMAND_PREFIX = f"cd {BASE_DIR} &&"
-CRONTAB_LOCK_JOBS = True
+# cron starts with an empty environment in the user's home: go to the project, and keep an
+# explicitly chosen .env (TESTIZER_ENV_FILE at `crontab add` time) on the installed line.
+CRONTAB_COMMAND_PREFIX = f"cd {shlex.quote(str(BASE_DIR))} &&" + (
+    f" TESTIZER_ENV_FILE={shlex.quote(os.environ['TESTIZER_ENV_FILE'])}"
+    if os.environ.get("TESTIZER_ENV_FILE")
+    else ""
+)
+# The run lock (funnels/locks.py) keeps runs apart on every host and says who holds it;
+# django-crontab's own per-host file lock would only add a silent exit 0.
+CRONTAB_LOCK_JOBS = False
+# The crontab program `manage.py crontab add|show|remove` edits (tests use a fake one).
+CRONTAB_EXECUTABLE = cfg.str("CRONTAB_EXECUTABLE", "/usr/bin/crontab")
 
 # --- Logging -------------------------------------------------------------------------
 APP_LOG_LEVEL = cfg.choice(
@@ -265,6 +304,12 @@ APP_LOG_LEVEL = cfg.choice(
 )
 LOG_FILE = Path(cfg.str("LOG_FILE", str(BASE_DIR / "logs" / "app.log")))
 LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+# Log records on stderr too: "auto" does so only when stderr is a terminal (someone is
+# watching a command by hand); under cron stderr is cron.log, which gets the command's
+# one line and nothing else, and under gunicorn everything is in LOG_FILE already.
+LOG_CONSOLE = cfg.choice("LOG_CONSOLE", "auto", ("auto", "true", "false"))
+_log_console = LOG_CONSOLE == "true" or (LOG_CONSOLE == "auto" and sys.stderr.isatty())
+_log_handlers = ["console", "file"] if _log_console else ["file"]
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -274,7 +319,7 @@ LOGGING = {
         # process's local zone to TIME_ZONE, which would make them look local.
         "plain": {
             "()": "funnels.logging_filters.UtcFormatter",
-            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(process)d %(message)s",
         },
     },
     "handlers": {
@@ -283,20 +328,21 @@ LOGGING = {
             "formatter": "plain",
             "filters": ["redact"],
         },
+        # The cron job and every web worker append to one file. Rotation is logrotate's
+        # (docs/logrotate.conf: rename, then the next record reopens): a handler that
+        # rotated by itself would race the other processes and lose their lines.
         "file": {
-            "class": "logging.handlers.RotatingFileHandler",
+            "class": "logging.handlers.WatchedFileHandler",
             "filename": str(LOG_FILE),
-            "maxBytes": 10 * 1024 * 1024,
-            "backupCount": 5,
             "encoding": "utf-8",
             "formatter": "plain",
             "filters": ["redact"],
         },
     },
     "loggers": {
-        "funnels": {"handlers": ["console", "file"], "level": APP_LOG_LEVEL, "propagate": False},
-        "reports": {"handlers": ["console", "file"], "level": APP_LOG_LEVEL, "propagate": False},
-        "django": {"handlers": ["console", "file"], "level": "WARNING", "propagate": False},
+        "funnels": {"handlers": _log_handlers, "level": APP_LOG_LEVEL, "propagate": False},
+        "reports": {"handlers": _log_handlers, "level": APP_LOG_LEVEL, "propagate": False},
+        "django": {"handlers": _log_handlers, "level": "WARNING", "propagate": False},
     },
 }
 
@@ -305,4 +351,11 @@ if SENTRY_DSN:
         import sentry_sdk
     except ImportError:
         raise ConfigError("SENTRY_DSN is set but sentry-sdk is not installed") from None
-    sentry_sdk.init(dsn=SENTRY_DSN, send_default_pii=False, environment=APP_ENV)
+    from sentry_sdk.integrations.logging import LoggingIntegration
+
+    # Run outcomes reach Sentry once each, from funnels/services/alerts.py; error log
+    # records become breadcrumbs only, or a failed run would be reported twice.
+    sentry_sdk.init(
+        dsn=SENTRY_DSN, send_default_pii=False, environment=APP_ENV,
+        integrations=[LoggingIntegration(level=logging.INFO, event_level=None)],
+    )

@@ -37,6 +37,7 @@ from django.db import connections, transaction
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils.translation import gettext as _
 
+from funnels.csv_cells import csv_row
 from funnels.emails import email_check
 from funnels.models import FunnelEntry, SyncStatus
 from funnels.modx.models import TestResult
@@ -701,10 +702,10 @@ def legacy_report_write(*, report: AdoptionReport, directory: Path, now: dt.date
         writer = csv.writer(handle)
         writer.writerow(["survivor_legacy_id", "funnel_type", "test_id", "rows", "legacy_ids"])
         for group in report.plan.duplicate_groups:
-            writer.writerow([
+            writer.writerow(csv_row([
                 group.survivor_id, group.funnel_type, group.test_id, len(group.rows),
                 " ".join(str(i) for i in group.legacy_ids),
-            ])
+            ]))
     with report.rows_csv.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["legacy_id", "outcome", "entry_id", "survivor_legacy_id",
@@ -722,7 +723,7 @@ def legacy_report_write(*, report: AdoptionReport, directory: Path, now: dt.date
                               group.survivor_id, group.funnel_type, group.test_id))
         for legacy_id, reason in report.plan.rejected:
             lines.append((legacy_id, reason, "", "", "", ""))
-        writer.writerows(sorted(lines))
+        writer.writerows(csv_row(line) for line in sorted(lines))
 
 
 # --- The whole adoption ----------------------------------------------------------------

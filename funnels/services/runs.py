@@ -370,7 +370,8 @@ def _run_locked(
         "planned" if run.dry_run else "added", run.skipped, run.contacts_sent,
         run.contacts_failed, run.contacts_held, run.brevo_requests,
     )
-    ping_send(event="success")
+    # The end-of-run ping (success, or /fail for partial and held) is sent with the other
+    # alerts by the command: services/alerts.py.
     return run
 
 
@@ -385,7 +386,4 @@ def _finish_failed(state: _Run, error: str) -> None:
     if state.client is not None:
         state.client.close()
     logger.error("run #%s failed: %s", run.pk, run.error)
-    try:
-        run.save()
-    finally:
-        ping_send(event="fail")
+    run.save()

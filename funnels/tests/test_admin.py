@@ -224,6 +224,18 @@ def test_entries_pages_without_counting(admin_client):
     assert beyond.status_code == 302 and "e=1" in beyond["Location"]
 
 
+@pytest.mark.parametrize("page", ["1000000000000000000", str(2**64), "99999999999999999999999"])
+def test_entries_page_far_beyond_the_end_answers_like_djangos_paginator(admin_client, page):
+    """A number that would overflow OFFSET is an empty page: the change list's redirect to
+    `?e=1`, as for any page past the end, not a 500; and no query asks for that offset."""
+    entries_bulk(3, start=dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(ENTRIES_URL + "?p=" + page)
+    assert response.status_code == 302 and response["Location"].endswith("?e=1")
+    assert not [q for q in captured.captured_queries if "OFFSET" in q["sql"].upper()]
+    assert admin_client.get(response["Location"]).status_code == 200
+
+
 LIST_QUERIES = [
     "",
     "?funnel=language",

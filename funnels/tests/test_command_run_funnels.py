@@ -193,7 +193,7 @@ def test_unreachable_database_is_one_line_without_traceback(tmp_path):
     env = subprocess_env(fake=None, log_file=tmp_path / "app.log")
     env["DATABASE_URL"] = "mysql://root@127.0.0.1:1/nowhere"
     done = manage_run("run_funnels", "--dry-run", env=env)
-    assert done.returncode == 1
+    assert done.returncode == 75  # EX_TEMPFAIL, as manage.py answers at start-up
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stderr.strip().startswith("database unavailable:")
     assert len(done.stderr.strip().splitlines()) == 1
@@ -224,7 +224,9 @@ def _wait_for(predicate, *, seconds=30.0, what=""):
 def test_a_second_process_exits_3_while_the_first_runs(committed, fake_brevo, tmp_path):
     for n in range(6):
         modx_result(f"p{n}@example.com")
-    fake_brevo.set_latency(1.0)  # the first run spends seconds in the push, even on a busy machine
+    # The first run spends about 6 s in the push: on a busy machine the second process
+    # alone can take 3-4 s to start (0.4 s a request was not enough there).
+    fake_brevo.set_latency(1.0)
     env = subprocess_env(fake=fake_brevo, log_file=tmp_path / "app.log")
     first = manage_popen("run_funnels", "--live", "--since", "2026-10-01", env=env)
     try:
@@ -279,3 +281,23 @@ def test_sigkill_mid_run_then_the_next_run_completes_the_work(committed, fake_br
     log = (tmp_path / "app.log").read_text()
     assert API_KEY not in log + after.stdout + after.stderr
     assert "k1@example.com" not in log  # emails are masked in the log
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1(monkeypatch):
+    """A bug (not the database, not the configuration) still gives cron one line; the
+    traceback belongs in app.log, where the run service logs it."""
+    from funnels.management.commands import run_funnels as command
+
+    def broken(**kwargs):
+        raise KeyError("funnel 'x'\nsecond line")
+
+    monkeypatch.setattr(command, "run_funnels", broken)
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as exited:
+        call_command("run_funnels", "--dry-run", stdout=io.StringIO(), stderr=err)
+    assert exited.value.code == 1
+    assert err.getvalue().splitlines() in (
+        [f"run failed unexpectedly: KeyError: \"funnel 'x'\\nsecond line\" (traceback in the log)"],
+        [f"запуск упал из-за непредвиденной ошибки: KeyError: \"funnel 'x'\\nsecond line\" "
+         "(трассировка в журнале)"],
+    )

@@ -214,8 +214,8 @@ def test_the_lock_holding_connection_killed_mid_push_and_a_new_run_at_once(
     finally:
         if victim.poll() is None:
             victim.kill()
-    assert victim.returncode == 1, (out, err)
-    # The console log goes to stderr too; the command's own last word is one line.
+    assert victim.returncode == 75, (out, err)  # database unavailable
+    # The command's own last word is one line (log records go to stderr only on a terminal).
     assert err.strip().splitlines()[-1].startswith("database unavailable: (2013"), err
     assert "Traceback" not in err
     assert second.returncode == 0, second.stdout + second.stderr
@@ -250,11 +250,12 @@ def test_run_connections_killed_at_random_moments(committed, fake_brevo, env, tm
             if victim.poll() is None:
                 victim.kill()
         seen.append((victim.returncode, len(killed), fake_brevo.request_count - before))
-        assert victim.returncode in (0, 1), (out, err)
-        if victim.returncode == 1:
+        # 1: the run noticed and recorded it failed; 75: the database went away under it.
+        assert victim.returncode in (0, 1, 75), (out, err)
+        if victim.returncode:
             assert "Traceback" not in err, err
         assert_synced_means_in_brevo(fake_brevo)
-    assert any(code == 1 for code, _, _ in seen), seen
+    assert any(code in (1, 75) for code, _, _ in seen), seen
     fake_brevo.set_latency(0)
     done = _normal_run(env)
     assert_invariant(fake_brevo, after_id=world.first_result_id - 1)

@@ -404,22 +404,18 @@ def ping_server():
     server.server_close()
 
 
-def test_pings_start_and_success(configured, live_settings, client_factory, now, ping_server):
-    url, paths = ping_server
-    live_settings.FUNNELS_PING_URL = url
-    run_live(client_factory, now=now)
-    assert paths == ["/ping/abc/start", "/ping/abc"]
-
-
-def test_pings_fail_when_the_run_fails(
+def test_the_run_pings_start_and_leaves_the_end_to_the_alerts(
     configured, live_settings, client_factory, fake_brevo, now, ping_server
 ):
+    """The end ping (success or /fail) is sent by the command with the other alerts
+    (test_services_alerts.py, test_alerts_command.py), once, whatever the outcome."""
     url, paths = ping_server
     live_settings.FUNNELS_PING_URL = url
+    run_live(client_factory, now=now)
     modx_result("anna@example.com")
     fake_brevo.faults.add("401", count=None)
-    run_live(client_factory, now=now)
-    assert paths == ["/ping/abc/start", "/ping/abc/fail"]
+    assert run_live(client_factory, now=now).status == "failed"
+    assert paths == ["/ping/abc/start", "/ping/abc/start"]
 
 
 def test_an_unreachable_ping_url_does_not_fail_the_run(

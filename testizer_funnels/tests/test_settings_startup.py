@@ -6,9 +6,11 @@ variables under test only, TESTIZER_ENV_FILE=/dev/null so no .env is read).
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 
-from funnels.tests.manage_subprocess import manage_run
+from funnels.tests.manage_subprocess import MANAGE, manage_run
 
 EXIT_CONFIG = 78
 EXIT_DATABASE_UNAVAILABLE = 75
@@ -52,6 +54,13 @@ def test_live_mode_fully_configured_starts(sqlite_env):
     ({"APP_ENV": "production"}, "SECRET_KEY must be set when APP_ENV=production"),
     ({"DATABASE_URL": f"postgres://app:{PASSWORD}@db/funnels"},
      "DATABASE_URL: only sqlite:// and mysql:// URLs are supported"),
+    ({"MODX_TABLE_PREFIX": 'modx_" OR 1=1 --'},
+     "MODX_TABLE_PREFIX='modx_\" OR 1=1 --' may contain only letters, digits and underscores"),
+    ({"SIMPLETEST_TABLE_PREFIX": "simpletest_`x"},
+     "SIMPLETEST_TABLE_PREFIX='simpletest_`x' may contain only letters, digits and"),
+    ({"MODX_TABLE_PREFIX": "modx-"}, "MODX_TABLE_PREFIX='modx-' may contain only"),
+    ({"APP_ENV": "production", "SECRET_KEY": "short"},
+     "SECRET_KEY must be at least 50 characters in production; make one with: python3 -c"),
 ])
 def test_a_bad_setting_is_one_line_and_exit_78(sqlite_env, variables, expected):
     done = manage_run("check", env={**sqlite_env, **variables})
@@ -109,3 +118,34 @@ def test_a_byte_order_mark_inside_a_dotenv_is_refused(sqlite_env, tmp_path):
         f"configuration error: {dotenv} line 2 contains a byte-order mark (two files "
         "joined?); remove it"
     )
+def test_the_example_secret_key_is_refused_in_production(sqlite_env):
+    example = next(
+        line.split("=", 1)[1]
+        for line in (MANAGE.parent / ".env.example").read_text().splitlines()
+        if line.startswith("SECRET_KEY=")
+    )
+    assert len(example) >= 50  # long enough to pass the length rule: the point of the test
+
+    done = manage_run("check", env={**sqlite_env, "APP_ENV": "production", "SECRET_KEY": example})
+
+    assert done.returncode == EXIT_CONFIG
+    assert done.stderr.splitlines() == [
+        "configuration error: SECRET_KEY is the example value from this repository (anyone "
+        "can read it); make one with: "
+        'python3 -c "import secrets; print(secrets.token_urlsafe(50))"'
+    ]
+    assert example not in done.stderr
+
+
+def test_a_key_of_ones_own_starts_in_production(sqlite_env):
+    done = manage_run("check", env={
+        **sqlite_env, "APP_ENV": "production", "SECRET_KEY": secrets.token_urlsafe(50),
+    })
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_default_prefixes_and_an_empty_one_are_accepted(sqlite_env):
+    done = manage_run("check", env={
+        **sqlite_env, "MODX_TABLE_PREFIX": "", "SIMPLETEST_TABLE_PREFIX": "Simple_Test2_",
+    })
+    assert done.returncode == 0, done.stderr

@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
@@ -16,6 +16,7 @@ from funnels.logging_filters import redact
 from funnels.emails import Reason as EmailReason
 from funnels.models import SyncRun, SyncRunItem
 from funnels.selectors.plan import run_items_iter
+from funnels.services import alerts
 from funnels.services.purchases import SkipReason as PaymentSkipReason
 from funnels.services.runs import RunBusy, RunConfigError, run_funnels
 from funnels.services.runtime import live_needs_dry_run_first
@@ -28,6 +29,9 @@ EXIT_PARTIAL = 4  # finished, but some contacts are left for a later run
 EXIT_HELD = 5  # the flood guard held new contacts back from Brevo
 EXIT_PAUSED = 6  # a scheduled run found the schedule paused
 EXIT_CONFIG = 78
+# sysexits.h EX_TEMPFAIL, as manage.py answers when the database is unreachable at start:
+# our database or MODX refused or dropped the connection (worth retrying, no bug).
+EXIT_DATABASE_UNAVAILABLE = 75
 
 EXIT_BY_STATUS = {
     SyncRun.Status.SUCCESS: EXIT_OK,
@@ -156,9 +160,10 @@ class Command(BaseCommand):
             raise CommandError(_("--chunk-size must be at least 1"))
         forced = True if dry_run else (False if live else None)
         held_back = forced is None and live_needs_dry_run_first()
+        now = as_of or timezone.now()
         try:
             run = run_funnels(
-                now=as_of or timezone.now(),
+                now=now,
                 dry_run=forced,
                 trigger=trigger,
                 since=since,
@@ -166,16 +171,17 @@ class Command(BaseCommand):
                 release_held=release_held,
             )
         except RunBusy as exc:
-            self.stderr.write(str(exc))
-            sys.exit(EXIT_BUSY)
+            self._end(alerts.BUSY, str(exc), EXIT_BUSY)
         except RunConfigError as exc:
-            self.stderr.write(_("configuration error: %(e)s") % {"e": exc})
-            sys.exit(EXIT_CONFIG)
-        except OperationalError as exc:
-            self.stderr.write(
-                _("database unavailable: %(e)s") % {"e": redact(str(exc)).splitlines()[0][:300]}
-            )
-            sys.exit(EXIT_FAILED)
+            self._end(alerts.CONFIG, _("configuration error: %(e)s") % {"e": exc}, EXIT_CONFIG)
+        except (OperationalError, InterfaceError) as exc:
+            line = _("database unavailable: %(e)s") % {"e": _first_line(redact(str(exc)))}
+            self._end(alerts.DATABASE, line, EXIT_DATABASE_UNAVAILABLE)
+        except Exception as exc:  # noqa: BLE001 - a bug: the traceback is in the log
+            line = _("run failed unexpectedly: %(e)s (traceback in the log)") % {
+                "e": _first_line(f"{type(exc).__name__}: {redact(str(exc))}")
+            }
+            self._end(SyncRun.Status.FAILED, line, EXIT_FAILED, error=exc)
         if plan:
             for item in run_items_iter(run=run):
                 self.stdout.write(_plan_line(item))
@@ -186,10 +192,23 @@ class Command(BaseCommand):
                 ".env?): this run was a dry run; the next one is live. Check this run "
                 "first; use --live to skip the dry run."
             ))
-        self.stdout.write(summary_line(run))
+        line = summary_line(run)
+        self.stdout.write(line)
+        alerts.alerts_send(status=run.status, line=line, now=timezone.now(), run_id=run.pk)
         code = EXIT_BY_STATUS.get(run.status, EXIT_FAILED)
         if code != EXIT_OK:
             sys.exit(code)
+
+    def _end(self, status: str, line: str, code: int, *, error: BaseException | None = None):
+        """A run that ended without a summary: its one line, the alerts, the exit code."""
+        self.stderr.write(line)
+        alerts.alerts_send(status=status, line=line, now=timezone.now(), error=error)
+        sys.exit(code)
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else "")[:300]
 
 
 def _purchase_part(run: SyncRun) -> str:
