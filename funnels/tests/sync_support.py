@@ -197,3 +197,20 @@ def manage_run(*args: str, env: dict[str, str], timeout: float = 60):
         env=env, cwd=MANAGE.parent, capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def switched_to_live() -> None:
+    """Live as an operator makes it: switched in the admin (audited), so the first run
+    after it does not fall back to a dry run (services.runtime.live_needs_dry_run_first)."""
+    from django.contrib.auth import get_user_model
+
+    from funnels.services.runtime import dry_run_set
+
+    user, _ = get_user_model().objects.get_or_create(
+        username="operator", defaults={"is_staff": True}
+    )
+    runtime = RuntimeSettings.objects.get_or_create(id=1)[0]
+    if not runtime.dry_run:
+        runtime.dry_run = True
+        runtime.save(update_fields=["dry_run"])
+    dry_run_set(user=user, value=False)

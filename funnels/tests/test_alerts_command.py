@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from funnels.services.runtime import runtime_settings_get
 from funnels.tests.alert_support import PingReceiver, SentryReceiver, SmtpSink
 from funnels.tests.sync_support import (
+    switched_to_live,
     API_KEY,
     LANG_TEST,
     OTHER_TEST,
@@ -38,9 +38,7 @@ def world(fake_brevo):
     modx_catalogue()
     modx_result("ann@example.com", LANG_TEST)
     modx_result("bob@example.com", OTHER_TEST)
-    runtime = runtime_settings_get()
-    runtime.dry_run = False
-    runtime.save()
+    switched_to_live()
     yield
     modx_rows_delete()
     default_rows_restore()

@@ -18,8 +18,8 @@ from django.conf import settings
 
 from funnels.locks import RunLock
 from funnels.models import SyncRun
-from funnels.services.runtime import runtime_settings_get
 from funnels.tests.sync_support import (
+    switched_to_live,
     LANG_TEST,
     OTHER_TEST,
     database_url,
@@ -121,9 +121,7 @@ def cron(tmp_path, fake_brevo):
 
 
 def _live() -> None:
-    runtime = runtime_settings_get()
-    runtime.dry_run = False
-    runtime.save()
+    switched_to_live()
 
 
 def _outcome(name: str, cron: CronSetup, fake) -> None:

@@ -51,7 +51,7 @@ def test_legacy_adoption_reports_neutralise_text_from_the_earlier_tools_table(tm
     )
     report = AdoptionReport(
         source="test", alias="default", table="funnel_entries", dry_run=True,
-        sync_status="synced", plan=plan,
+        plan=plan,
     )
 
     legacy_report_write(report=report, directory=tmp_path, now=dt.datetime(2026, 11, 28, tzinfo=dt.UTC))
