@@ -48,6 +48,8 @@ class FunnelsAdminSite(admin.AdminSite):
     site_header = _("Testizer Funnels")
     site_title = _("Testizer Funnels")
     index_title = _("Dashboard")
+    # "View site" would lead back here: the admin is the whole site.
+    site_url = None
 
     def each_context(self, request):
         context = super().each_context(request)
