@@ -44,7 +44,9 @@ class Funnel(models.Model):
         verbose_name_plural = _("funnels")
 
     def __str__(self) -> str:
-        return self.name
+        from funnels.labels import funnel_name_display  # labels needs no model
+
+        return funnel_name_display(self.name)
 
 
 class SyncStatus(models.TextChoices):
@@ -219,6 +221,9 @@ class SyncRunItem(models.Model):
         PURCHASE = "purchase", _("Purchase")
         WOULD_PURCHASE = "would_purchase", _("Would mark purchase")
         PURCHASE_REVOKED = "purchase_revoked", _("Purchase revoked")
+        # Due for Brevo but not sent by this run (it stopped, or Brevo did not confirm):
+        # the next run sends them.
+        DEFERRED = "deferred", _("Left for a later run")
 
     run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="items")
     action = models.CharField(_("action"), max_length=20, choices=Action.choices)
@@ -270,6 +275,10 @@ class RuntimeSettings(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_ID)
     dry_run = models.BooleanField(_("dry run"), default=True)
+    # The admin's pause switch: scheduled runs (--trigger cron) record a `paused` run and
+    # stop at once; runs by hand with --ignore-pause still work.
+    schedule_paused = models.BooleanField(_("schedule paused"), default=False)
+    schedule_paused_at = models.DateTimeField(_("schedule paused at"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -279,7 +288,10 @@ class RuntimeSettings(models.Model):
     class Meta:
         verbose_name = _("runtime settings")
         verbose_name_plural = _("runtime settings")
-        permissions = [("change_dry_run", _("Can switch between dry run and live"))]
+        permissions = [
+            ("change_dry_run", _("Can switch between dry run and live")),
+            ("pause_schedule", _("Can pause and resume the schedule")),
+        ]
 
     def __str__(self) -> str:
         return str(_("Mode: dry run") if self.dry_run else _("Mode: live"))

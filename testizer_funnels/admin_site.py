@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy as _
 
 from funnels import views
+from funnels.labels import audit_label
 from funnels.selectors.dashboard import (
     admin_status_get,
     dashboard_get,
@@ -50,6 +51,8 @@ class FunnelsAdminSite(admin.AdminSite):
     index_title = _("Dashboard")
     # "View site" would lead back here: the admin is the whole site.
     site_url = None
+    # The dashboard lists every model; the sidebar would take 280 px from every table.
+    enable_nav_sidebar = False
 
     def each_context(self, request):
         context = super().each_context(request)
@@ -62,6 +65,8 @@ class FunnelsAdminSite(admin.AdminSite):
     def get_urls(self):
         return [
             path("dry-run/", self.admin_view(views.dry_run_toggle), name="funnels_dry_run"),
+            path("schedule/", self.admin_view(views.schedule_pause_toggle),
+                 name="funnels_schedule"),
             *super().get_urls(),
         ]
 
@@ -74,8 +79,12 @@ class FunnelsAdminSite(admin.AdminSite):
                 for run in dashboard.last_runs
             ],
             "site_time_zone": settings.TIME_ZONE,
-            "dry_run_changes": dry_run_changes(limit=DRY_RUN_CHANGES_SHOWN),
+            "dry_run_changes": [
+                {"change": change, "message": audit_label(change.get_change_message())}
+                for change in dry_run_changes(limit=DRY_RUN_CHANGES_SHOWN)
+            ],
             "can_change_dry_run": request.user.has_perm(views.DRY_RUN_PERMISSION),
+            "can_pause_schedule": request.user.has_perm(views.PAUSE_PERMISSION),
             "live_mode_blockers": live_mode_blockers_get(),
             "funnels_without_list": funnels_without_list_get(),
             **(extra_context or {}),

@@ -41,6 +41,7 @@ from funnels.selectors.candidates import (
     candidates_start_id,
     candidates_stream,
 )
+from funnels.selectors.readiness import live_config_problems
 from funnels.selectors.funnels import (
     WatermarkState,
     funnel_list_id,
@@ -57,6 +58,7 @@ from funnels.services.outbox import outbox_push
 from funnels.services.pings import ping_send
 from funnels.services.purchases import purchases_sync
 from funnels.services.runtime import runtime_settings_get
+from funnels.services.schedule import run_record_paused, schedule_pause_blocks
 from funnels.services.watermarks import (
     watermark_after_gap_reads,
     watermark_after_new_rows,
@@ -72,17 +74,6 @@ class RunBusy(Exception):
 
 class RunConfigError(Exception):
     """Live mode asked for, but Brevo is not configured (exit code 78)."""
-
-
-def live_config_problems(*, funnels: list[Funnel]) -> list[str]:
-    """What is missing for a live run; empty when it may talk to Brevo."""
-    problems = []
-    if not settings.BREVO_API_KEY:
-        problems.append("BREVO_API_KEY is not set")
-    for funnel in funnels:
-        if funnel.active and not funnel_list_id(funnel=funnel):
-            problems.append(f"funnel {funnel.slug!r} has no Brevo list id")
-    return problems
 
 
 def runs_mark_crashed(*, now: datetime) -> int:
@@ -332,6 +323,8 @@ def _run_locked(
     brevo_client_factory: Callable[[], BrevoClient],
     clock: Callable[[], datetime],
 ) -> SyncRun:
+    if schedule_pause_blocks(trigger=trigger):  # the admin paused the schedule
+        return run_record_paused(now=clock(), trigger=trigger, dry_run=dry_run)
     ping_send(event="start")
     runs_mark_crashed(now=clock())
     effective_dry_run = runtime_settings_get().dry_run if dry_run is None else dry_run

@@ -339,7 +339,7 @@ def test_admin_index_with_the_mode_switch_is_in_russian(
     assert_russian(
         html,
         present=["Воронки Testizer", "Сводка", ">ПРОБНЫЙ ЗАПУСК<", "Включить БОЕВОЙ РЕЖИМ",
-                 "Не задан ключ API Brevo (BREVO_API_KEY).", "Входы в воронки",
+                 "не задан ключ API Brevo (BREVO_API_KEY)", "Входы в воронки",
                  "Последние 24 часа: никто не потерян?"],
         absent=["Testizer Funnels", ">DRY RUN<", "Switch to LIVE", "Numbers",
                 "The Brevo API key", "Funnel entries", "Last 24 hours"],
@@ -396,9 +396,9 @@ def test_run_page_is_in_russian(ru_client, django_assert_max_num_queries):
         html,
         present=["Результат по каждому кандидату", "Добавлен", "Пропущен", "Счётчики",
                  "Завершён с ошибками", "Боевой режим", "страница 1 из 1",
-                 "Пропущено по причинам"],
+                 "Пропущенные результаты тестов по причинам", "некорректный адрес почты"],
         absent=["Outcome per candidate", "Counts", "Finished with failures",
-                "skipped by reason", "page 1 of 1"],
+                "skipped by reason", "page 1 of 1", "invalid_email"],
     )
 
 

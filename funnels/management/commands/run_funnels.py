@@ -15,6 +15,7 @@ from django.utils.translation import gettext_lazy
 from funnels.logging_filters import redact
 from funnels.models import SyncRun
 from funnels.selectors.plan import run_items_iter
+from funnels.services.runtime import runtime_settings_get
 from funnels.services.runs import RunBusy, RunConfigError, run_funnels
 
 # What cron and monitoring see; README "Commands" documents the same table.
@@ -128,16 +129,27 @@ class Command(BaseCommand):
                               "the reason"),
         )
         parser.add_argument(
+            "--ignore-pause", action="store_true",
+            help=gettext_lazy("run by hand although the schedule is paused in the admin "
+                              "(scheduled runs never ignore the pause)"),
+        )
+        parser.add_argument(
             "--trigger", choices=[SyncRun.Trigger.CRON, SyncRun.Trigger.MANUAL],
             default=SyncRun.Trigger.MANUAL,
             help=gettext_lazy("who started the run (recorded on it)"),
         )
 
-    def handle(self, *args, dry_run, live, since, as_of, chunk_size, plan, trigger, **options):
+    def handle(self, *args, dry_run, live, since, as_of, chunk_size, plan, trigger,
+               ignore_pause=False, **options):
         if chunk_size is not None and chunk_size < 1:
             raise CommandError(_("--chunk-size must be at least 1"))
         forced = True if dry_run else (False if live else None)
         try:
+            if (trigger != SyncRun.Trigger.CRON and not ignore_pause
+                    and runtime_settings_get().schedule_paused):
+                self.stderr.write(_("the schedule is paused in the admin; to run by hand "
+                                    "anyway, add --ignore-pause"))
+                sys.exit(EXIT_PAUSED)
             run = run_funnels(
                 now=as_of or timezone.now(),
                 dry_run=forced,
