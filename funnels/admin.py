@@ -102,6 +102,34 @@ def email_search_prefixes(*, term: str) -> list[str]:
 # --- Funnel entries ----------------------------------------------------------------
 
 
+class TitledAdminMixin:
+    """Page titles written for each model: Django's generic "Select %s to change" and
+    "Add %s" put the model's name in the wrong case in Russian ("Выберите воронка")."""
+
+    list_title = None
+    add_title = None
+    change_title = None
+    view_title = None
+
+    def changelist_view(self, request, extra_context=None):
+        context = dict(extra_context or {})
+        if self.list_title:
+            context.setdefault("title", self.list_title)
+        return super().changelist_view(request, extra_context=context)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if object_id is None:
+            title = self.add_title
+        else:
+            obj = self.get_object(request, object_id) if object_id else None
+            editable = obj is not None and self.has_change_permission(request, obj)
+            title = self.change_title if editable else self.view_title
+        context = dict(extra_context or {})
+        if title:
+            context.setdefault("title", title)
+        return super().changeform_view(request, object_id, form_url, extra_context=context)
+
+
 class ReadOnlyAdminMixin:
     """Rows written only by the job: the admin shows them, nobody edits them by hand."""
 
@@ -217,7 +245,10 @@ class FunnelEntryChangeList(CountFreeChangeList):
         }
 
 
-class FunnelEntryAdmin(ReadOnlyAdminMixin, CountFreePaginationMixin, admin.ModelAdmin):
+class FunnelEntryAdmin(TitledAdminMixin, ReadOnlyAdminMixin, CountFreePaginationMixin,
+                       admin.ModelAdmin):
+    list_title = _("Funnel entries")
+    view_title = _("Funnel entry")
     # Five columns that fit a laptop: what an operator scans for (who, where, when, is it
     # in Brevo, did they buy); test id and payment id ride along in smaller print.
     list_display = [
@@ -365,13 +396,14 @@ site.register(FunnelEntry, FunnelEntryAdmin)
 # --- Sync runs -----------------------------------------------------------------------
 
 
-class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class SyncRunAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_title = _("Sync runs")
+    view_title = _("Sync run")
     # Six columns that fit a laptop: the counts combined the way an operator reads them
     # ("2000 → 1325 / 675"), the error under the status.
     list_display = [
         "run_started",
         "status_shown",
-        "duration_display",
         "results_shown",
         "contacts_shown",
         "purchases_shown",
@@ -398,8 +430,9 @@ class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description=_("run"), ordering="started_at")
     def run_started(self, obj: SyncRun):
         return format_html(
-            "#{}<br><span class=\"quiet\">{}</span>", obj.pk,
+            "#{}<br><span class=\"quiet\">{}<br>{}</span>", obj.pk,
             formats.date_format(timezone.localtime(obj.started_at), "SHORT_DATETIME_FORMAT"),
+            duration_format(obj.duration),
         )
 
     @admin.display(description=_("status"))
@@ -412,14 +445,14 @@ class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             format_html('<div class="funnels-run-error">{}</div>', error) if error else "",
         )
 
-    @admin.display(description=_("test results: read → added / skipped"))
+    @admin.display(description=_("results: read → added / skipped"))
     def results_shown(self, obj: SyncRun):
         added = (
             gettext("would add %(n)s") if obj.dry_run else "%(n)s"
         ) % {"n": obj.entries_added}
         return format_html("{} → {} / {}", obj.results_read, added, obj.skipped)
 
-    @admin.display(description=_("contacts: sent / failed"))
+    @admin.display(description=_("Brevo: sent / failed"))
     def contacts_shown(self, obj: SyncRun):
         if obj.dry_run:
             return EMPTY
@@ -689,7 +722,11 @@ class FunnelForm(forms.ModelForm):
         ]
 
 
-class FunnelAdmin(admin.ModelAdmin):
+class FunnelAdmin(TitledAdminMixin, admin.ModelAdmin):
+    list_title = _("Funnels")
+    add_title = _("Add a funnel")
+    change_title = _("Edit the funnel")
+    view_title = _("Funnel")
     form = FunnelForm
     list_display = [
         "name_shown",
@@ -733,7 +770,9 @@ site.register(Funnel, FunnelAdmin)
 # --- Watermarks ----------------------------------------------------------------------
 
 
-class SyncStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class SyncStateAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_title = _("How far the job has read MODX")
+    view_title = _("MODX reading position")
     list_display = ["key", "last_id", "gap_count", "run", "updated_at"]
     readonly_fields = ["key", "last_id", "gap_count", "run", "updated_at"]
     list_select_related = ["run"]

@@ -261,8 +261,9 @@ class SyncState(models.Model):
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
-        verbose_name = _("watermark")
-        verbose_name_plural = _("watermarks")
+        # "Watermark" is the code's word; the operator reads how far the job has read.
+        verbose_name = _("MODX reading position")
+        verbose_name_plural = _("MODX reading positions")
 
     def __str__(self) -> str:
         return f"{self.key}={self.last_id}"

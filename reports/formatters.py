@@ -40,6 +40,16 @@ def rate_display(rate: float | None) -> str:
     return f"{number_format(round(rate * 100, 1), decimal_pos=1)}%"
 
 
+def points_display(points: float | None) -> str:
+    """A change of rate in percentage points, signed, in the page's number format
+    ("+1,5", "−4,3" in Russian, beside "21,1%")."""
+    if points is None:
+        return NO_VALUE
+    value = round(points, 1)
+    sign = "+" if value > 0 else ("−" if value < 0 else "")
+    return f"{sign}{number_format(abs(value), decimal_pos=1)}"
+
+
 def hours_display(hours: int | None) -> str:
     return NO_VALUE if hours is None else str(hours)
 
@@ -194,7 +204,7 @@ def report_table(report: ConversionReport) -> str:
             "entered": report.previous_totals.entered,
             "converted": report.previous_totals.converted,
             "rate": rate_display(report.previous_totals.rate),
-            "change": NO_VALUE if change is None else f"{change:+.1f}",
+            "change": points_display(change),
         }
     )
     lines.append(

@@ -2,7 +2,7 @@
 
 from django import template
 
-from reports.formatters import hours_display, rate_display, rate_value
+from reports.formatters import hours_display, points_display, rate_display, rate_value
 
 register = template.Library()
 
@@ -22,3 +22,8 @@ def rate_raw(value):
 @register.filter
 def hours(value):
     return hours_display(value)
+
+
+@register.filter
+def points(value):
+    return points_display(value)
