@@ -51,6 +51,8 @@ class FunnelsAdminSite(admin.AdminSite):
     index_title = _("Dashboard")
     # "View site" would lead back here: the admin is the whole site.
     site_url = None
+    # One sign for "no value" on every page (Django's default is "-", ours "—").
+    empty_value_display = "—"
     # The dashboard lists every model; the sidebar would take 280 px from every table.
     enable_nav_sidebar = False
 

@@ -101,8 +101,11 @@ def test_every_page_fits_and_reads_in_the_language(live_server, operator_data, l
     width, height = VIEWPORTS[device]
     codes = sorted(STORED_CODES, key=len, reverse=True)
     with chromium_launched() as browser:
-        context = browser.new_context(locale=language, viewport={"width": width,
-                                                                  "height": height})
+        # The browser asks for the other language: the page's language can only come
+        # from the header's switch, which must be remembered from page to page.
+        other = "en-US" if language == "ru" else "ru-RU"
+        context = browser.new_context(locale=other, viewport={"width": width,
+                                                               "height": height})
         page = context.new_page()
         page.set_default_timeout(15_000)
         page.goto(f"{live_server.url}/admin/login/")
