@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import logging
 import re
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db.models import Count, Q
+from django.db import DatabaseError
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 from django.utils.translation import gettext, gettext_lazy as _, ngettext
 
@@ -30,22 +34,49 @@ from funnels.admin_filters import (
     SyncStateFilter,
 )
 from funnels.admin_paginator import CountFreeChangeList, CountFreePaginationMixin
-from funnels.emails import email_normalize
+from funnels.emails import email_check, email_normalize
+from funnels.labels import error_label, funnel_name_display, reason_is_payment, reason_label
 from funnels.logging_filters import redact
 from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
 from funnels.modx.models import CERT_TYPE_LANGUAGE, CERT_TYPE_NON_LANGUAGE
 from funnels.services.sync_retry import entries_retry_sync
 from testizer_funnels.admin_site import duration_format, site
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_FUNNEL_SLUGS = frozenset({"language", "non_language"})
 MODX_INT_MAX = 2**31 - 1
 RUN_ITEMS_PER_PAGE = 100
+# funnels.services.purchases keeps these payment skips as counts only (no run item).
+PAYMENT_REASONS_COUNTED_ONLY = frozenset({"payment:not_paid", "payment:no_entry"})
 
 
 def _short(text: str, *, chars: int = 80) -> str:
     # Run records are not supposed to hold secrets; if one slipped through, the page
     # still does not show it.
     return Truncator(redact(text or "")).chars(chars)
+
+
+def email_display(email: str | None) -> str:
+    """A stored email with its domain in Unicode (пример.рф), as people write it."""
+    local, at, domain = (email or "").rpartition("@")
+    if not at or "xn--" not in domain:
+        return email or ""
+    try:
+        return f"{local}@{domain.encode('ascii').decode('idna')}"
+    except UnicodeError:
+        return email or ""
+
+
+def funnel_names() -> dict[str, str]:
+    """Funnel slug -> the name shown for it (one small query)."""
+    return {
+        slug: funnel_name_display(name)
+        for slug, name in Funnel.objects.values_list("slug", "name")
+    }
+
+
+EMPTY = "—"
 
 
 def email_search_prefixes(*, term: str) -> list[str]:
@@ -70,6 +101,34 @@ def email_search_prefixes(*, term: str) -> list[str]:
 
 
 # --- Funnel entries ----------------------------------------------------------------
+
+
+class TitledAdminMixin:
+    """Page titles written for each model: Django's generic "Select %s to change" and
+    "Add %s" put the model's name in the wrong case in Russian ("Выберите воронка")."""
+
+    list_title = None
+    add_title = None
+    change_title = None
+    view_title = None
+
+    def changelist_view(self, request, extra_context=None):
+        context = dict(extra_context or {})
+        if self.list_title:
+            context.setdefault("title", self.list_title)
+        return super().changelist_view(request, extra_context=context)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if object_id is None:
+            title = self.add_title
+        else:
+            obj = self.get_object(request, object_id) if object_id else None
+            editable = obj is not None and self.has_change_permission(request, obj)
+            title = self.change_title if editable else self.view_title
+        context = dict(extra_context or {})
+        if title:
+            context.setdefault("title", title)
+        return super().changeform_view(request, object_id, form_url, extra_context=context)
 
 
 class ReadOnlyAdminMixin:
@@ -187,17 +246,20 @@ class FunnelEntryChangeList(CountFreeChangeList):
         }
 
 
-class FunnelEntryAdmin(ReadOnlyAdminMixin, CountFreePaginationMixin, admin.ModelAdmin):
+class FunnelEntryAdmin(TitledAdminMixin, ReadOnlyAdminMixin, CountFreePaginationMixin,
+                       admin.ModelAdmin):
+    list_title = _("Funnel entries")
+    view_title = _("Funnel entry")
+    # Five columns that fit a laptop: what an operator scans for (who, where, when, is it
+    # in Brevo, did they buy); test id and payment id ride along in smaller print.
     list_display = [
-        "email",
-        "funnel_type",
-        "test_id",
+        "email_shown",
+        "funnel_test",
         "entered_at",
         "sync_state",
-        "certificate_purchased",
-        "certificate_purchased_at",
-        "payment_id",
+        "purchase",
     ]
+    list_display_links = ["email_shown"]
     list_filter = [FunnelFilter, SyncStateFilter, PurchasedFilter, UsableFilter]
     date_hierarchy = "entered_at"
     search_fields = ["email"]
@@ -223,6 +285,49 @@ class FunnelEntryAdmin(ReadOnlyAdminMixin, CountFreePaginationMixin, admin.Model
     def get_changelist(self, request, **kwargs):
         return FunnelEntryChangeList
 
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context=extra_context)
+        term = request.GET.get("q", "")
+        context = getattr(response, "context_data", None)
+        # An email that finds nobody: say why, as explain_funnel would (its queries run
+        # only on such a search; the page already knows it found nothing).
+        if context and "cl" in context and "@" in term and email_check(term).ok:
+            if not list(context["cl"].result_list):
+                context["funnels_explanation"] = _explanation_for(term)
+        return response
+
+    def get_queryset(self, request):
+        # The funnel's name rides along with each row (a look-up on the unique slug).
+        return super().get_queryset(request).annotate(
+            funnel_name=Subquery(
+                Funnel.objects.filter(slug=OuterRef("funnel_type")).values("name")[:1]
+            )
+        )
+
+    @admin.display(description=_("email"), ordering=None)
+    def email_shown(self, obj: FunnelEntry) -> str:
+        return email_display(obj.email)
+
+    @admin.display(description=_("funnel · test"))
+    def funnel_test(self, obj: FunnelEntry):
+        name = funnel_name_display(getattr(obj, "funnel_name", None) or obj.funnel_type)
+        return format_html(
+            '{}<br><span class="quiet">{}</span>', name,
+            gettext("test %(id)s") % {"id": obj.test_id} if obj.test_id else EMPTY,
+        )
+
+    @admin.display(description=_("certificate"))
+    def purchase(self, obj: FunnelEntry):
+        if not obj.certificate_purchased:
+            return EMPTY
+        return format_html(
+            '<span class="funnels-bought">{}</span><br><span class="quiet">{}</span>',
+            formats.date_format(timezone.localtime(obj.certificate_purchased_at),
+                                "DATETIME_FORMAT")
+            if obj.certificate_purchased_at else gettext("bought"),
+            gettext("payment %(id)s") % {"id": obj.payment_id} if obj.payment_id else "",
+        )
+
 
     def has_retry_sync_permission(self, request) -> bool:
         return request.user.has_perm("funnels.change_funnelentry")
@@ -244,7 +349,7 @@ class FunnelEntryAdmin(ReadOnlyAdminMixin, CountFreePaginationMixin, admin.Model
         if obj.sync_status == SyncStatus.FAILED and obj.sync_last_error:
             return format_html(
                 '<span class="funnels-sync funnels-sync-{}" title="{}">{}</span>',
-                obj.sync_status, redact(obj.sync_last_error), label,
+                obj.sync_status, error_label(redact(obj.sync_last_error)), label,
             )
         return format_html(
             '<span class="funnels-sync funnels-sync-{}">{}</span>', obj.sync_status, label
@@ -252,12 +357,12 @@ class FunnelEntryAdmin(ReadOnlyAdminMixin, CountFreePaginationMixin, admin.Model
 
     @admin.display(description=_("last sync error"))
     def sync_error(self, obj: FunnelEntry) -> str:
-        return redact(obj.sync_last_error) or "—"
+        return error_label(redact(obj.sync_last_error)) or EMPTY
 
     @admin.display(description=_("created by run"))
     def run_link(self, obj: FunnelEntry):
         if obj.run_id is None:
-            return "—"
+            return EMPTY
         url = reverse("admin:funnels_syncrun_change", args=[obj.run_id])
         return format_html('<a href="{}">#{}</a>', url, obj.run_id)
 
@@ -292,42 +397,30 @@ site.register(FunnelEntry, FunnelEntryAdmin)
 # --- Sync runs -----------------------------------------------------------------------
 
 
-def _reason_counts(reasons: dict | None):
-    """"reason: n, ..." most frequent first, or a dash."""
-    if not reasons:
-        return "—"
-    return format_html_join(
-        ", ", "{}: {}", sorted(reasons.items(), key=lambda item: (-int(item[1]), item[0]))
-    )
-
-
-class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class SyncRunAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_title = _("Sync runs")
+    view_title = _("Sync run")
+    # Six columns that fit a laptop: the counts combined the way an operator reads them
+    # ("2000 → 1325 / 675"), the error under the status.
     list_display = [
-        "id",
-        "started_at",
-        "status",
-        "mode",
-        "trigger",
-        "duration_display",
-        "results_read",
-        "entries_added",
-        "skipped",
-        "contacts_sent",
-        "contacts_failed",
-        "purchases_found",
-        "error_short",
+        "run_started",
+        "status_shown",
+        "results_shown",
+        "contacts_shown",
+        "purchases_shown",
     ]
-    list_display_links = ["id", "started_at"]
+    list_display_links = ["run_started"]
     list_filter = [RunStatusFilter, RunModeFilter]
     show_facets = admin.ShowFacets.NEVER
-    sortable_by = ["id", "started_at"]
+    sortable_by = ["run_started"]
     list_per_page = 50
     change_form_template = "admin/funnels/syncrun/change_form.html"
     fieldsets = [
         (None, {"fields": ["status", "mode", "trigger", "started_at", "finished_at",
                            "duration_display", "error_full"]}),
-        (_("Counts"), {"fields": ["results_read", "entries_added", "skipped",
-                                  "skipped_reasons", "waiting_reasons", "contacts_held",
+        (_("Counts"), {"fields": ["results_read", "entries_added_shown", "skipped",
+                                  "skipped_reasons", "payment_reasons", "items_arithmetic",
+                                  "waiting_reasons", "contacts_held",
                                   "contacts_sent", "contacts_failed",
                                   "payments_read", "purchases_found", "purchases_revoked"]}),
         (_("Brevo"), {"classes": ["collapse"],
@@ -336,6 +429,45 @@ class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                         "fields": ["heartbeat_at", "as_of", "hostname", "pid"]}),
     ]
 
+    @admin.display(description=_("run"), ordering="started_at")
+    def run_started(self, obj: SyncRun):
+        return format_html(
+            "#{}<br><span class=\"quiet\">{}<br>{}</span>", obj.pk,
+            formats.date_format(timezone.localtime(obj.started_at), "SHORT_DATETIME_FORMAT"),
+            duration_format(obj.duration),
+        )
+
+    @admin.display(description=_("status"))
+    def status_shown(self, obj: SyncRun):
+        error = _short(error_label(obj.error), chars=160)
+        return format_html(
+            '<span class="funnels-status funnels-status-{}">{}</span> '
+            '<span class="quiet">· {} · {}</span>{}',
+            obj.status, obj.get_status_display(), self.mode(obj), obj.get_trigger_display(),
+            format_html('<div class="funnels-run-error">{}</div>', error) if error else "",
+        )
+
+    @admin.display(description=_("results: read → added / skipped"))
+    def results_shown(self, obj: SyncRun):
+        added = (
+            gettext("would add %(n)s") if obj.dry_run else "%(n)s"
+        ) % {"n": obj.entries_added}
+        return format_html("{} → {} / {}", obj.results_read, added, obj.skipped)
+
+    @admin.display(description=_("Brevo: sent / failed"))
+    def contacts_shown(self, obj: SyncRun):
+        if obj.dry_run:
+            return EMPTY
+        return format_html(
+            '{} / <span class="{}">{}</span>', obj.contacts_sent,
+            "funnels-bad" if obj.contacts_failed else "", obj.contacts_failed,
+        )
+
+    @admin.display(description=_("purchases"))
+    def purchases_shown(self, obj: SyncRun) -> str:
+        if obj.purchases_revoked:
+            return f"{obj.purchases_found} (−{obj.purchases_revoked})"
+        return str(obj.purchases_found)
 
     @admin.display(description=_("mode"))
     def mode(self, obj: SyncRun) -> str:
@@ -346,20 +478,66 @@ class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return duration_format(obj.duration)
 
     @admin.display(description=_("error"))
-    def error_short(self, obj: SyncRun) -> str:
-        return _short(obj.error) or ""
-
-    @admin.display(description=_("error"))
     def error_full(self, obj: SyncRun) -> str:
-        return redact(obj.error) or "—"
+        return error_label(redact(obj.error)) or EMPTY
 
-    @admin.display(description=_("skipped by reason"))
+    @admin.display(description=_("entries added"))
+    def entries_added_shown(self, obj: SyncRun) -> str:
+        if obj.dry_run:
+            return gettext("would add %(n)s (a dry run adds nobody)") % {"n": obj.entries_added}
+        return str(obj.entries_added)
+
+    @staticmethod
+    def _reasons(reasons: dict, *, payments: bool) -> list[tuple[str, int]]:
+        chosen = [
+            (reason_label(code), int(n)) for code, n in (reasons or {}).items()
+            if reason_is_payment(code) == payments
+        ]
+        return sorted(chosen, key=lambda item: (-item[1], item[0]))
+
+    @admin.display(description=_("skipped test results by reason"))
     def skipped_reasons(self, obj: SyncRun):
-        return _reason_counts(obj.skipped_by_reason)
+        reasons = self._reasons(obj.skipped_by_reason, payments=False)
+        if not reasons:
+            return EMPTY
+        return format_html_join(mark_safe("<br>"), "{}: {}", reasons)
+
+    @admin.display(description=_("payments not counted as purchases, by reason"))
+    def payment_reasons(self, obj: SyncRun):
+        reasons = [
+            (label.split(": ", 1)[-1], n)
+            for label, n in self._reasons(obj.skipped_by_reason, payments=True)
+        ]
+        if not reasons:
+            return EMPTY
+        return format_html_join(mark_safe("<br>"), "{}: {}", reasons)
+
+    @admin.display(description=_("skipped items listed below"))
+    def items_arithmetic(self, obj: SyncRun) -> str:
+        payments = {
+            code: int(n) for code, n in (obj.skipped_by_reason or {}).items()
+            if reason_is_payment(code)
+        }
+        counted_only = sum(
+            n for code, n in payments.items() if code in PAYMENT_REASONS_COUNTED_ONLY
+        )
+        listed = sum(payments.values()) - counted_only
+        return gettext(
+            "%(total)s = %(results)s test results + %(payments)s payments "
+            "(%(counted)s payments not paid or by people in no funnel are counted only, "
+            "not listed)"
+        ) % {
+            "total": obj.skipped + listed, "results": obj.skipped, "payments": listed,
+            "counted": counted_only,
+        }
 
     @admin.display(description=_("put on the recheck list, by reason"))
     def waiting_reasons(self, obj: SyncRun):
-        return _reason_counts(obj.waiting_by_reason)
+        reasons = (self._reasons(obj.waiting_by_reason, payments=False)
+                   + self._reasons(obj.waiting_by_reason, payments=True))
+        if not reasons:
+            return EMPTY
+        return format_html_join(mark_safe("<br>"), "{}: {}", reasons)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         context = dict(extra_context or {})
@@ -379,52 +557,99 @@ class SyncRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         action = request.GET.get("action")
         if action not in SyncRunItem.Action.values:
             action = None
+        term = request.GET.get("q", "").strip()
         shown = items.filter(action=action) if action else items
+        prefixes = email_search_prefixes(term=term)
+        if prefixes:
+            condition = Q()
+            for prefix in prefixes:
+                condition |= Q(email__istartswith=prefix)
+            shown = shown.filter(condition)
         page = Paginator(shown.order_by("id"), RUN_ITEMS_PER_PAGE).get_page(
             request.GET.get("page")
         )
         labels = dict(SyncRunItem.Action.choices)
+        names = funnel_names()
+        rows = list(page.object_list)
+        # A duplicate points at the entry it duplicates: one query for the page.
+        duplicates = {
+            (row.email, row.funnel_type) for row in rows
+            if row.reason == "duplicate_in_batch" and row.email
+        }
+        duplicated: dict[tuple[str, str], int] = {}
+        if duplicates:
+            for entry_id, email, funnel_type in (
+                FunnelEntry.objects.filter(email__in={email for email, _f in duplicates})
+                .order_by("entered_at", "id")
+                .values_list("id", "email", "funnel_type")
+            ):
+                duplicated.setdefault((email, funnel_type), entry_id)
 
         def url(**params) -> str:
             query = {k: v for k, v in params.items() if v}
-            return "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "?"
+            return "?" + urlencode(query) if query else "?"
 
+        def entry_url(item) -> tuple[str | None, int | None]:
+            entry_id = item.entry_id
+            if entry_id is None and item.reason == "duplicate_in_batch":
+                entry_id = duplicated.get((item.email, item.funnel_type))
+            if entry_id is None:
+                return None, None
+            return reverse("admin:funnels_funnelentry_change", args=[entry_id]), entry_id
+
+        rendered = []
+        for item in rows:
+            link, entry_id = entry_url(item)
+            rendered.append({
+                "item": item,
+                "email": email_display(item.email),
+                "funnel": names.get(item.funnel_type, item.funnel_type),
+                "action_label": labels.get(item.action, item.action),
+                "reason": reason_label(item.reason),
+                "detail": _short(error_label(item.detail), chars=300),
+                "entry_url": link,
+                "entry_id": entry_id,
+                "duplicate_of": entry_id if item.entry_id is None else None,
+            })
         return {
             "items_page": page,
             "items_action": action,
-            "items_rows": [
-                {
-                    "item": item,
-                    "action_label": labels.get(item.action, item.action),
-                    "detail": _short(item.detail, chars=300),
-                    "entry_url": (
-                        reverse("admin:funnels_funnelentry_change", args=[item.entry_id])
-                        if item.entry_id
-                        else None
-                    ),
-                }
-                for item in page.object_list
-            ],
+            "items_query": term,
+            "items_rows": rendered,
             "items_actions": [
                 {
                     "action": key,
                     "label": labels.get(key, key),
                     "count": count,
-                    "url": url(action=key),
+                    "url": url(action=key, q=term),
                 }
                 for key, count in sorted(action_counts.items())
             ],
             "items_total": sum(action_counts.values()),
-            "items_all_url": url(),
+            "items_deferred": action_counts.get(SyncRunItem.Action.DEFERRED, 0),
+            "items_deferred_url": url(action=SyncRunItem.Action.DEFERRED),
+            "items_all_url": url(q=term),
             "items_previous_url": (
-                url(action=action, page=page.previous_page_number())
+                url(action=action, q=term, page=page.previous_page_number())
                 if page.has_previous()
                 else None
             ),
             "items_next_url": (
-                url(action=action, page=page.next_page_number()) if page.has_next() else None
+                url(action=action, q=term, page=page.next_page_number())
+                if page.has_next() else None
             ),
         }
+
+
+def _explanation_for(term: str):
+    from funnels.selectors.explain import funnel_explain
+
+    try:
+        return funnel_explain(raw_email=term)
+    except DatabaseError:
+        # MODX down: the list still renders; the reason is in the log.
+        logger.warning("explain on an empty search failed", exc_info=True)
+        return None
 
 
 site.register(SyncRun, SyncRunAdmin)
@@ -507,10 +732,14 @@ class FunnelForm(forms.ModelForm):
         ]
 
 
-class FunnelAdmin(admin.ModelAdmin):
+class FunnelAdmin(TitledAdminMixin, admin.ModelAdmin):
+    list_title = _("Funnels")
+    add_title = _("Add a funnel")
+    change_title = _("Edit the funnel")
+    view_title = _("Funnel")
     form = FunnelForm
     list_display = [
-        "name",
+        "name_shown",
         "slug",
         "active",
         "brevo_list_id",
@@ -536,6 +765,10 @@ class FunnelAdmin(admin.ModelAdmin):
                 return False
         return super().has_delete_permission(request, obj)
 
+    @admin.display(description=_("name"), ordering="name")
+    def name_shown(self, obj: Funnel) -> str:
+        return str(obj)
+
     @admin.display(description=_("only these test ids"))
     def test_ids_display(self, obj: Funnel) -> str:
         return ", ".join(str(v) for v in obj.test_ids) if obj.test_ids else gettext("all")
@@ -547,7 +780,9 @@ site.register(Funnel, FunnelAdmin)
 # --- Watermarks ----------------------------------------------------------------------
 
 
-class SyncStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class SyncStateAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_title = _("How far the job has read MODX")
+    view_title = _("MODX reading position")
     list_display = ["key", "last_id", "gap_count", "run", "updated_at"]
     readonly_fields = ["key", "last_id", "gap_count", "run", "updated_at"]
     list_select_related = ["run"]

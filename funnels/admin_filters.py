@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
+from funnels.labels import funnel_name_display
 from funnels.models import Funnel, SyncRun, SyncStatus
 from funnels.selectors.funnels import funnel_entry_usable_q
 
@@ -16,7 +17,10 @@ class FunnelFilter(admin.SimpleListFilter):
 
     def lookups(self, request, model_admin):
         # The choices come from the small funnels table, never from the entries.
-        return list(Funnel.objects.order_by("slug").values_list("slug", "name"))
+        return [
+            (slug, funnel_name_display(name))
+            for slug, name in Funnel.objects.order_by("slug").values_list("slug", "name")
+        ]
 
     def queryset(self, request, queryset):
         if self.value():

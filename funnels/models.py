@@ -51,7 +51,9 @@ class Funnel(models.Model):
         verbose_name_plural = _("funnels")
 
     def __str__(self) -> str:
-        return self.name
+        from funnels.labels import funnel_name_display  # labels needs no model
+
+        return funnel_name_display(self.name)
 
 
 class SyncStatus(models.TextChoices):
@@ -236,6 +238,9 @@ class SyncRunItem(models.Model):
         # Could not be decided yet: on the recheck list (reason says why).
         WAITING = "waiting", _("Waiting for a recheck")
         HELD = "held", _("Held back (flood guard)")
+        # Due for Brevo but not sent by this run (it stopped, or Brevo did not confirm):
+        # the next run sends them.
+        DEFERRED = "deferred", _("Left for a later run")
 
     run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="items")
     action = models.CharField(_("action"), max_length=20, choices=Action.choices)
@@ -273,8 +278,9 @@ class SyncState(models.Model):
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
-        verbose_name = _("watermark")
-        verbose_name_plural = _("watermarks")
+        # "Watermark" is the code's word; the operator reads how far the job has read.
+        verbose_name = _("MODX reading position")
+        verbose_name_plural = _("MODX reading positions")
 
     def __str__(self) -> str:
         return f"{self.key}={self.last_id}"
@@ -323,6 +329,10 @@ class RuntimeSettings(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_ID)
     dry_run = models.BooleanField(_("dry run"), default=True)
+    # The admin's pause switch: scheduled runs (--trigger cron) record a `paused` run and
+    # stop at once; runs by hand with --ignore-pause still work.
+    schedule_paused = models.BooleanField(_("schedule paused"), default=False)
+    schedule_paused_at = models.DateTimeField(_("schedule paused at"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -335,6 +345,7 @@ class RuntimeSettings(models.Model):
         permissions = [
             ("change_dry_run", _("Can switch between dry run and live")),
             ("release_held", _("Can release contacts held by the flood guard")),
+            ("pause_schedule", _("Can pause and resume the schedule")),
         ]
 
     def __str__(self) -> str:

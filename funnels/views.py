@@ -16,9 +16,11 @@ from django.views.decorators.http import require_POST
 from funnels.selectors.dashboard import live_mode_blockers_get
 from funnels.services.flood_guard import held_entries_release
 from funnels.services.runtime import dry_run_set
+from funnels.services.schedule import schedule_pause_set
 
 DRY_RUN_PERMISSION = "funnels.change_dry_run"
 RELEASE_HELD_PERMISSION = "funnels.release_held"
+PAUSE_PERMISSION = "funnels.pause_schedule"
 
 
 class DryRunForm(forms.Form):
@@ -83,4 +85,29 @@ def held_release(request):
         )
     else:
         messages.info(request, _("Nothing was held any more."))
+    return redirect("admin:index")
+
+
+class SchedulePauseForm(forms.Form):
+    # The wanted state, not "flip", for the same reason as the mode.
+    schedule = forms.ChoiceField(choices=[("pause", "pause"), ("resume", "resume")])
+
+
+@require_POST
+def schedule_pause_toggle(request):
+    if not request.user.has_perm(PAUSE_PERMISSION):
+        raise PermissionDenied
+    form = SchedulePauseForm(request.POST)
+    if not form.is_valid():
+        return HttpResponseBadRequest(_("Unknown schedule state."))
+    paused = form.cleaned_data["schedule"] == "pause"
+    schedule_pause_set(user=request.user, paused=paused, now=timezone.now())
+    if paused:
+        messages.warning(
+            request,
+            _("Schedule paused: scheduled runs stop at once until you resume it. A run by "
+              "hand still works: run_funnels --ignore-pause."),
+        )
+    else:
+        messages.success(request, _("Schedule resumed: the next scheduled run works as usual."))
     return redirect("admin:index")

@@ -15,7 +15,7 @@ from django.utils.formats import number_format
 from django.utils.translation import gettext as _
 
 from funnels.csv_cells import csv_cell
-from reports.selectors import PERIOD_GROUPINGS, ConversionReport, ReportRow
+from reports.selectors import GROUP_BY_TEST, PERIOD_GROUPINGS, ConversionReport, ReportRow
 
 # Excel reads a UTF-8 file as UTF-8 only when it starts with a byte order mark.
 CSV_BOM = "\ufeff"
@@ -37,6 +37,16 @@ def rate_display(rate: float | None) -> str:
         return NO_VALUE
     # number_format cuts digits off rather than rounding.
     return f"{number_format(round(rate * 100, 1), decimal_pos=1)}%"
+
+
+def points_display(points: float | None) -> str:
+    """A change of rate in percentage points, signed, in the page's number format
+    ("+1,5", "−4,3" in Russian, beside "21,1%")."""
+    if points is None:
+        return NO_VALUE
+    value = round(points, 1)
+    sign = "+" if value > 0 else ("−" if value < 0 else "")
+    return f"{sign}{number_format(abs(value), decimal_pos=1)}"
 
 
 def hours_display(hours: int | None) -> str:
@@ -115,6 +125,41 @@ def report_csv(report: ConversionReport) -> str:
     return CSV_BOM + out.getvalue()
 
 
+def report_csv_people(report: ConversionReport, *, funnel_names: dict[str, str]) -> str:
+    """The CSV for people: opens as a table in a Russian Excel by double-click.
+
+    Excel takes the list separator from the system's regional settings, which is ";" in
+    Russian (the decimal separator there is ","); "sep=;" on the first line would say so
+    too, but Excel then ignores the BOM and garbles Cyrillic, so the BOM (UTF-8) and ";"
+    it is. Headers in the page's language, rates as percentages with the page's decimal
+    separator, the period on top and the totals at the bottom. The plain CSV stays the
+    machine format (docs/reports.md). No spreadsheet library is needed for this.
+    """
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=";", lineterminator="\r\n")
+    writer.writerow([
+        _("Conversions from %(start)s to %(end)s (%(zone)s), converted within %(window)s days")
+        % {"start": report.date_from.isoformat(), "end": report.date_to.isoformat(),
+           "zone": report.time_zone, "window": report.window_days}
+    ])
+    writer.writerow([])
+    writer.writerow([_("Funnel"), _("Group"), _("Entered"), _("Converted"), _("Rate"),
+                     _("Median h"), _("P90 h")])
+
+    def cells(row: ReportRow, funnel: str, group: str) -> list[str]:
+        return [csv_cell(funnel), csv_cell(group), str(row.entered), str(row.converted),
+                rate_display(row.rate), hours_display(row.median_hours),
+                hours_display(row.p90_hours)]
+
+    for row in report.rows:
+        writer.writerow(cells(
+            row, funnel_names.get(row.funnel or "", row.funnel or ""),
+            group_label(row.group, group_by=report.group_by),
+        ))
+    writer.writerow(cells(report.totals, _("Total"), ""))
+    return CSV_BOM + out.getvalue()
+
+
 # --- Table -------------------------------------------------------------------------------
 
 
@@ -186,7 +231,7 @@ def report_table(report: ConversionReport) -> str:
             "entered": report.previous_totals.entered,
             "converted": report.previous_totals.converted,
             "rate": rate_display(report.previous_totals.rate),
-            "change": NO_VALUE if change is None else f"{change:+.1f}",
+            "change": points_display(change),
         }
     )
     lines.append(
@@ -204,9 +249,25 @@ def report_table(report: ConversionReport) -> str:
 # --- Charts on the page ------------------------------------------------------------------
 
 
-def report_chart_data(report: ConversionReport) -> dict[str, Any]:
+def group_label(group: str | None, *, group_by: str) -> str:
+    """A row's group as people read it: "test 21" rather than "21"."""
+    if group is None:
+        return NO_VALUE
+    if group_by == GROUP_BY_TEST:
+        return _("test unknown") if group in ("0", "") else _("test %(id)s") % {"id": group}
+    return group
+
+
+def report_chart_data(
+    report: ConversionReport, *, funnel_names: dict[str, str] | None = None
+) -> dict[str, Any]:
     """What the page's charts draw, passed through json_script: the trend (or breakdown)
-    and the days-to-purchase histogram."""
+    and the days-to-purchase histogram. Periods are ordered: their rates are a line.
+    Funnels and tests are not: their rates are points, never joined by a line."""
+    names = funnel_names or {}
+
+    def name(slug: str | None) -> str:
+        return names.get(slug or "", slug or "")
 
     def percent(row: ReportRow) -> float | None:
         return None if row.rate is None else round(row.rate * 100, 2)
@@ -220,12 +281,14 @@ def report_chart_data(report: ConversionReport) -> dict[str, Any]:
         for funnel in report.funnels:
             rows = [row for row in report.rows if row.funnel == funnel]
             datasets.append({"type": "bar", "axis": "people", "data": [r.entered for r in rows],
-                             "label": _("%(funnel)s: entered") % {"funnel": funnel}})
+                             "label": _("%(funnel)s: entered") % {"funnel": name(funnel)}})
             datasets.append({"type": "line", "axis": "rate", "data": [percent(r) for r in rows],
-                             "label": _("%(funnel)s: rate, %%") % {"funnel": funnel}})
+                             "label": _("%(funnel)s: rate, %%") % {"funnel": name(funnel)},
+                             "line": True})
     else:
         labels = [
-            row.funnel if row.group is None else f"{row.funnel} · {row.group}"
+            name(row.funnel) if row.group is None
+            else f"{name(row.funnel)} · {group_label(row.group, group_by=report.group_by)}"
             for row in report.rows
         ]
         rows = report.rows
@@ -235,7 +298,7 @@ def report_chart_data(report: ConversionReport) -> dict[str, Any]:
             {"type": "bar", "axis": "people", "label": _("Converted"),
              "data": [r.converted for r in rows]},
             {"type": "line", "axis": "rate", "label": _("Rate, %"),
-             "data": [percent(r) for r in rows]},
+             "data": [percent(r) for r in rows], "line": False},
         ]
     return {
         "trend": {

@@ -119,6 +119,28 @@ class ConversionReport:
 # --- Public selectors --------------------------------------------------------------------
 
 
+def funnel_names_list() -> list[tuple[str, str]]:
+    """(slug, name shown to people) of every funnel, in display order: one small query."""
+    from funnels.labels import funnel_name_display
+
+    return [
+        (slug, funnel_name_display(name))
+        for slug, name in Funnel.objects.order_by("slug").values_list("slug", "name")
+    ]
+
+
+def first_entry_day(*, funnel: str | None = None) -> dt.date | None:
+    """The local day of the first entry (of a funnel), for a period that has none: one
+    index look-up (idx_fe_entered, or idx_fe_report with a funnel)."""
+    entries = FunnelEntry.objects.all()
+    if funnel:
+        entries = entries.filter(funnel_type=funnel)
+    first = entries.order_by("entered_at").values_list("entered_at", flat=True).first()
+    if first is None:
+        return None
+    return first.astimezone(zoneinfo.ZoneInfo(settings.TIME_ZONE)).date()
+
+
 def funnel_slugs_list() -> list[str]:
     """The funnels a report can be asked for, in display order."""
     return list(Funnel.objects.order_by("slug").values_list("slug", flat=True))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import wraps
 
 from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, QueryDict
 from django.shortcuts import render
 from django.urls import reverse
@@ -13,21 +12,26 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET
 
-from reports.formatters import report_chart_data, report_csv, report_data
+from reports.formatters import (
+    report_chart_data,
+    report_csv,
+    report_csv_people,
+    report_data,
+)
 from reports.forms import ConversionReportForm
-from reports.selectors import conversion_report, funnel_slugs_list
+from reports.selectors import conversion_report, first_entry_day, funnel_names_list
 from testizer_funnels.admin_site import site as admin_site
 
 
 def staff_required(view):
-    """Anonymous visitors go to the admin login; signed-in non-staff are refused."""
+    """Anonymous visitors and signed-in non-staff go to the admin login, which tells the
+    latter, in their language, that their account may not see this page (the admin's own
+    friendly answer, rather than a bare "403 Forbidden")."""
 
     @wraps(view)
     def wrapper(request, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path(), reverse("admin:login"))
         if not (request.user.is_active and request.user.is_staff):
-            raise PermissionDenied
+            return redirect_to_login(request.get_full_path(), reverse("admin:login"))
         return view(request, *args, **kwargs)
 
     return wrapper
@@ -37,11 +41,12 @@ def staff_required(view):
 @staff_required
 def conversions(request):
     now = timezone.now()
-    funnel_slugs = funnel_slugs_list()
+    funnel_names = dict(funnel_names_list())
+    funnel_slugs = list(funnel_names)
     data = request.GET if "from_date" in request.GET else ConversionReportForm.defaults(
         today=timezone.localdate(now)
     )
-    form = ConversionReportForm(data, funnel_slugs=funnel_slugs)
+    form = ConversionReportForm(data, funnel_slugs=funnel_slugs, funnel_names=funnel_names)
     report = None
     if form.is_valid():
         report = conversion_report(
@@ -53,21 +58,41 @@ def conversions(request):
                 f'attachment; filename="conversions_{report.date_from}_{report.date_to}.csv"'
             )
             return response
+        if request.GET.get("format") == "csv_people":
+            response = HttpResponse(
+                report_csv_people(report, funnel_names=funnel_names),
+                content_type="text/csv; charset=utf-8",
+            )
+            response["Content-Disposition"] = (
+                f'attachment; filename="conversions_{report.date_from}_{report.date_to}'
+                f'_excel.csv"'
+            )
+            return response
 
-    csv_query = None
+    csv_query = csv_people_query = None
+    first_entry = None
     if report is not None:
         # The same filters as the page shows, defaults included.
         query = QueryDict(mutable=True)
         query.update({key: value for key, value in form.data.items() if key != "format"})
         query["format"] = "csv"
         csv_query = query.urlencode()
+        query["format"] = "csv_people"
+        csv_people_query = query.urlencode()
+        if not report.totals.entered:
+            first_entry = first_entry_day(funnel=report.funnel)
     context = {
         **admin_site.each_context(request),
         "title": _("Conversion report"),
         "form": form,
         "report": report,
         "data": report_data(report) if report else None,
-        "chart_data": report_chart_data(report) if report else None,
+        "chart_data": (
+            report_chart_data(report, funnel_names=funnel_names) if report else None
+        ),
         "csv_query": csv_query,
+        "csv_people_query": csv_people_query,
+        "funnel_names": funnel_names,
+        "first_entry": first_entry,
     }
     return render(request, "reports/conversions.html", context)

@@ -47,6 +47,22 @@ log "health"
 log "conversion report, last 60 days, by funnel"
 "$PY" manage.py report_conversions --from-date "$(date -u -d '-60 days' +%F)" --to-date "$(date -u +%F)"
 
+# What scripts/admin.sh serves the admin with: the same databases and Brevo settings
+# (the fake Brevo stops with this script; the admin only needs to know Brevo is set up).
+umask 077
+cat > "$ROOT/.demo.env" <<ENV
+APP_ENV=development
+DEBUG=false
+SECRET_KEY=demo-$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+DATABASE_URL=$DATABASE_URL
+MODX_DATABASE_URL=$MODX_DATABASE_URL
+BREVO_API_KEY=$BREVO_API_KEY
+BREVO_BASE_URL=$BREVO_BASE_URL
+BREVO_LANGUAGE_LIST_ID=$BREVO_LANGUAGE_LIST_ID
+BREVO_NON_LANGUAGE_LIST_ID=$BREVO_NON_LANGUAGE_LIST_ID
+ENV
+umask 022
+
 PASSWORD="${DEMO_ADMIN_PASSWORD:-demo-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')}"
 DJANGO_SUPERUSER_PASSWORD="$PASSWORD" "$PY" manage.py createsuperuser --no-input \
     --username demo --email demo@example.com >/dev/null 2>&1 \
@@ -55,7 +71,7 @@ DJANGO_SUPERUSER_PASSWORD="$PASSWORD" "$PY" manage.py createsuperuser --no-input
 cat <<MSG
 
 Demo ready. Open the admin:
-  cd $ROOT && TESTIZER_ENV_FILE=/dev/null .venv/bin/python manage.py runserver 127.0.0.1:8000
+  bash $ROOT/scripts/admin.sh
   then http://127.0.0.1:8000/admin/  user: demo  password: $PASSWORD
 Logs: $ROOT/logs/app.log
 MSG

@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy as _
 
 from funnels import views
+from funnels.labels import audit_label
 from funnels.selectors.dashboard import (
     admin_status_get,
     dashboard_get,
@@ -50,6 +51,12 @@ class FunnelsAdminSite(admin.AdminSite):
     site_header = _("Testizer Funnels")
     site_title = _("Testizer Funnels")
     index_title = _("Dashboard")
+    # "View site" would lead back here: the admin is the whole site.
+    site_url = None
+    # One sign for "no value" on every page (Django's default is "-", ours "—").
+    empty_value_display = "—"
+    # The dashboard lists every model; the sidebar would take 280 px from every table.
+    enable_nav_sidebar = False
 
     def each_context(self, request):
         context = super().each_context(request)
@@ -64,6 +71,8 @@ class FunnelsAdminSite(admin.AdminSite):
             path("dry-run/", self.admin_view(views.dry_run_toggle), name="funnels_dry_run"),
             path("release-held/", self.admin_view(views.held_release),
                  name="funnels_release_held"),
+            path("schedule/", self.admin_view(views.schedule_pause_toggle),
+                 name="funnels_schedule"),
             *super().get_urls(),
         ]
 
@@ -76,8 +85,12 @@ class FunnelsAdminSite(admin.AdminSite):
                 for run in dashboard.last_runs
             ],
             "site_time_zone": settings.TIME_ZONE,
-            "dry_run_changes": dry_run_changes(limit=DRY_RUN_CHANGES_SHOWN),
+            "dry_run_changes": [
+                {"change": change, "message": audit_label(change.get_change_message())}
+                for change in dry_run_changes(limit=DRY_RUN_CHANGES_SHOWN)
+            ],
             "can_change_dry_run": request.user.has_perm(views.DRY_RUN_PERMISSION),
+            "can_pause_schedule": request.user.has_perm(views.PAUSE_PERMISSION),
             "live_mode_blockers": live_mode_blockers_get(),
             "funnels_without_list": funnels_without_list_get(),
             "held": held_summary_get(),

@@ -252,6 +252,7 @@ FUNNELS_WATERMARK_GAP_GRACE_MINUTES = cfg.int(
     "FUNNELS_WATERMARK_GAP_GRACE_MINUTES", 60, minimum=0
 )
 FUNNELS_PING_URL = cfg.str("FUNNELS_PING_URL", "")
+FUNNELS_PAUSE_WARN_MINUTES = cfg.int("FUNNELS_PAUSE_WARN_MINUTES", 120, minimum=1)
 SENTRY_DSN = cfg.str("SENTRY_DSN", "")
 
 # --- Alerts: who hears about a failed, partial or held run (funnels/services/alerts.py) -

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from funnels.brevo.client import BrevoClient
+from funnels.selectors.readiness import live_config_problems
 
 
 class BrevoNotConfigured(Exception):
@@ -14,8 +15,9 @@ class BrevoNotConfigured(Exception):
 def brevo_client_build(**overrides) -> BrevoClient:
     """A client configured from BREVO_* settings; keyword overrides are for tests."""
     api_key = overrides.pop("api_key", settings.BREVO_API_KEY)
-    if not api_key:
-        raise BrevoNotConfigured("BREVO_API_KEY is not set")
+    problems = live_config_problems(funnels=[], api_key=api_key or "")
+    if problems:
+        raise BrevoNotConfigured("; ".join(problems))
     options = {
         "base_url": settings.BREVO_BASE_URL,
         "connect_timeout": settings.BREVO_CONNECT_TIMEOUT,

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Min, Q
 from django.utils.translation import gettext as _
 
-from funnels.models import Funnel, FunnelEntry, SyncRun, SyncStatus
+from funnels.models import Funnel, FunnelEntry, RecheckRow, SyncRun, SyncRunItem, SyncStatus
 from funnels.modx.models import TestResult
+from funnels.selectors.candidates import WATERMARK_KEY as RESULTS_WATERMARK_KEY
+from funnels.selectors.candidates import SkipReason
+from funnels.selectors.funnels import funnel_list_id, funnels_all
+from funnels.selectors.readiness import live_config_problems_display
 from funnels.services.runtime import runtime_settings_get
 
 logger = logging.getLogger(__name__)
@@ -52,11 +56,18 @@ class RunHealth:
         run = self.last_finished_run
         return run is not None and run.status in BROKEN_STATUSES
 
+    @property
+    def last_run_partial(self) -> bool:
+        run = self.last_finished_run
+        return run is not None and run.status == SyncRun.Status.PARTIAL
+
 
 @dataclass(frozen=True)
 class AdminStatus:
     dry_run: bool
     health: RunHealth
+    schedule_paused: bool = False
+    schedule_paused_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,9 @@ class Dashboard:
     modx_results_last_day: int | None  # None: MODX could not be read
     entries_last_day: int
     skipped_last_day: int
+    # Results of the last 24 hours that wait on the recheck list (no completion time yet,
+    # a bad email, ...): read again by every run, neither entered nor skipped yet.
+    waiting_last_day: int = 0
 
     @property
     def modx_unreachable(self) -> bool:
@@ -87,17 +101,19 @@ class Dashboard:
 
     @property
     def unaccounted_last_day(self) -> int | None:
-        """Results neither entered nor skipped by a live run; a backlog or a gap."""
+        """Results neither entered, skipped nor waiting after a live run: a backlog or a
+        gap."""
         if self.modx_results_last_day is None:
             return None
-        return max(0, self.modx_results_last_day - self.entries_last_day - self.skipped_last_day)
+        return max(0, self.modx_results_last_day - self.entries_last_day
+                   - self.skipped_last_day - self.waiting_last_day)
 
 
 def run_health_get(*, now: dt.datetime) -> RunHealth:
     stale_after = dt.timedelta(minutes=2 * settings.FUNNELS_SCHEDULE_MINUTES)
     # A run still going says nothing yet about whether runs work.
     last_finished = (
-        SyncRun.objects.exclude(status=SyncRun.Status.RUNNING)
+        SyncRun.objects.exclude(status__in=[SyncRun.Status.RUNNING, SyncRun.Status.PAUSED])
         .order_by("-started_at", "-id")
         .first()
     )
@@ -122,7 +138,11 @@ def run_health_get(*, now: dt.datetime) -> RunHealth:
 
 def admin_status_get(*, now: dt.datetime) -> AdminStatus:
     """The header of every admin page: the effective mode and the job's health."""
-    return AdminStatus(dry_run=runtime_settings_get().dry_run, health=run_health_get(now=now))
+    row = runtime_settings_get()
+    return AdminStatus(
+        dry_run=row.dry_run, health=run_health_get(now=now),
+        schedule_paused=row.schedule_paused, schedule_paused_at=row.schedule_paused_at,
+    )
 
 
 def period_starts(*, now: dt.datetime, tz_name: str) -> tuple[dt.datetime, dt.datetime]:
@@ -136,16 +156,25 @@ def period_starts(*, now: dt.datetime, tz_name: str) -> tuple[dt.datetime, dt.da
 
 
 def modx_results_count(*, since: dt.datetime) -> int | None:
-    """Test results completed since `since`, or None when MODX cannot be read.
+    """Test results completed since `since`, or None when MODX cannot be read."""
+    return modx_results_since(since=since)[0]
+
+
+def modx_results_since(*, since: dt.datetime) -> tuple[int | None, int | None]:
+    """How many test results were completed since `since`, and the lowest id among them;
+    (None, None) when MODX cannot be read.
 
     The dashboard must render when the website's database is down: that is exactly when
     the operator opens it. The reason goes to the log, not the page (it may name hosts).
     """
     try:
-        return TestResult.objects.filter(completed_at__gte=since).count()
+        row = TestResult.objects.filter(completed_at__gte=since).aggregate(
+            n=Count("pk"), first=Min("pk")
+        )
     except DatabaseError:
         logger.warning("dashboard: the MODX database could not be read", exc_info=True)
-        return None
+        return None, None
+    return row["n"], row["first"]
 
 
 def dashboard_get(*, now: dt.datetime) -> Dashboard:
@@ -173,11 +202,23 @@ def dashboard_get(*, now: dt.datetime) -> Dashboard:
         .annotate(n=Count("id"))
         .order_by()
     )
-    # Dry runs re-read the same results every time and enter nobody: only live runs
-    # account for results.
-    skipped = SyncRun.objects.filter(started_at__gte=day_start, dry_run=False).aggregate(
-        skipped=Sum("skipped")
-    )["skipped"]
+    # The same clock as the MODX count: results of the last 24 hours (from the lowest
+    # id among them, on idx_runitem_source) that live runs skipped. Dry runs re-read the
+    # same results every time and enter nobody: only live runs account for results.
+    modx_results, first_id = modx_results_since(since=day_start)
+    skipped = waiting = 0
+    if first_id is not None:
+        # On uk_recheck_source_id: the waiting results among them.
+        waiting = RecheckRow.objects.filter(
+            source=RESULTS_WATERMARK_KEY, modx_id__gte=first_id
+        ).count()
+        skipped = (
+            SyncRunItem.objects.filter(
+                source_id__gte=first_id, action=SyncRunItem.Action.SKIPPED,
+                run__dry_run=False, reason__in=SkipReason.ALL,
+            )
+            .values("source_id").distinct().count()
+        )
 
     return Dashboard(
         now=now,
@@ -189,20 +230,19 @@ def dashboard_get(*, now: dt.datetime) -> Dashboard:
         purchases=PeriodCounts(today=purchases["today"], week=purchases["week"]),
         sync_pending=by_status.get(SyncStatus.PENDING, 0),
         sync_failed=by_status.get(SyncStatus.FAILED, 0),
-        modx_results_last_day=modx_results_count(since=day_start),
+        modx_results_last_day=modx_results,
         entries_last_day=entries["last_day"],
-        skipped_last_day=skipped or 0,
+        skipped_last_day=skipped,
+        waiting_last_day=waiting,
     )
 
 
 def live_mode_blockers_get() -> list[str]:
-    """Reasons the job cannot run live; switching to live is refused while any remain."""
-    blockers = []
-    if not settings.BREVO_API_KEY:
-        blockers.append(_("The Brevo API key (BREVO_API_KEY) is not set."))
-    return blockers
+    """Reasons the job cannot run live; switching to live is refused while any remain.
+    The run's own definition (selectors.readiness), in the page's language."""
+    return live_config_problems_display()
 
 
 def funnels_without_list_get() -> list[Funnel]:
     """Active funnels the job would skip in live mode: they have no Brevo list."""
-    return list(Funnel.objects.filter(active=True, brevo_list_id__isnull=True).order_by("slug"))
+    return [f for f in funnels_all() if f.active and not funnel_list_id(funnel=f)]

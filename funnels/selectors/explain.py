@@ -8,6 +8,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from funnels.emails import email_check
+from funnels.labels import reason_label
 from funnels.models import Funnel, FunnelEntry, RecheckRow, SyncRunItem, SyncStatus
 from funnels.selectors.candidates import (
     WATERMARK_KEY,
@@ -49,7 +50,7 @@ def waiting_line(row: RecheckRow) -> str:
     }
     return _("%(what)s waits for a recheck since %(since)s: %(reason)s; read again by "
              "every run until %(until)s") % {
-        "what": what, "since": _when(row.first_seen_at), "reason": row.reason,
+        "what": what, "since": _when(row.first_seen_at), "reason": reason_label(row.reason),
         "until": _when(row.recheck_until),
     }
 
@@ -97,7 +98,10 @@ def funnel_explain(*, raw_email: str) -> Explanation:
     funnels = funnels_all()
     if not check.ok:
         verdicts = [
-            FunnelVerdict(f, False, [_("not in it: invalid email (%(r)s)") % {"r": check.reason}])
+            FunnelVerdict(
+                f, False,
+                [_("not in it: invalid email (%(r)s)") % {"r": reason_label(check.reason)}],
+            )
             for f in funnels
         ]
         return Explanation(None, check.reason, [], verdicts)
@@ -179,7 +183,7 @@ def _why_not(
         if item is not None:
             reasons.append(
                 _("result #%(id)s skipped in run #%(run)s: %(reason)s")
-                % {"id": r.result_id, "run": item.run_id, "reason": item.reason}
+                % {"id": r.result_id, "run": item.run_id, "reason": reason_label(item.reason)}
             )
     if reasons:
         return _("not in it: ") + "; ".join(reasons)

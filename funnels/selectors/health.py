@@ -11,6 +11,7 @@ from django.utils.translation import gettext as _
 from funnels.models import SyncRun
 from funnels.selectors.funnels import funnel_entries_unusable_count
 from funnels.selectors.held import held_summary_get
+from funnels.services.runtime import runtime_settings_get
 
 OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
 EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2}
@@ -38,6 +39,22 @@ def _minutes(delta: timedelta) -> int:
     return max(0, int(delta.total_seconds() // 60))
 
 
+def schedule_pause_health(*, now: datetime) -> Health | None:
+    """While the admin has paused the schedule no run completes, on purpose: that is OK
+    for FUNNELS_PAUSE_WARN_MINUTES, then a WARNING so a forgotten pause is noticed."""
+    row = runtime_settings_get()
+    if not row.schedule_paused:
+        return None
+    since = row.schedule_paused_at or now
+    age = now - since
+    level = WARNING if age > timedelta(minutes=settings.FUNNELS_PAUSE_WARN_MINUTES) else OK
+    return Health(
+        level,
+        _("the schedule is paused in the admin (for %(m)s min, warning after %(limit)s min)")
+        % {"m": _minutes(age), "limit": settings.FUNNELS_PAUSE_WARN_MINUTES},
+    )
+
+
 def run_health(*, now: datetime, schedule_minutes: int | None = None) -> Health:
     """CRITICAL while the flood guard holds contacts back (a person must decide) or when no
     run completed within twice the schedule; WARNING when one of the last RECENT_RUNS runs
@@ -54,6 +71,9 @@ def run_health(*, now: datetime, schedule_minutes: int | None = None) -> Health:
         )
     schedule = schedule_minutes or settings.FUNNELS_SCHEDULE_MINUTES
     limit = timedelta(minutes=2 * schedule)
+    paused = schedule_pause_health(now=now)
+    if paused is not None:
+        return paused
     last_good = (
         SyncRun.objects.filter(status__in=_COMPLETED, finished_at__isnull=False)
         .order_by("-started_at", "-id")

@@ -500,7 +500,34 @@ def outbox_push(
     for group in buffers.groups_waiting():
         if not pusher.stopped:
             pusher.flush(group, buffers.take(group))
+    if pusher.result.had_failures:
+        _record_left_for_later(run=run, stopped=pusher.stopped)
     return pusher.result
+
+
+def _record_left_for_later(*, run: SyncRun, stopped: bool) -> int:
+    """One `deferred` item per entry still waiting for Brevo after a run that did not get
+    everything through, so the run's page lists every contact left for the next run.
+    Pending rows are read in id order on idx_fe_due, like the outbox reads them."""
+    reason = "brevo_stopped" if stopped else "brevo_not_confirmed"
+    written = 0
+    after_id = 0
+    while True:
+        rows = list(
+            FunnelEntry.objects.filter(sync_status=SyncStatus.PENDING, id__gt=after_id)
+            .order_by("id").values_list("id", "email", "funnel_type", "test_id")[:_UPDATE_CHUNK]
+        )
+        if not rows:
+            return written
+        after_id = rows[-1][0]
+        SyncRunItem.objects.bulk_create(
+            SyncRunItem(
+                run=run, action=SyncRunItem.Action.DEFERRED, reason=reason, email=email,
+                funnel_type=funnel_type, test_id=test_id, entry_id=entry_id,
+            )
+            for entry_id, email, funnel_type, test_id in rows
+        )
+        written += len(rows)
 
 
 def _lists(list_ids: tuple[int, ...]) -> str:

@@ -39,12 +39,14 @@ from funnels.logging_filters import redact
 from funnels.models import Funnel, SyncRun
 from funnels.selectors.candidates import WATERMARK_KEY
 from funnels.selectors.funnels import funnel_list_id, funnels_all, watermark_state_get
+from funnels.selectors.readiness import live_config_problems
 from funnels.services.flood_guard import held_entries_release
 from funnels.services.outbox import outbox_push
 from funnels.services.pings import ping_send
 from funnels.services.purchases import purchases_sync
 from funnels.services.results import results_sync
 from funnels.services.runtime import run_mode_resolve
+from funnels.services.schedule import run_record_paused, schedule_pause_blocks
 
 logger = logging.getLogger("funnels.sync")
 
@@ -55,17 +57,6 @@ class RunBusy(Exception):
 
 class RunConfigError(Exception):
     """Live mode asked for, but Brevo is not configured (exit code 78)."""
-
-
-def live_config_problems(*, funnels: list[Funnel]) -> list[str]:
-    """What is missing for a live run; empty when it may talk to Brevo."""
-    problems = []
-    if not settings.BREVO_API_KEY:
-        problems.append("BREVO_API_KEY is not set")
-    for funnel in funnels:
-        if funnel.active and not funnel_list_id(funnel=funnel):
-            problems.append(f"funnel {funnel.slug!r} has no Brevo list id")
-    return problems
 
 
 def runs_mark_crashed(*, now: datetime) -> int:
@@ -282,6 +273,8 @@ def _run_locked(
     clock: Callable[[], datetime],
     release_held: bool = False,
 ) -> SyncRun:
+    if schedule_pause_blocks(trigger=trigger):  # the admin paused the schedule
+        return run_record_paused(now=clock(), trigger=trigger, dry_run=dry_run)
     ping_send(event="start")
     runs_mark_crashed(now=clock())
     # A live settings row runs dry until a first dry run completed here (copied .env).

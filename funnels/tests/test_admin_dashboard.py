@@ -16,7 +16,12 @@ from django.urls import reverse
 
 from funnels.models import FunnelEntry, RecheckRow, SyncRun, SyncStatus
 from funnels.services.runtime import runtime_settings_get
-from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory, TestResultFactory
+from funnels.tests.factories import (
+    FunnelEntryFactory,
+    SyncRunFactory,
+    SyncRunItemFactory,
+    TestResultFactory,
+)
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 
@@ -39,7 +44,10 @@ def pinned_time(now):
 
 @pytest.fixture
 def api_key(settings):
+    # Ready for live: the key and both funnels' Brevo lists (selectors.readiness).
     settings.BREVO_API_KEY = "xkeysib-test-key-0123456789"
+    settings.BREVO_LANGUAGE_LIST_ID = 11
+    settings.BREVO_NON_LANGUAGE_LIST_ID = 12
     return settings.BREVO_API_KEY
 
 
@@ -75,10 +83,13 @@ def test_dashboard_shows_the_numbers(admin_client, now):
     FunnelEntryFactory(entered_at=now - dt.timedelta(days=3), sync_status=SyncStatus.FAILED)
     FunnelEntryFactory(entered_at=now - dt.timedelta(days=30), certificate_purchased=True,
                        certificate_purchased_at=now - dt.timedelta(hours=2))
-    for hours in (1, 2, 5):
-        TestResultFactory(completed_at=now - dt.timedelta(hours=hours))
-    SyncRunFactory(started_at=now - dt.timedelta(minutes=10), dry_run=False, skipped=1,
-                   entries_added=1)
+    results = [TestResultFactory(completed_at=now - dt.timedelta(hours=hours))
+               for hours in (1, 2, 5)]
+    run = SyncRunFactory(started_at=now - dt.timedelta(minutes=10), dry_run=False, skipped=1,
+                         entries_added=1)
+    # Skips are counted by the result's time, like the MODX count: one of these results.
+    SyncRunItemFactory(run=run, action="skipped",
+                       reason="invalid_email", source_id=results[1].pk)
 
     html = admin_client.get(INDEX_URL).content.decode()
 
@@ -136,12 +147,14 @@ def test_dashboard_renders_when_modx_is_unreachable(admin_client, now):
 def test_index_query_count_does_not_grow_with_data(admin_client, now, django_assert_max_num_queries):
     def index_queries() -> tuple[int, int]:
         with CaptureQueriesContext(connections["modx"]) as modx_queries:
-            with django_assert_max_num_queries(16) as default_queries:
+            with django_assert_max_num_queries(17) as default_queries:
                 assert admin_client.get(INDEX_URL).status_code == 200
         return len(default_queries.captured_queries), len(modx_queries.captured_queries)
 
-    # One run so that both measurements take the same path through the health check.
+    # One run and one result of the day, so that both measurements take the same path
+    # through the health check and the day's skips.
     SyncRunFactory(started_at=now - dt.timedelta(minutes=3))
+    TestResultFactory(completed_at=now - dt.timedelta(minutes=30))
     empty = index_queries()
     for n in range(1, 40):
         FunnelEntryFactory(entered_at=now - dt.timedelta(hours=n),
@@ -178,7 +191,7 @@ def test_switching_to_live_and_back_is_recorded_and_shown(admin_client, admin_us
     html = admin_client.get(INDEX_URL).content.decode()
     assert mode_badge(html) == "LIVE"
     assert "Last changed by <strong>admin</strong>" in html
-    assert "mode: DRY RUN -&gt; LIVE" in html
+    assert "mode: DRY RUN → LIVE" in html
     # The header follows on every page, not only the index.
     assert mode_badge(admin_client.get(ENTRIES_URL).content.decode()) == "LIVE"
 

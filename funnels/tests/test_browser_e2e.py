@@ -20,6 +20,8 @@ from django.utils import timezone
 
 from conftest import CURRENT_TIME
 from funnels.demo import demo_generate, demo_load
+from funnels.admin import email_display
+from funnels.labels import reason_label
 from funnels.models import FunnelEntry, SyncRun, SyncRunItem
 from funnels.services.runs import run_funnels
 from funnels.services.runtime import runtime_settings_get
@@ -99,24 +101,27 @@ def test_operator_end_to_end_after_a_live_run(live_server, browser_page, after_a
     page.goto(f"{base}/admin/funnels/funnelentry/")
     page.click("#changelist-filter a:text-is('Language tests')")
     page.wait_for_url("**funnel=language**")
-    assert sorted(_column(page, "email")) == sorted(language.values_list("email", flat=True))
-    assert set(_column(page, "funnel_type")) == {"language"}
+    # Shown as people write them: internationalised domains in Unicode.
+    assert sorted(_column(page, "email_shown")) == sorted(
+        email_display(e) for e in language.values_list("email", flat=True))
+    assert {c.splitlines()[0] for c in _column(page, "funnel_test")} == {"Language tests"}
     page.click("#changelist-filter a:text-is('Purchased')")
     page.wait_for_url("**purchased=yes**")
     buyers = language.filter(certificate_purchased=True)
     assert buyers.exists()
-    assert sorted(_column(page, "email")) == sorted(buyers.values_list("email", flat=True))
+    assert sorted(_column(page, "email_shown")) == sorted(
+        email_display(e) for e in buyers.values_list("email", flat=True))
     _shot(page, "2-entries-language-purchased")
     someone = buyers.order_by("id").first().email
     page.goto(f"{base}/admin/funnels/funnelentry/")
     page.fill("#searchbar", f"  {someone.upper()} ")
     page.press("#searchbar", "Enter")
     page.wait_for_url("**q=**")
-    assert someone in _column(page, "email")
+    assert email_display(someone) in _column(page, "email_shown")
 
     # The run and its outcomes, per action, as recorded.
     page.goto(f"{base}/admin/funnels/syncrun/")
-    page.click(f"#result_list a:text-is('{run.pk}')")
+    page.click(f"#result_list a:has-text('#{run.pk}')")
     page.wait_for_selector("#funnels-run-items")
     counts = Counter(SyncRunItem.objects.filter(run=run).values_list("action", flat=True))
     actions = page.inner_text("#funnels-run-items .funnels-item-actions")
@@ -128,13 +133,15 @@ def test_operator_end_to_end_after_a_live_run(live_server, browser_page, after_a
     _shot(page, "3-run")
     page.click("#funnels-run-items .funnels-item-actions a:has-text('Skipped')")
     page.wait_for_url("**action=skipped**")
+    # Each reason in words (the first line of the cell; the detail follows).
     reasons = {
-        r.strip() for r in page.locator("#funnels-run-items tr.funnels-item td:nth-child(6)")
+        r.strip().splitlines()[0]
+        for r in page.locator("#funnels-run-items tr.funnels-item td.funnels-reason")
         .all_inner_texts()
     }
     assert reasons and "" not in reasons
-    assert reasons <= set(SyncRunItem.objects.filter(run=run, action="skipped")
-                          .values_list("reason", flat=True))
+    assert reasons <= {reason_label(code) for code in SyncRunItem.objects.filter(
+        run=run, action="skipped").values_list("reason", flat=True)}
     _shot(page, "4-run-skipped")
 
     # The report: charts drawn from the data, the table equal to the command's JSON.

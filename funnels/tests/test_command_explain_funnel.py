@@ -69,7 +69,7 @@ def test_no_test_result(configured):
 
 def test_invalid_email(configured):
     lines, _ = _explain("not-an-email")
-    assert set(lines.values()) == {"not in it: invalid email (invalid_email)"}
+    assert set(lines.values()) == {"not in it: invalid email (not a valid email address)"}
 
 
 def test_funnel_inactive(configured):
@@ -129,7 +129,7 @@ def test_skipped_by_a_run_says_which_run_and_why(configured, live_settings, clie
     Funnel.objects.filter(slug="language").update(active=True)
     lines, _ = _explain("anna@example.com")
     assert lines["language"] == (
-        f"not in it: result #{result.id} skipped in run #{run.pk}: funnel_inactive"
+        f"not in it: result #{result.id} skipped in run #{run.pk}: the funnel is switched off"
     )
 
 

@@ -105,9 +105,10 @@ def _routes(patterns=None, prefix: str = "", namespace: str = ""):
             yield prefix + str(pattern.pattern), name, pattern
 
 
-# Pages anyone may see: the login page, logout (which only ends a session) and the bare
-# root, which redirects to /admin/.
-PUBLIC = {"admin:login", "admin:logout"}
+# Pages anyone may see: the login page, logout (which only ends a session), the language
+# switch (a POST with CSRF that only sets the language cookie; the login page has it too)
+# and the bare root, which redirects to /admin/.
+PUBLIC = {"admin:login", "admin:logout", "set_language"}
 # Query strings that make another page of the same view (the report's download).
 VARIANTS = {"reports:conversions": ["", "?format=csv"]}
 
@@ -346,6 +347,7 @@ def test_no_secret_reaches_a_log_an_output_a_page_or_a_run_record(
             fake.faults.add("524", count=None)
             done = manage_run("run_funnels", "--live", env=env)
             outputs += [done.stdout, done.stderr]
+            # Partial: exit 4 for cron and monitoring (README "Commands").
             assert done.returncode == 4 and "partial (live)" in done.stdout, (
                 done.stdout + done.stderr)
 

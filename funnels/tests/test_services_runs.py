@@ -572,3 +572,34 @@ def test_gaps_cost_an_idle_run_one_primary_key_read_and_no_write(
     assert len(gap_reads) == 1
     assert not any("UPDATE" in q["sql"] and "funnels_syncstate" in q["sql"]
                    for q in ours.captured_queries)
+
+
+def test_a_run_stopped_by_brevo_lists_every_contact_it_left_for_later(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    for n in range(6):
+        modx_result(f"p{n}@example.com")
+    fake_brevo.faults.add("500", count=None, method="POST")
+    run = run_live(client_factory, now=now)
+    assert run.status == SyncRun.Status.PARTIAL
+    assert run.error == "stopped after 3 consecutive Brevo failures"
+    pending = set(FunnelEntry.objects.filter(sync_status="pending").values_list("id", flat=True))
+    deferred = SyncRunItem.objects.filter(run=run, action=SyncRunItem.Action.DEFERRED)
+    # Every entry still waiting for Brevo is on the run's page, once, with the reason.
+    assert pending and set(deferred.values_list("entry_id", flat=True)) == pending
+    assert deferred.count() == len(pending)
+    assert set(deferred.values_list("reason", flat=True)) == {"brevo_stopped"}
+    # The three that failed have their own items; together they are all six people.
+    failed = SyncRunItem.objects.filter(run=run, action=SyncRunItem.Action.FAILED)
+    assert {i.email for i in failed} | {i.email for i in deferred} == {
+        f"p{n}@example.com" for n in range(6)
+    }
+
+
+def test_a_successful_run_records_nothing_left_for_later(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    modx_result("anna@example.com")
+    run = run_live(client_factory, now=now)
+    assert run.status == SyncRun.Status.SUCCESS
+    assert not SyncRunItem.objects.filter(run=run, action=SyncRunItem.Action.DEFERRED).exists()

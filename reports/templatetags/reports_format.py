@@ -2,7 +2,13 @@
 
 from django import template
 
-from reports.formatters import hours_display, rate_display, rate_value
+from reports.formatters import (
+    group_label,
+    hours_display,
+    points_display,
+    rate_display,
+    rate_value,
+)
 
 register = template.Library()
 
@@ -22,3 +28,19 @@ def rate_raw(value):
 @register.filter
 def hours(value):
     return hours_display(value)
+
+
+@register.filter
+def points(value):
+    return points_display(value)
+
+
+@register.filter
+def funnel_name(slug, names):
+    """A funnel's name from the page's {slug: name}; the slug when unknown."""
+    return (names or {}).get(slug, slug)
+
+
+@register.simple_tag
+def group_shown(group, group_by):
+    return group_label(group, group_by=group_by)

@@ -54,12 +54,19 @@ def test_anonymous_is_sent_to_the_admin_login(client, funnels):
     assert response["Location"].startswith("/admin/login/?next=/admin/reports/")
 
 
-def test_signed_in_non_staff_is_refused(client, django_user_model, funnels):
+def test_signed_in_non_staff_gets_the_admins_friendly_translated_page(
+    client, django_user_model, funnels
+):
     client.force_login(django_user_model.objects.create_user("visitor", password="x"))
+    client.defaults["HTTP_ACCEPT_LANGUAGE"] = "ru"
 
-    response = client.get(URL)
+    response = client.get(URL, follow=True)
 
-    assert response.status_code == 403
+    # The admin's own answer, in the visitor's language: signed in, but not allowed here.
+    assert response.redirect_chain[0][0].startswith("/admin/login/?next=/admin/reports/")
+    body = response.content.decode()
+    assert "visitor" in body and "недостаточно прав" in body
+    assert "403 Forbidden" not in body and "Sales" not in body
 
 
 def test_staff_sees_the_report(staff_client, data):
@@ -128,7 +135,8 @@ def test_without_filters_the_last_30_days_are_shown(admin_client, funnels, now):
 
     report = response.context["report"]
     assert (str(report.date_from), str(report.date_to)) == ("2026-10-30", "2026-11-28")
-    assert report.group_by == "day"
+    # A month by week: rates a manager reads at a glance, not daily jumps.
+    assert report.group_by == "week"
     assert "format=csv" in response.context["csv_query"]
 
 
@@ -176,3 +184,47 @@ def test_page_query_count_is_small_and_fixed(admin_client, data, django_assert_n
     with django_assert_num_queries(8):
         admin_client.get(URL, {"from_date": "2026-11-01", "to_date": "2026-11-30",
                                "group_by": "test"})
+
+
+def test_an_empty_period_says_so_and_when_the_first_entry_is(admin_client_en, data):
+    response = admin_client_en.get(URL, {"from_date": "1900-01-01", "to_date": "1900-12-31",
+                                         "group_by": "week"})
+    body = response.content.decode()
+    assert 'id="report-empty"' in body
+    assert "Nobody entered a funnel from 1900-01-01 to 1900-12-31." in body
+    assert "The first entry is on 2026-11-10." in body
+    assert 'id="report-rows"' not in body  # no 53 rows of zeros
+
+
+def test_grouped_by_test_reads_test_n_with_funnel_names_and_no_line(admin_client_en, data):
+    import json
+
+    response = admin_client_en.get(URL, {"from_date": "2026-11-10", "to_date": "2026-11-11",
+                                         "group_by": "test"})
+    chart = response.context["chart_data"]
+    assert all("· test " in label for label in chart["trend"]["labels"]), chart["trend"]
+    assert not any("non_language ·" in label for label in chart["trend"]["labels"])
+    rate = [d for d in chart["trend"]["datasets"] if d["axis"] == "rate"]
+    assert rate and all(d["line"] is False for d in rate)
+    json.dumps(chart)
+
+
+def test_a_ten_year_range_is_grouped_by_month(admin_client_en, data):
+    response = admin_client_en.get(URL, {"from_date": "2017-01-01", "to_date": "2026-11-30"})
+    assert response.status_code == 200
+    assert response.context["report"].group_by == "month"
+
+
+def test_the_csv_for_people_opens_in_a_russian_excel(admin_client, data):
+    admin_client.defaults["HTTP_ACCEPT_LANGUAGE"] = "ru"
+    response = admin_client.get(URL, {"from_date": "2026-11-10", "to_date": "2026-11-11",
+                                      "group_by": "funnel", "format": "csv_people"})
+    raw = response.content
+    assert raw.startswith("\ufeff".encode())
+    text = raw.decode("utf-8-sig")
+    lines = text.split("\r\n")
+    assert "2026-11-10" in lines[0] and "2026-11-11" in lines[0]
+    assert lines[2].split(";")[:5] == ["Воронка", "Группа", "Вошли", "Купили", "Конверсия"]
+    assert any(line.startswith("Итого;") for line in lines)
+    rates = [line.split(";")[4] for line in lines[3:] if line]
+    assert rates and all(r == "—" or ("," in r and r.endswith("%")) for r in rates), rates

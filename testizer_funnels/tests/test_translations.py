@@ -339,7 +339,7 @@ def test_admin_index_with_the_mode_switch_is_in_russian(
     assert_russian(
         html,
         present=["Воронки Testizer", "Сводка", ">ПРОБНЫЙ ЗАПУСК<", "Включить БОЕВОЙ РЕЖИМ",
-                 "Не задан ключ API Brevo (BREVO_API_KEY).", "Входы в воронки",
+                 "не задан ключ API Brevo (BREVO_API_KEY)", "Входы в воронки",
                  "Последние 24 часа: никто не потерян?"],
         absent=["Testizer Funnels", ">DRY RUN<", "Switch to LIVE", "Numbers",
                 "The Brevo API key", "Funnel entries", "Last 24 hours"],
@@ -369,7 +369,7 @@ def test_entries_list_is_in_russian(ru_client, django_assert_max_num_queries):
     assert "anna@example.com" in html and "boris@example.com" in html
     assert_russian(
         html,
-        present=["Выберите вход в воронку для просмотра", "Отправка в Brevo",
+        present=["Входы в воронки", "Отправка в Brevo",
                  "Ожидает отправки", "Ошибка", "сертификат куплен", "страница 1",
                  "по 100 на странице",
                  "Повторить отправку в Brevo выбранных записей с ошибкой"],
@@ -396,9 +396,9 @@ def test_run_page_is_in_russian(ru_client, django_assert_max_num_queries):
         html,
         present=["Результат по каждому кандидату", "Добавлен", "Пропущен", "Счётчики",
                  "Завершён с ошибками", "Боевой режим", "страница 1 из 1",
-                 "Пропущено по причинам"],
+                 "Пропущенные результаты тестов по причинам", "некорректный адрес почты"],
         absent=["Outcome per candidate", "Counts", "Finished with failures",
-                "skipped by reason", "page 1 of 1"],
+                "skipped by reason", "page 1 of 1", "invalid_email"],
     )
 
 
@@ -431,3 +431,19 @@ def test_report_page_is_in_russian(ru_client, now, django_assert_max_num_queries
     )
     assert chart["trend"]["people_axis"] == "Люди"
     assert chart["histogram"]["axis"] == "Дней после входа"
+
+
+@pytest.mark.django_db(databases=["default", "modx"])
+def test_generic_titles_and_counts_agree_with_their_numbers_in_russian(ru_client):
+    from funnels.tests.factories import SyncRunFactory
+
+    for _ in range(3):
+        SyncRunFactory()
+    funnels = ru_client.get(reverse("admin:funnels_funnel_changelist")).content.decode()
+    add = ru_client.get(reverse("admin:funnels_funnel_add")).content.decode()
+    runs = ru_client.get(reverse("admin:funnels_syncrun_changelist")).content.decode()
+    marks = ru_client.get(reverse("admin:funnels_syncstate_changelist")).content.decode()
+    assert "Добавить воронку" in add and "Добавить воронка" not in add
+    assert "Выберите воронка" not in funnels and "Языковые тесты" in funnels
+    assert "3 строки" in runs and "3 запуски" not in runs
+    assert "Докуда задание прочитало MODX" in marks and "Отметки" not in marks

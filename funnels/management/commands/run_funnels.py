@@ -12,14 +12,14 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from funnels.logging_filters import redact
 from funnels.emails import Reason as EmailReason
+from funnels.logging_filters import redact
 from funnels.models import SyncRun, SyncRunItem
 from funnels.selectors.plan import run_items_iter
 from funnels.services import alerts
 from funnels.services.purchases import SkipReason as PaymentSkipReason
 from funnels.services.runs import RunBusy, RunConfigError, run_funnels
-from funnels.services.runtime import live_needs_dry_run_first
+from funnels.services.runtime import live_needs_dry_run_first, runtime_settings_get
 
 # What cron and monitoring see; README "Commands" documents the same table.
 EXIT_OK = 0
@@ -149,19 +149,29 @@ class Command(BaseCommand):
                               "Brevo (live runs), then run as usual"),
         )
         parser.add_argument(
+            "--ignore-pause", action="store_true",
+            help=gettext_lazy("run by hand although the schedule is paused in the admin "
+                              "(scheduled runs never ignore the pause)"),
+        )
+        parser.add_argument(
             "--trigger", choices=[SyncRun.Trigger.CRON, SyncRun.Trigger.MANUAL],
             default=SyncRun.Trigger.MANUAL,
             help=gettext_lazy("who started the run (recorded on it)"),
         )
 
     def handle(self, *args, dry_run, live, since, as_of, chunk_size, plan, trigger,
-               release_held, **options):
+               release_held, ignore_pause=False, **options):
         if chunk_size is not None and chunk_size < 1:
             raise CommandError(_("--chunk-size must be at least 1"))
         forced = True if dry_run else (False if live else None)
         held_back = forced is None and live_needs_dry_run_first()
         now = as_of or timezone.now()
         try:
+            if (trigger != SyncRun.Trigger.CRON and not ignore_pause
+                    and runtime_settings_get().schedule_paused):
+                self.stderr.write(_("the schedule is paused in the admin; to run by hand "
+                                    "anyway, add --ignore-pause"))
+                sys.exit(EXIT_PAUSED)
             run = run_funnels(
                 now=now,
                 dry_run=forced,

@@ -24,6 +24,9 @@
             yAxisID: set.axis,
             // A period without entries has no rate: leave a gap rather than invent a line.
             spanGaps: false,
+            // Funnels and tests have no order: their rates are points, not a line.
+            showLine: set.line !== false,
+            pointRadius: set.line === false ? 5 : 3,
           };
         }),
       },
@@ -31,6 +34,8 @@
         animation: false,
         maintainAspectRatio: false,
         interaction: { mode: "index", intersect: false },
+        // The legend below the plot, in small boxes: beside it, it ate the plot on a phone.
+        plugins: { legend: { position: "bottom", labels: { boxWidth: 12, font: { size: 11 } } } },
         scales: {
           people: {
             type: "linear",
