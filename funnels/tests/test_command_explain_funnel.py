@@ -151,7 +151,8 @@ def test_a_result_waiting_for_a_recheck_says_why_and_until_when(
     lines, _ = _explain("wait@example.com")
     assert lines["non_language"] == (
         f"not in it yet: result #{row.id} waits for a recheck since 2026-11-28 15:30 UTC: "
-        "no_completion_time; read again by every run until 2026-12-28 15:30 UTC"
+        "the test has no completion time yet; read again by every run until "
+        "2026-12-28 15:30 UTC"
     )
     assert lines["waiting"].startswith(f"result #{row.id} waits for a recheck")
 
@@ -168,4 +169,4 @@ def test_a_payment_waiting_for_a_recheck_is_listed(
     lines, _ = _explain("buyer@example.com")
     assert lines["language"].startswith("in it since")
     assert lines["waiting"].startswith(f"payment #{payment.id} waits for a recheck")
-    assert "unknown_certificate_type" in lines["waiting"]
+    assert "no funnel sells this certificate type" in lines["waiting"]
