@@ -112,6 +112,7 @@ class ModxReader:
             period=dt.timedelta(days=settings.FUNNELS_RECHECK_DAYS),
             limit=settings.FUNNELS_RECHECK_MAX_ROWS,
             clock_reasons=source.clock_reasons,
+            now=now,
         )
 
     # -- passes -----------------------------------------------------------------------
@@ -200,7 +201,7 @@ class ModxReader:
         # A row still waiting at the end of its period is dropped, changed or not.
         for modx_id in waiting:
             known = self.list.rows.get(modx_id)
-            if known is not None and known.recheck_until <= self.now:
+            if known is not None and known.expired:
                 changes.upsert.pop(modx_id, None)
                 changes.newly_waiting = [w for w in changes.newly_waiting if w.modx_id != modx_id]
                 changes.remove.add(modx_id)
@@ -223,7 +224,8 @@ class ModxReader:
             with transaction.atomic():
                 source.apply(decided)
                 if changes.changed:
-                    recheck_save(source=source.key, changes=changes, run=self.run)
+                    recheck_save(source=source.key, changes=changes, run=self.run,
+                                 now=self.now)
                 SyncRunItem.objects.bulk_create(items, batch_size=1000)
                 if move is not None and not watermark_save(
                     move=move, run=self.run, stamp=self.now
@@ -239,6 +241,9 @@ class ModxReader:
     def _items(self, changes: RecheckChanges) -> list[SyncRunItem]:
         """Said once: when a row is first put on the list (or its reason changes), and
         when it is dropped; never on every re-read."""
+        self.list.times_load(
+            [w.modx_id for w in (*changes.newly_waiting, *changes.expired, *changes.overflow)]
+        )
         items = [
             SyncRunItem(
                 run=self.run, action=SyncRunItem.Action.WAITING, reason=w.reason,

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from django.db import connections
+from django.db.models import BooleanField, ExpressionWrapper, Q
 
 from funnels.models import RecheckRow, SyncRun
 
@@ -53,10 +54,13 @@ class Waiter:
     reason: str
     email: str
     fingerprint: str
-    first_seen_at: dt.datetime
-    recheck_until: dt.datetime
+    # Loaded only when needed (a reason that changed, a row dropped): converting two
+    # datetimes per row was most of an idle run's cost with 10,000 rows waiting.
+    first_seen_at: dt.datetime | None
+    recheck_until: dt.datetime | None
     clock: bool = False
     test_id: int | None = None
+    expired: bool = False  # recheck_until <= the run's time, computed by the database
 
 
 def fingerprint_of(*values) -> str:
@@ -118,6 +122,15 @@ class RecheckList:
         for modx_id in decided:
             if modx_id in self.rows:
                 changes.remove.add(modx_id)
+        # Rows already waiting whose state changed keep their times: load them, in one
+        # query, only for those.
+        self.times_load([
+            modx_id for modx_id, (why, fingerprint) in waiting.items()
+            if modx_id in self.rows and (
+                self.rows[modx_id].reason, self.rows[modx_id].email,
+                self.rows[modx_id].fingerprint,
+            ) != (why.reason, why.email[:255], fingerprint)
+        ])
         for modx_id, (why, fingerprint) in waiting.items():
             known = self.rows.get(modx_id)
             if known is None:
@@ -158,7 +171,7 @@ class RecheckList:
                 changes.vanished.append(waiter)
         for modx_id in still_waiting:
             waiter = self.rows.get(modx_id)
-            if waiter is not None and waiter.recheck_until <= now:
+            if waiter is not None and waiter.expired:
                 changes.remove.add(modx_id)
                 changes.expired.append(waiter)
         return changes
@@ -170,6 +183,7 @@ class RecheckList:
         if over <= 0:
             return
         merged = {**self.rows, **changes.upsert}
+        self.times_load([i for i, w in merged.items() if w.first_seen_at is None])
         candidates = sorted(
             (w for i, w in merged.items() if i not in changes.remove),
             key=lambda w: (w.first_seen_at, w.modx_id),
@@ -178,6 +192,17 @@ class RecheckList:
             changes.remove.add(waiter.modx_id)
             changes.upsert.pop(waiter.modx_id, None)
             changes.overflow.append(waiter)
+
+    def times_load(self, ids) -> None:
+        """Fill in first seen / recheck until for these rows (one query), for the rare
+        paths that need them."""
+        missing = sorted(i for i in ids if i in self.rows and self.rows[i].first_seen_at is None)
+        for start in range(0, len(missing), 5000):
+            for modx_id, first_seen_at, recheck_until in RecheckRow.objects.filter(
+                source=self.source, modx_id__in=missing[start:start + 5000]
+            ).values_list("modx_id", "first_seen_at", "recheck_until"):
+                self.rows[modx_id].first_seen_at = first_seen_at
+                self.rows[modx_id].recheck_until = recheck_until
 
     def apply(self, changes: RecheckChanges) -> None:
         """The in-memory list after `changes` were committed (or planned, in a dry run)."""
@@ -189,18 +214,21 @@ class RecheckList:
 
 
 def recheck_list_load(
-    *, source: str, period: dt.timedelta, limit: int, clock_reasons: frozenset[str]
+    *, source: str, period: dt.timedelta, limit: int, clock_reasons: frozenset[str],
+    now: dt.datetime,
 ) -> RecheckList:
-    """The list of `source` in one query (the unique key's leading column)."""
+    """The list of `source` in one query (the unique key's leading column): what a re-read
+    compares, and whether each row's period is over, decided by the database."""
     rows = {
         modx_id: Waiter(
             modx_id=modx_id, reason=reason, email=email, fingerprint=fingerprint,
-            first_seen_at=first_seen_at, recheck_until=recheck_until,
+            first_seen_at=None, recheck_until=None, expired=expired,
         )
-        for modx_id, reason, email, fingerprint, first_seen_at, recheck_until in (
-            RecheckRow.objects.filter(source=source).order_by().values_list(
-                "modx_id", "reason", "email", "fingerprint", "first_seen_at", "recheck_until"
-            )
+        for modx_id, reason, email, fingerprint, expired in (
+            RecheckRow.objects.filter(source=source).order_by()
+            .annotate(expired=ExpressionWrapper(Q(recheck_until__lte=now),
+                                                output_field=BooleanField()))
+            .values_list("modx_id", "reason", "email", "fingerprint", "expired")
         )
     }
     return RecheckList(
@@ -208,8 +236,11 @@ def recheck_list_load(
     )
 
 
-def recheck_save(*, source: str, changes: RecheckChanges, run: SyncRun | None) -> None:
-    """Write one chunk's changes; call inside the transaction that handles its rows."""
+def recheck_save(
+    *, source: str, changes: RecheckChanges, run: SyncRun | None, now: dt.datetime
+) -> None:
+    """Write one chunk's changes; call inside the transaction that handles its rows. A row
+    already on the list keeps its first-seen and until times (not in update_fields)."""
     keep = {i: w for i, w in changes.upsert.items() if i not in changes.remove}
     if changes.remove:
         ids = sorted(changes.remove)
@@ -227,8 +258,8 @@ def recheck_save(*, source: str, changes: RecheckChanges, run: SyncRun | None) -
             [
                 RecheckRow(
                     source=source, modx_id=w.modx_id, reason=w.reason, email=w.email,
-                    fingerprint=w.fingerprint, first_seen_at=w.first_seen_at,
-                    recheck_until=w.recheck_until, run=run,
+                    fingerprint=w.fingerprint, first_seen_at=w.first_seen_at or now,
+                    recheck_until=w.recheck_until or now, run=run,
                 )
                 for w in keep.values()
             ],
