@@ -34,11 +34,14 @@ only to payments first read at most two runs ago (the watch list reads those on 
 older ones are read on a slower schedule, docs/purchases.md), and a late commit only fills
 a hole that runs passed less than the watermark's gap grace ago.
 
-One exception to the purchase rule is allowed and recorded: a payment that was already
-valid and paid at a run BEFORE the run that created the entry it counts for (the entry's
-result could not be decided until later) is matched only when the watch list reads the
-payment again, which can be hours later; the invariant then accepts the entry unmarked or
-marked with a later qualifying payment. That gap is shown on its own by
+Two exceptions to the purchase rule are allowed and recorded. A payment paid later is
+marked once the watch list has read it again, and a run reads one chunk of due watches (by
+design, docs/purchases.md; with the test's chunks of 3 that is often a run or two later):
+while its watch still says "not paid", the entry may be unmarked. And a payment that was
+already valid and paid at a run BEFORE the run that created the entry it counts for (the
+entry's result could not be decided until later) is matched only when the watch list reads
+the payment again, which can be hours later; the invariant then accepts the entry unmarked
+or marked with a later qualifying payment. That gap is shown on its own by
 `test_entry_created_after_its_payment_was_read_is_marked_by_the_same_run` below (xfail,
 reported to the integrator).
 
@@ -547,6 +550,10 @@ class JobMachine(RuleBasedStateMachine):
         run_time = dict(SyncRun.objects.values_list("id", "as_of"))
         sends = brevo_sends(self.fake)
         payments = payments_now()
+        # Paid in MODX, but the watch list has not read them since (it reads one chunk of
+        # due watches per run, by design: docs/purchases.md): not yet the job's to mark.
+        unread = set(PaymentWatch.objects.filter(paid=False).values_list("payment_id",
+                                                                          flat=True))
         for (email, slug, result_id, test_id, entered_at, run_id, status, revision, synced,
              purchased, purchased_at, payment_id) in entries:
             assert result_id in valid[(email, slug)], (email, slug, result_id)
@@ -567,7 +574,10 @@ class JobMachine(RuleBasedStateMachine):
             )
             # The known gap (module docstring): payments valid before the entry's run.
             strict = [q for q in qualifying
-                      if self.payment_valid_run.get(q[1], 0) >= run_index[run_id]]
+                      if self.payment_valid_run.get(q[1], 0) >= run_index[run_id]
+                      and q[1] not in unread]
+            if any(q[1] in unread for q in qualifying):
+                SEEN["paid later, watch not read yet (one chunk a run)"] += 1
             SEEN["entry checked"] += 1
             if qualifying and not strict:
                 SEEN["payment valid before its entry's run (known gap)"] += 1
