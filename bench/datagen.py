@@ -87,6 +87,10 @@ class Scale:
     entries: int = 1_000_000
     new_results: int = 1_000
     new_payments: int = 5_000
+    # Rows that cannot be decided yet, inserted after the steady-state run: they wait on
+    # the recheck lists (services/recheck.py), re-read by every run.
+    waiting_results: int = 8_000
+    waiting_payments: int = 2_000
 
     def __post_init__(self) -> None:
         if self.backfill > self.results:
@@ -95,6 +99,8 @@ class Scale:
             raise ValueError("new payments cannot exceed payments")
         if min(self.results, self.payments, self.entries, self.backfill) < 1:
             raise ValueError("every size must be at least 1")
+        if min(self.waiting_results, self.waiting_payments) < 0:
+            raise ValueError("waiting rows cannot be negative")
 
     @property
     def history(self) -> int:
@@ -104,6 +110,17 @@ class Scale:
     def old_payments(self) -> int:
         return self.payments - self.new_payments
 
+    @property
+    def waiting(self) -> int:
+        return self.waiting_results + self.waiting_payments
+
+    @property
+    def new_payments_first_id(self) -> int:
+        # The waiting payments are inserted (and read) before the new ones, so they take
+        # the ids right after the history and the new payments come after them: ids that
+        # a run has passed are never filled in later.
+        return self.old_payments + self.waiting_payments + 1
+
 
 # 5,000 payments: over 100 of them in the watch list, consecutive ids that cover every
 # residue of the watch schedule's spread (payment_id % 100), so every 15 minutes a tiny
@@ -111,7 +128,7 @@ class Scale:
 # either way), and their query counts compare.
 TINY = Scale(
     results=2_000, payments=5_000, backfill=500, entries=2_000, new_results=200,
-    new_payments=100,
+    new_payments=100, waiting_results=800, waiting_payments=200,
 )
 
 
@@ -629,12 +646,102 @@ class BenchData:
         ))
         try:
             self._payments_load(
-                conn=conn, report=report, first_id=self.scale.old_payments + 1,
+                conn=conn, report=report, first_id=self.scale.new_payments_first_id,
                 count=self.scale.new_payments, new=True, now=now,
             )
         finally:
             conn.close()
         return report.rows["modx_cert_payment"]
+
+    # -- rows that cannot be decided yet ---------------------------------------------
+
+    # What makes a waiting result undecidable, in turn: no completion time (a test not
+    # finished), an invalid email, no email, no test id. Each is something MODX fills in
+    # or corrects later, so the job keeps re-reading them (services/results.py).
+    WAITING_RESULT_KINDS = ("no_completion_time", "invalid_email", "empty_email", "no_test_id")
+    # ... and a waiting payment: its modx_cert_result row is missing, or its buyer's email
+    # is invalid (services/purchases.py).
+    WAITING_PAYMENT_KINDS = ("payment_result_missing", "invalid_email")
+
+    @property
+    def waiting_results_first_id(self) -> int:
+        return self.scale.results + self.scale.new_results + 1
+
+    def waiting_results(self, *, now: datetime) -> Iterator[tuple]:
+        """Results completed minutes before `now` (or not completed) that no run can decide
+        yet; ids after the steady-state batch."""
+        rng = random.Random(self.seed + 9)
+        first = self.waiting_results_first_id
+        kinds = self.WAITING_RESULT_KINDS
+        for i in range(self.scale.waiting_results):
+            kind = kinds[i % len(kinds)]
+            email = f"w{i}@{DOMAINS[i % len(DOMAINS)]}"
+            test_id: int | None = rng.choice(ALL_TESTS)
+            datep = self._modx_time(now - timedelta(seconds=rng.uniform(30, 600)))
+            if kind == "no_completion_time":
+                datep = None
+            elif kind == "invalid_email":
+                email = f"w{i} at example.com" if i % 2 else f"w{i}@@example.com"
+            elif kind == "empty_email":
+                email = "" if i % 2 else None
+            else:
+                test_id = None
+            yield (first + i, email, test_id, datep, 1)
+
+    def waiting_payments(self, *, now: datetime) -> Iterator[tuple[tuple | None, tuple | None, tuple]]:
+        """(cert_user, cert_result, payment) rows of paid payments no run can decide yet; a
+        payment whose result is missing has neither a result nor a user row."""
+        rng = random.Random(self.seed + 10)
+        first = self.scale.old_payments + 1
+        kinds = self.WAITING_PAYMENT_KINDS
+        for i in range(self.scale.waiting_payments):
+            payment_id = first + i
+            paid_at = self._modx_time(
+                (now - timedelta(seconds=rng.uniform(30, 600))).replace(microsecond=0)
+            )
+            payment = (payment_id, payment_id, PAID, paid_at)
+            if kinds[i % len(kinds)] == "payment_result_missing":
+                yield None, None, payment
+            else:
+                yield (
+                    (payment_id, f"w{i}@@{DOMAINS[i % len(DOMAINS)]}"),
+                    (payment_id, payment_id, rng.choice(sorted(CERT_TESTS))),
+                    payment,
+                )
+
+    def waiting_load(
+        self, *, server: Server, database: str, now: datetime, method: str = "auto"
+    ) -> dict[str, int]:
+        """Insert the waiting results and payments; returns rows inserted per table."""
+        scratch_name_check(database)
+        conn = server.connect(database, local_infile=True)
+        try:
+            if method == "auto":
+                method = "infile" if local_infile_allowed(conn) else "insert"
+            rows = {"simpletest_users": rows_load(
+                conn=conn, table="simpletest_users",
+                columns=["Id", "Email", "TestId", "Datep", "Status"],
+                rows=self.waiting_results(now=now), method=method,
+            )}
+            users, results, payments = [], [], []
+            for user, result, payment in self.waiting_payments(now=now):
+                if user is not None:
+                    users.append(user)
+                if result is not None:
+                    results.append(result)
+                payments.append(payment)
+            for table, columns, table_rows in (
+                ("modx_cert_users", ["id", "email"], users),
+                ("modx_cert_result", ["id", "id_user", "id_test"], results),
+                ("modx_cert_payment", ["id", "id_result", "id_status", "datetime_payment"],
+                 payments),
+            ):
+                rows[table] = rows_load(
+                    conn=conn, table=table, columns=columns, rows=table_rows, method=method
+                ) if table_rows else 0
+        finally:
+            conn.close()
+        return rows
 
     # -- funnel_entries --------------------------------------------------------------
 

@@ -373,12 +373,19 @@ def peak_rss_mb() -> float:
 
 
 def _latest_run_detail() -> dict[str, Any]:
-    from funnels.models import SyncRun
+    from django.db.models import Count
+
+    from funnels.models import RecheckRow, SyncRun
 
     run = SyncRun.objects.order_by("-id").first()
     if run is None:
         return {}
+    # After the run, outside the measurement: what its recheck lists hold now.
+    waiting = dict(
+        RecheckRow.objects.order_by().values_list("source").annotate(n=Count("id"))
+    )
     return {
+        "waiting_by_reason": run.waiting_by_reason, "recheck_waiting": waiting,
         "run_id": run.pk, "status": run.status, "results_read": run.results_read,
         "entries_added": run.entries_added, "skipped": run.skipped,
         "skipped_by_reason": run.skipped_by_reason, "contacts_sent": run.contacts_sent,

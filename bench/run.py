@@ -51,6 +51,11 @@ MB_LIMIT = 300
 # retries) then follows the schedule, not how long loading took on this machine, so a
 # run at any scale meets the same share of its watch list.
 CRON_PERIOD = dt.timedelta(minutes=15)
+# Waiting rows re-read per primary-key IN query (funnels/services/modx_reader.py
+# RECHECK_READ_SIZE), copied because this module runs without Django settings; a test
+# checks the copy is current.
+RECHECK_READ_SIZE = 10_000
+RECHECK_SOURCES = ("test_results", "payments")
 BEGIN = "<!-- bench:begin (written by python -m bench.run; edit outside the markers) -->"
 END = "<!-- bench:end -->"
 
@@ -60,6 +65,9 @@ TITLES = {
     "steady_0_after_backfill": "2a. Run with 0 new results, right after the backfill",
     "steady_0": "2b. Steady state: run with 0 new results",
     "steady_new": "2c. Steady state: run with {new_results:,} new results",
+    "recheck_fill": "2d. Run with {waiting_results:,} results and {waiting_payments:,} payments "
+                    "that cannot be decided yet",
+    "recheck_idle": "2e. Run with 0 new rows, {waiting:,} rows waiting on the recheck lists",
     "purchases": "3. Purchase sync: {new_payments:,} new payments vs {entries:,} entries",
     "purchases_push": "3b. Next run: push the purchase updates to Brevo",
     "report_command": "4a. report_conversions, one year, {entries:,} entries",
@@ -212,6 +220,36 @@ def _target(result: ScenarioResult | None, name: str, scale: Scale,
         add("< 10 s, Brevo rate limit included", f"{result.seconds:.2f} s", result.seconds < 10)
         add("new contacts in the right lists", checks.get("steady_new", {}).get("summary", "?"),
             checks.get("steady_new", {}).get("ok", False))
+    elif name == "recheck_fill":
+        expected = scale.waiting_results + scale.waiting_payments
+        put = sum((result.detail.get("waiting_by_reason") or {}).values())
+        add("every undecidable row put on its list, nothing entered or sent",
+            f"{put:,} of {expected:,} put on the lists, {result.detail.get('entries_added')} "
+            f"entries, {result.brevo_requests} Brevo requests",
+            put == expected and result.detail.get("entries_added") == 0
+            and not result.brevo_requests)
+    elif name == "recheck_idle":
+        add("< 0.1 s", f"{result.seconds:.3f} s", result.seconds < 0.1)
+        scans = sorted({t for plan in result.explain for t in plan["full_scans"]})
+        # The lists are read whole by design (one query per source, bounded by
+        # FUNNELS_RECHECK_MAX_ROWS); when one source is most of the table the optimizer
+        # rightly scans it rather than walk the unique key.
+        other = [t for t in scans if t != "funnels_recheckrow"]
+        add("no full scans (EXPLAIN) but the recheck list's own read",
+            ", ".join(scans) or "none", not other)
+        baseline = checks.get("recheck_baseline")
+        if baseline is not None:
+            mine = sum(result.queries.values())
+            waiting = result.detail.get("recheck_waiting") or {}
+            expected = recheck_queries_expected(
+                baseline=baseline["queries"], before=baseline["waiting"], after=waiting
+            )
+            add("query count independent of the list's size",
+                f"{mine} with {_waiting_text(waiting)} waiting; {baseline['queries']} in "
+                f"steady_0 with {_waiting_text(baseline['waiting'])}; expected {expected} "
+                f"(per {RECHECK_READ_SIZE:,} waiting rows of a source, or part of it: one "
+                "IN read and one lock check)",
+                mine == expected)
     elif name == "purchases":
         add("< 5 s", f"{result.seconds:.2f} s", result.seconds < 5)
     elif name in {"report_command", "report_page"}:
@@ -219,6 +257,28 @@ def _target(result: ScenarioResult | None, name: str, scale: Scale,
     add(f"peak memory < {MB_LIMIT} MB", f"{result.peak_rss_mb:.0f} MB",
         result.peak_rss_mb < MB_LIMIT)
     return targets
+
+
+def _batches(waiting: int) -> int:
+    return -(-waiting // RECHECK_READ_SIZE)
+
+
+def recheck_queries_expected(
+    *, baseline: int, before: dict[str, int], after: dict[str, int]
+) -> int:
+    """The query count of a 0-new run with the lists `after`, from one with `before`: the
+    same, but for two queries per RECHECK_READ_SIZE waiting rows of a source, or part of it
+    (the primary-key IN read, and the run-lock check of the commit that ends the batch;
+    none for an empty list). Nothing else depends on the lists' size: a row MODX did not
+    change writes nothing."""
+    return baseline + 2 * sum(
+        _batches(after.get(source, 0)) - _batches(before.get(source, 0))
+        for source in RECHECK_SOURCES
+    )
+
+
+def _waiting_text(waiting: dict[str, int]) -> str:
+    return " + ".join(f"{waiting.get(source, 0):,} {source}" for source in RECHECK_SOURCES)
 
 
 def bench_run(
@@ -269,12 +329,13 @@ def bench_run(
         def cron(n: int) -> dt.datetime:
             return data.now + n * CRON_PERIOD
 
-        def run(name: str, params: dict[str, Any] | None = None, *, brevo: bool = True) -> None:
+        def run(name: str, params: dict[str, Any] | None = None, *, brevo: bool = True,
+                extra_env: dict[str, str] | None = None) -> None:
             log(f"bench: scenario {name} ...")
             try:
                 results[name] = scenario_run(
-                    name=name, env=env, params=params, fake=fake if brevo else None,
-                    out_dir=out_dir,
+                    name=name, env={**env, **(extra_env or {})}, params=params,
+                    fake=fake if brevo else None, out_dir=out_dir,
                 )
                 r = results[name]
                 log(f"bench:   {r.seconds:.3f} s (process {r.process_seconds:.1f} s), "
@@ -283,7 +344,12 @@ def bench_run(
                 errors[name] = str(exc)
                 log(f"bench:   FAILED: {exc}")
 
-        run("backfill", {"action": "run_funnels", "as_of": cron(1).isoformat()})
+        # An approved backfill: the flood guard (FUNNELS_MAX_NEW_CONTACTS_PER_RUN) would hold
+        # these contacts until somebody released them; what is measured here is the run
+        # that sends them, so the guard is off for it (it is on, at its default, for every
+        # other scenario).
+        run("backfill", {"action": "run_funnels", "as_of": cron(1).isoformat()},
+            extra_env={"FUNNELS_MAX_NEW_CONTACTS_PER_RUN": "0"})
         expected_contacts = sum(len(v) for v in data.expected_backfill.values())
         check = lists_check(state=fake.state(), expected=data.expected_backfill)
         check["expected_contacts"] = expected_contacts
@@ -315,15 +381,31 @@ def bench_run(
         )
         checks["steady_new"] = check
 
-        inserted = data.new_payments_load(
+        # Rows that cannot be decided yet: the next run puts them on the recheck lists, and
+        # the one after it (nothing new) re-reads them all.
+        inserted_waiting = data.waiting_load(
             server=server, database=db_modx, now=cron(5), method=load_method,
+        )
+        checks["recheck"] = {"inserted": inserted_waiting}
+        log(f"bench: inserted {inserted_waiting} rows that cannot be decided yet")
+        run("recheck_fill", {"action": "run_funnels", "as_of": cron(5).isoformat()})
+        run("recheck_idle", {"action": "run_funnels", "as_of": cron(6).isoformat(),
+                             "explain": True})
+        if "steady_0" in results:
+            checks["recheck_baseline"] = {
+                "queries": sum(results["steady_0"].queries.values()),
+                "waiting": results["steady_0"].detail.get("recheck_waiting") or {},
+            }
+
+        inserted = data.new_payments_load(
+            server=server, database=db_modx, now=cron(7), method=load_method,
         )
         checks["purchases"] = {"inserted": inserted,
                                "expected_new_conversions": data.expected_new_conversions}
         log(f"bench: inserted {inserted} new payments "
             f"({data.expected_new_conversions} should convert an entry)")
-        run("purchases", {"action": "purchases", "as_of": cron(5).isoformat()}, brevo=False)
-        run("purchases_push", {"action": "run_funnels", "as_of": cron(6).isoformat()})
+        run("purchases", {"action": "purchases", "as_of": cron(7).isoformat()}, brevo=False)
+        run("purchases_push", {"action": "run_funnels", "as_of": cron(8).isoformat()})
 
         year_to = dt.datetime.now(dt.timezone.utc).date()
         year_from = year_to - dt.timedelta(days=365)
@@ -357,7 +439,7 @@ def bench_run(
     for name in TITLES:
         result = results.get(name)
         scenarios[name] = {
-            "title": TITLES[name].format(**asdict(scale)),
+            "title": TITLES[name].format(**asdict(scale), waiting=scale.waiting),
             **(asdict(result) if result else {"error": errors.get(name, "not run")}),
             "targets": _target(result, name, scale, checks),
         }
@@ -469,7 +551,7 @@ def markdown(report: dict[str, Any], *, command: str) -> str:
         keys = ("status", "results_read", "entries_added", "skipped", "contacts_sent",
                 "contacts_failed", "payments_read", "payments_rechecked", "purchases_found",
                 "purchases_revoked", "purchases_updated", "brevo_requests_client", "bytes",
-                "entered", "converted", "output_chars")
+                "entered", "converted", "output_chars", "recheck_waiting")
         facts = ", ".join(f"{k} {detail[k]}" for k in keys if k in detail)
         ops = ", ".join(f"{k} ×{v}" for k, v in s.get("brevo_operations", {}).items())
         lines.append(f"- `{name}`: {facts or '—'}" + (f"; Brevo: {ops}" if ops else "") + ".")
@@ -511,6 +593,31 @@ def markdown(report: dict[str, Any], *, command: str) -> str:
             "",
         ]
         for i, plan in enumerate(steady["explain"], 1):
+            flag = f" — **full scan: {', '.join(plan['full_scans'])}**" if plan["full_scans"] else ""
+            lines += [
+                f"{i}. `{plan['alias']}`, ×{plan['count']}{flag}",
+                "",
+                "```sql",
+                plan["sql"][:1500],
+                "```",
+                "",
+                "| table | type | key | rows | Extra |",
+                "|---|---|---|---|---|",
+                *_plan_rows(plan["plan"]),
+                "",
+            ]
+    idle = report["scenarios"].get("recheck_idle", {})
+    if idle.get("explain"):
+        seen = {(plan["alias"], plan["sql"]) for plan in steady.get("explain", [])}
+        extra = [plan for plan in idle["explain"] if (plan["alias"], plan["sql"]) not in seen]
+        lines += [
+            "## EXPLAIN of the recheck lists' queries (the idle run with rows waiting)",
+            "",
+            "The queries of `recheck_idle` that the 0-new run above did not issue "
+            "(same rules).",
+            "",
+        ]
+        for i, plan in enumerate(extra, 1):
             flag = f" — **full scan: {', '.join(plan['full_scans'])}**" if plan["full_scans"] else ""
             lines += [
                 f"{i}. `{plan['alias']}`, ×{plan['count']}{flag}",
@@ -598,6 +705,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="results inserted for the steady-state run (default 1,000)")
     parser.add_argument("--new-payments", type=int, default=None,
                         help="payments inserted for the purchase sync (default 5,000)")
+    parser.add_argument("--waiting-results", type=int, default=None,
+                        help="results that cannot be decided yet, for the recheck scenarios "
+                             "(default 8,000)")
+    parser.add_argument("--waiting-payments", type=int, default=None,
+                        help="payments that cannot be decided yet (default 2,000)")
     parser.add_argument("--tiny", action="store_true",
                         help="the CI size: 2,000 results, 500 payments, 2,000 entries")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -623,7 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "results": args.scale, "payments": args.payments, "backfill": args.backfill,
         "entries": args.entries, "new_results": args.new_results,
-        "new_payments": args.new_payments,
+        "new_payments": args.new_payments, "waiting_results": args.waiting_results,
+        "waiting_payments": args.waiting_payments,
     }
     scale = Scale(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
     server = Server.from_url(args.server_url)

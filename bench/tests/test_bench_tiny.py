@@ -19,7 +19,16 @@ from django.db import connections
 from bench import datagen
 from bench.datagen import TINY, BenchData, Scale, Server
 from bench.harness import _profile_steps, sql_shape
-from bench.run import BEGIN, CRON_PERIOD, END, _target, bench_run, docs_write, markdown
+from bench.run import (
+    BEGIN,
+    CRON_PERIOD,
+    END,
+    _target,
+    bench_run,
+    docs_write,
+    markdown,
+    recheck_queries_expected,
+)
 from funnels.emails import email_check
 
 SHARED_DDL = Path(__file__).resolve().parents[3] / "shared" / "domain" / "modx_schema.sql"
@@ -59,8 +68,8 @@ def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
     assert report["errors"] == {}, report["errors"]
     scenarios = report["scenarios"]
     assert set(scenarios) == {
-        "backfill", "steady_0_after_backfill", "steady_0", "steady_new", "purchases",
-        "purchases_push", "report_command", "report_page",
+        "backfill", "steady_0_after_backfill", "steady_0", "steady_new", "recheck_fill",
+        "recheck_idle", "purchases", "purchases_push", "report_command", "report_page",
     }
     assert not [name for name, s in scenarios.items() if "error" in s]
     expected = _expected_backfill()
@@ -89,6 +98,33 @@ def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
     assert all(plan["plan"] for plan in steady["explain"])
     assert report["checks"]["steady_new"]["ok"], report["checks"]["steady_new"]
 
+    # The undecidable rows wait on their lists: nothing entered, nothing sent ...
+    fill = scenarios["recheck_fill"]
+    assert fill["detail"]["status"] == "success"
+    assert fill["detail"]["entries_added"] == 0 and fill["brevo_requests"] == 0
+    reasons = fill["detail"]["waiting_by_reason"]
+    assert sum(v for k, v in reasons.items() if not k.startswith("payment:")) == (
+        TINY.waiting_results
+    )
+    assert reasons["payment:payment_result_missing"] + reasons["payment:invalid_email"] == (
+        TINY.waiting_payments
+    )
+    assert {"no_completion_time", "invalid_email", "empty_email", "no_test_id"} <= set(reasons)
+    # ... and the next run with nothing new re-reads them all, decides nothing again, and
+    # costs the queries of the 0-new run plus a constant per source.
+    idle = scenarios["recheck_idle"]
+    waiting = idle["detail"]["recheck_waiting"]
+    assert waiting["payments"] == TINY.waiting_payments
+    assert waiting["test_results"] >= TINY.waiting_results
+    assert idle["detail"]["results_read"] == 0 and idle["detail"]["waiting_by_reason"] == {}
+    assert idle["brevo_requests"] == 0
+    targets = {t["target"]: t for t in idle["targets"]}
+    assert targets["query count independent of the list's size"]["met"], targets
+    assert sum(idle["queries"].values()) == recheck_queries_expected(
+        baseline=sum(steady["queries"].values()),
+        before=steady["detail"]["recheck_waiting"], after=waiting,
+    )
+
     purchases = scenarios["purchases"]
     assert purchases["detail"]["purchases_found"] == report["checks"]["purchases"][
         "expected_new_conversions"
@@ -114,6 +150,7 @@ def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
 
     text = markdown(report, command="python -m bench.run --tiny")
     assert "| Scenario |" in text and "EXPLAIN of every query" in text
+    assert "EXPLAIN of the recheck lists' queries" in text
     conn = server.connect()
     try:
         cursor = conn.cursor()
@@ -249,7 +286,7 @@ def test_watches_are_left_as_the_last_run_left_them():
         )
         assert next_check == naive_now + every * ((payment_id % 100) + 1) / 100
     # Each of the benchmark's runs, 15 minutes apart, meets a few of them, not the list.
-    for n in range(1, 7):
+    for n in range(1, 9):
         due = [
             w for w in watches
             if naive_now + (n - 1) * CRON_PERIOD < w[4] <= naive_now + n * CRON_PERIOD
@@ -295,3 +332,41 @@ def test_profile_steps_walk_derived_tables():
         ("<derived2>", None, 0), ("funnel_entries", "idx_fe_person", 6901),
     ]
     assert steps[1]["other_ms"] == 1031.7 and steps[1]["pages_read_ms"] == 443.5
+
+
+def test_waiting_rows_cannot_be_decided():
+    """Each generated waiting row has one of the reasons the job waits for, with ids right
+    after the rows read before them."""
+    now = dt.datetime(2026, 11, 28, 15, 30, tzinfo=dt.timezone.utc)
+    data = BenchData(scale=TINY, now=now)
+    results = list(data.waiting_results(now=now))
+    assert [r[0] for r in results] == list(range(
+        TINY.results + TINY.new_results + 1,
+        TINY.results + TINY.new_results + TINY.waiting_results + 1,
+    ))
+    for _id, email, test_id, datep, _status in results:
+        undecidable = not email_check(email).ok or test_id is None or datep is None
+        assert undecidable, (email, test_id, datep)
+    payments = list(data.waiting_payments(now=now))
+    ids = [p[0] for _u, _r, p in payments]
+    assert ids == list(range(TINY.old_payments + 1, TINY.new_payments_first_id))
+    for user, result, payment in payments:
+        assert payment[2] == datagen.PAID and payment[3] is not None
+        assert (result is None and user is None) or not email_check(user[1]).ok
+
+
+def test_recheck_read_size_is_the_driver_one():
+    from bench import run
+    from funnels.services import modx_reader
+
+    assert run.RECHECK_READ_SIZE == modx_reader.RECHECK_READ_SIZE
+
+
+def test_recheck_query_count_grows_only_per_batch():
+    assert recheck_queries_expected(
+        baseline=33, before={"test_results": 16}, after={"test_results": 8016, "payments": 2000}
+    ) == 35
+    assert recheck_queries_expected(
+        baseline=35, before={"test_results": 8016, "payments": 2000},
+        after={"test_results": 10_001, "payments": 1},
+    ) == 37
