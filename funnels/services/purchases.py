@@ -38,6 +38,7 @@ from funnels.models import (
     PaymentWatch,
     SyncRun,
     SyncRunItem,
+    SyncState,
     SyncStatus,
 )
 from funnels.modx.models import PAYMENT_STATUS_PAID
@@ -247,6 +248,33 @@ class _PurchaseRun:
             self._apply(ids=ids, rows=rows, watches={w.payment_id: w for w in watches})
             if self.lock_check is not None:
                 self.lock_check()
+
+    def entered_people(self, *, emails: Iterable[str]) -> None:
+        """Paid payments of people entered by this run, already read before (so neither
+        new nor due): one MODX query per 500 emails, applied like watched payments."""
+        wanted = sorted(set(emails))
+        if not wanted:
+            return
+        # Payments above the watermark are new: the reader applies them after this.
+        watermark_before = SyncState.objects.filter(key=WATERMARK_KEY).values_list(
+            "last_id", flat=True
+        ).first() or 0
+        for start in range(0, len(wanted), 500):
+            rows = [
+                row for row in paid_payments_for_emails(emails=wanted[start:start + 500])
+                if row.payment_id <= watermark_before
+            ]
+            if not rows:
+                continue
+            ids = [r.payment_id for r in rows]
+            self.read += len(rows)
+            if self.dry_run:
+                self._apply(ids=ids, rows=rows, watches={})
+                continue
+            with transaction.atomic():
+                self._apply(ids=ids, rows=rows, watches=self._watches_of(ids))
+                if self.lock_check is not None:
+                    self.lock_check()
 
     # -- the MODX reader's source --------------------------------------------------------
 
@@ -664,9 +692,13 @@ def _id_ranges(ids: Iterable[int], *, most: int) -> list[tuple[int, int]]:
 
 def purchases_sync(
     *, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
-    lock_check: Callable[[], None] | None = None,
+    lock_check: Callable[[], None] | None = None, entered_emails: Iterable[str] = (),
 ) -> PurchaseSyncResult:
     """Apply new, late, waiting and changed MODX payments to funnel entries.
+
+    `entered_emails`: the people the run has just entered; their paid payments are read
+    at once (a payment read before its buyer's entry existed is otherwise matched only
+    when its watch is next due: hours later, or never after the watch ends).
 
     Live: each chunk commits its entry changes, watch-list and recheck-list changes, run
     items and the watermark together; `lock_check` (e.g. RunLock.check) runs just before
@@ -681,6 +713,7 @@ def purchases_sync(
     if not dry_run:
         PaymentWatch.objects.filter(recheck_until__lte=now).delete()
     job.recheck_watched()
+    job.entered_people(emails=entered_emails)
     read = modx_source_read(
         source=job, run=run, dry_run=dry_run, now=now, chunk_size=chunk_size,
         lock_check=lock_check,

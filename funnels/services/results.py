@@ -63,6 +63,9 @@ class ResultsOutcome:
     skipped_by_reason: Counter = field(default_factory=Counter)
     contacts_held: int = 0  # the run's new contacts, when the guard tripped
     guard_limit: int = 0
+    # Everyone the run entered (or, dry, would enter): the purchase phase reads their
+    # paid payments, which may have been read before their entry existed.
+    entered_emails: frozenset[str] = frozenset()
 
     @property
     def skipped(self) -> int:
@@ -148,4 +151,5 @@ def results_sync(
     return ResultsOutcome(
         read=read, added=source.added, skipped_by_reason=source.skipped,
         contacts_held=guard.held, guard_limit=guard.limit,
+        entered_emails=frozenset(guard.emails),
     )

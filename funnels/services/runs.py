@@ -126,6 +126,7 @@ class _Run:
         self.client: BrevoClient | None = None
         self.skipped_by_reason: Counter = Counter()
         self.waiting_by_reason: Counter = Counter()
+        self.entered_emails: frozenset[str] = frozenset()
 
     def heartbeat(self, *fields: str) -> None:
         self.run.heartbeat_at = self.clock()
@@ -154,6 +155,7 @@ class _Run:
         self.skipped_by_reason.update(skipped)
         self.waiting_by_reason.update(read.waiting_by_reason)
         run.contacts_held = outcome.contacts_held
+        self.entered_emails = outcome.entered_emails
         if outcome.contacts_held:
             logger.warning(
                 "run #%s: %s new contacts, more than FUNNELS_MAX_NEW_CONTACTS_PER_RUN (%s): "
@@ -182,7 +184,7 @@ class _Run:
     def purchases_phase(self) -> None:
         result = purchases_sync(
             run=self.run, dry_run=self.run.dry_run, now=self.now, chunk_size=self.chunk_size,
-            lock_check=self.lock.check,
+            lock_check=self.lock.check, entered_emails=self.entered_emails,
         )
         self.run.payments_read = result.payments_read
         self.run.purchases_found = result.purchases_found
