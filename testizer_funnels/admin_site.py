@@ -20,7 +20,8 @@ from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy as _
 
 from funnels import views
-from funnels.labels import audit_label
+from funnels.labels import audit_label, funnel_name_display, reason_label
+from funnels.models import Funnel
 from funnels.selectors.dashboard import (
     admin_status_get,
     dashboard_get,
@@ -45,6 +46,26 @@ def duration_format(value: dt.timedelta | None) -> str:
         return gettext("%(m)d min %(s)02d s") % {"m": minutes, "s": seconds}
     hours, minutes = divmod(minutes, 60)
     return gettext("%(h)d h %(m)02d min") % {"h": hours, "m": minutes}
+
+
+def _held_and_waiting_context() -> dict:
+    """The flood guard's and the recheck lists' blocks, with codes put into words."""
+    held = held_summary_get()
+    names = {}
+    if held.entries:  # the funnel names only when something is held: one query
+        names = {slug: funnel_name_display(name)
+                 for slug, name in Funnel.objects.values_list("slug", "name")}
+    waiting = recheck_counts_get()
+    sources = {"payments": gettext("Payments"), "test_results": gettext("Test results")}
+    return {
+        "held": held,
+        "held_rows": [(names.get(slug, slug), n) for slug, n in held.by_funnel.items()],
+        "waiting": waiting,
+        "waiting_rows": [
+            (sources.get(source, source), reason_label(reason), n)
+            for source, reasons in waiting.by_source.items() for reason, n in reasons.items()
+        ],
+    }
 
 
 class FunnelsAdminSite(admin.AdminSite):
@@ -93,10 +114,9 @@ class FunnelsAdminSite(admin.AdminSite):
             "can_pause_schedule": request.user.has_perm(views.PAUSE_PERMISSION),
             "live_mode_blockers": live_mode_blockers_get(),
             "funnels_without_list": funnels_without_list_get(),
-            "held": held_summary_get(),
+            **_held_and_waiting_context(),
             "held_limit": settings.FUNNELS_MAX_NEW_CONTACTS_PER_RUN,
             "can_release_held": request.user.has_perm(views.RELEASE_HELD_PERMISSION),
-            "waiting": recheck_counts_get(),
             "recheck_days": settings.FUNNELS_RECHECK_DAYS,
             **(extra_context or {}),
         }

@@ -388,8 +388,10 @@ def test_waiting_rows_are_counted_by_source_and_reason(admin_client, now):
     start = html.index('id="funnels-waiting-module"')
     module = html[start:html.index("</div>", start)]
     assert "4 MODX rows could not be decided yet" in module
-    assert "<td>Test results</td><td>no_completion_time</td><td class=\"num\">2</td>" in module
-    assert "<td>Payments</td><td>payment_result_missing</td><td class=\"num\">1</td>" in module
+    assert ("<td>Test results</td><td>the test has no completion time yet</td>"
+            "<td class=\"num\">2</td>") in module
+    assert ("<td>Payments</td><td>the payment&#x27;s test result is not in MODX</td>"
+            "<td class=\"num\">1</td>") in module
 
 
 def test_held_and_waiting_blocks_cost_a_fixed_number_of_queries(
