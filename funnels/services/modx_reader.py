@@ -99,8 +99,10 @@ class ModxReader:
     def __init__(
         self, *, source: ModxSource, run: SyncRun, dry_run: bool, now: dt.datetime,
         chunk_size: int, lock_check: Callable[[], None] | None,
+        progress: Callable[[ReadResult], None] | None = None,
     ) -> None:
         self.source = source
+        self.progress = progress
         self.run = run
         self.dry_run = dry_run
         self.now = now
@@ -237,6 +239,10 @@ class ModxReader:
                     self.lock_check()
         self.list.apply(changes)
         self._count(changes)
+        if rows and self.progress is not None:
+            # The run's counters and heartbeat move with every chunk of rows (an idle
+            # re-read of unchanged waiting rows writes nothing).
+            self.progress(self.result)
 
     def _items(self, changes: RecheckChanges) -> list[SyncRunItem]:
         """Said once: when a row is first put on the list (or its reason changes), and
@@ -302,13 +308,14 @@ def _day(moment: dt.datetime) -> str:
 def modx_source_read(
     *, source: ModxSource, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
     lock_check: Callable[[], None] | None = None,
+    progress: Callable[[ReadResult], None] | None = None,
 ) -> ReadResult:
     """Read `source` as the module docstring says; returns what was read and decided."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     reader = ModxReader(
         source=source, run=run, dry_run=dry_run, now=now, chunk_size=chunk_size,
-        lock_check=lock_check,
+        lock_check=lock_check, progress=progress,
     )
     state = watermark_state_get(key=source.key)
     if state is None:

@@ -134,7 +134,7 @@ class ResultSource:
 
 def results_sync(
     *, run: SyncRun, funnels: list[Funnel], dry_run: bool, now: dt.datetime, since: dt.date,
-    chunk_size: int, lock_check=None,
+    chunk_size: int, lock_check=None, progress=None,
 ) -> ResultsOutcome:
     """Read new, late and waiting test results and enter the decidable ones."""
     planner = EntryPlanner(
@@ -147,6 +147,11 @@ def results_sync(
     read = modx_source_read(
         source=source, run=run, dry_run=dry_run, now=now, chunk_size=chunk_size,
         lock_check=lock_check,
+        progress=(
+            (lambda done: progress(rows_read=done.rows_read, added=source.added,
+                                   skipped=source.skipped))
+            if progress is not None else None
+        ),
     )
     return ResultsOutcome(
         read=read, added=source.added, skipped_by_reason=source.skipped,

@@ -144,7 +144,7 @@ class _Run:
         outcome = results_sync(
             run=run, funnels=funnels, dry_run=run.dry_run, now=self.now,
             since=self.since or _default_since(now=self.now), chunk_size=self.chunk_size,
-            lock_check=self.lock.check,
+            lock_check=self.lock.check, progress=self.results_progress,
         )
         read = outcome.read
         run.results_read = read.rows_read
@@ -176,6 +176,14 @@ class _Run:
             "results_read", "entries_added", "skipped", "skipped_by_reason",
             "waiting_by_reason", "contacts_held",
         )
+
+    def results_progress(self, *, rows_read: int, added: int, skipped: Counter) -> None:
+        """After every chunk: the run's counters and heartbeat, so the admin and
+        funnels_health see a long backfill move."""
+        self.run.results_read = rows_read
+        self.run.entries_added = added
+        self.run.skipped = sum(skipped.values())
+        self.heartbeat("results_read", "entries_added", "skipped")
 
     def _record_reasons(self) -> None:
         self.run.skipped_by_reason = dict(sorted(self.skipped_by_reason.items()))
