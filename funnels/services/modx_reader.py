@@ -36,7 +36,6 @@ from funnels.selectors.funnels import WatermarkState, watermark_state_get
 from funnels.services.recheck import (
     RecheckChanges,
     RecheckList,
-    Waiter,
     Waiting,
     recheck_list_load,
     recheck_save,

@@ -38,7 +38,7 @@ from funnels.locks import RunLock, RunLockBusy, RunLockLost
 from funnels.logging_filters import redact
 from funnels.models import Funnel, SyncRun
 from funnels.selectors.candidates import WATERMARK_KEY
-from funnels.selectors.funnels import funnel_list_id, funnels_all, watermark_state_get
+from funnels.selectors.funnels import funnels_all, watermark_state_get
 from funnels.selectors.readiness import live_config_problems
 from funnels.services.flood_guard import held_entries_release
 from funnels.services.outbox import outbox_push
