@@ -57,7 +57,7 @@ class ScenarioFailed(RuntimeError):
 
 
 class FakeBrevoProcess:
-    """`python -m funnels.brevo.fake` as a subprocess on a free loopback port."""
+    """`python -m fake_brevo.server` as a subprocess on a free loopback port."""
 
     def __init__(
         self, *, latency: float = 0.05, rps: float = 10, import_delay: float = 0.0,
@@ -74,7 +74,7 @@ class FakeBrevoProcess:
 
     def start(self, *, timeout: float = 15.0) -> FakeBrevoProcess:
         command = [
-            self.python, "-m", "funnels.brevo.fake", "--port", "0",
+            self.python, "-m", "fake_brevo.server", "--port", "0",
             "--api-key", self.api_key, "--latency", str(self.latency), "--rps", str(self.rps),
             "--import-delay", str(self.import_delay),
         ]

@@ -28,7 +28,7 @@ log "creating demo MODX data"
 "$PY" manage.py demo_seed --seed "${DEMO_SEED:-42}" --size "${DEMO_SIZE:-2000}"
 
 log "starting the fake Brevo on 127.0.0.1:$PORT"
-"$PY" -m funnels.brevo.fake --port "$PORT" --api-key "$BREVO_API_KEY" > logs/fake_brevo.log 2>&1 &
+"$PY" -m fake_brevo.server --port "$PORT" --api-key "$BREVO_API_KEY" > logs/fake_brevo.log 2>&1 &
 FAKE_PID=$!
 trap 'kill $FAKE_PID 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

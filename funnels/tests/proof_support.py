@@ -21,7 +21,7 @@ from django.db import connections
 from django.db.models import Max
 from django.utils import timezone
 
-from funnels.brevo.fake import FakeBrevo
+from fake_brevo.server import FakeBrevo
 from funnels.emails import email_check
 from funnels.locks import RunLock
 from funnels.models import FunnelEntry, SyncRun, SyncStatus

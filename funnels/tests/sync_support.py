@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connections
 
 from funnels.brevo.client import BrevoClient
-from funnels.brevo.fake import FakeBrevo
+from fake_brevo.server import FakeBrevo
 from funnels.models import Funnel, RuntimeSettings
 from funnels.modx import models as modx
 from funnels.services.runs import run_funnels

@@ -21,7 +21,7 @@ from funnels.brevo.errors import (
     BrevoPermanentError,
     BrevoTransientError,
 )
-from funnels.brevo.fake import FakeBrevo
+from fake_brevo.server import FakeBrevo
 from funnels.brevo.masking import mask_email, mask_emails_in_text
 
 pytestmark: list[Any] = []

@@ -46,7 +46,7 @@ def ready(live_settings, fake_brevo, settings):
 @pytest.fixture
 def strict_lists(fake_brevo):
     """Brevo with exactly the two funnel lists (an unknown list is a 404)."""
-    from funnels.brevo.fake import FakeBrevo
+    from fake_brevo.server import FakeBrevo
     from funnels.tests.sync_support import API_KEY
 
     with FakeBrevo(api_key=API_KEY, requests_per_second=1_000,

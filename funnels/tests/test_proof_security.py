@@ -27,7 +27,7 @@ from django.db import connections
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from funnels.brevo.fake import FakeBrevo
+from fake_brevo.server import FakeBrevo
 from funnels.models import (
     Funnel,
     FunnelEntry,

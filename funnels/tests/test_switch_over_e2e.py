@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from funnels.brevo.fake import FakeBrevo
+from fake_brevo.server import FakeBrevo
 from funnels.tests.manage_subprocess import (
     LEGACY_DDL,
     MODX_DDL,

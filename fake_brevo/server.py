@@ -8,7 +8,7 @@ when a list add changes nothing, asynchronous imports) and switchable faults
 (proxy 524s, timeouts, connections dropped before or after the change).
 
 Framework-free and stdlib-only so a subprocess can run it with
-``python -m funnels.brevo.fake``.
+``python -m fake_brevo.server``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["FAULT_KINDS", "Fault", "FaultPlan", "FakeBrevo", "LoggedRequest", "main"]
 
-logger = logging.getLogger("funnels.brevo.fake")
+logger = logging.getLogger("fake_brevo.server")
 
 FAULT_KINDS = frozenset(
     {"429", "500", "503", "524", "slow", "drop_before", "drop_after", "400", "401", "import_failed"}
@@ -1257,7 +1257,7 @@ def _emails_in(path: str, body: Any) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m funnels.brevo.fake", description="Run the fake Brevo API v3 server."
+        prog="python -m fake_brevo.server", description="Run the fake Brevo API v3 server."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from funnels.brevo.fake import FakeBrevo
+from fake_brevo.server import FakeBrevo
 
 pytestmark: list[Any] = []
 
@@ -413,7 +413,7 @@ def test_cli_runs_in_foreground() -> None:
         [
             sys.executable,
             "-m",
-            "funnels.brevo.fake",
+            "fake_brevo.server",
             "--port",
             "0",
             "--api-key",

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import requests
 
-from funnels.brevo import openapi as brevo_openapi
+from fake_brevo import openapi as brevo_openapi
 from funnels.brevo.client import BrevoClient
 from funnels.brevo.errors import BrevoAuthError, BrevoPermanentError, BrevoTransientError
-from funnels.brevo.fake import FakeBrevo, LoggedRequest
+from fake_brevo.server import FakeBrevo, LoggedRequest
 
 pytestmark: list[Any] = []
 

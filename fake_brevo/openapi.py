@@ -72,7 +72,7 @@ def default_openapi_path() -> Path:
     override = os.environ.get("BREVO_OPENAPI_PATH")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "brevo" / OPENAPI_FILENAME
+    return Path(__file__).resolve().parents[1].parent / "shared" / "brevo" / OPENAPI_FILENAME
 
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
