@@ -16,6 +16,7 @@ from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
+from django.db import connections
 from django.db.models import Max, Min
 
 from funnels.emails import Reason as EmailReason
@@ -146,6 +147,23 @@ def candidates_by_ids(*, ids: Iterable[int], kinds: KindResolver) -> list[Candid
         .values_list(*_COLUMNS)
     )
     return _candidates(rows, kinds=kinds)
+
+
+def candidates_columns_by_ids(*, ids: Iterable[int]) -> list[tuple]:
+    """(Id, Email, TestId, Datep) of the results with these ids, as the MODX cursor returns
+    them (no conversion, no objects): what a recheck compares before reading a row whole."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    connection = connections[TestResult.objects.db]
+    q = connection.ops.quote_name
+    columns = ", ".join(q(TestResult._meta.get_field(name).column) for name in _COLUMNS)
+    placeholders = ", ".join(["%s"] * len(wanted))
+    sql = (f"SELECT {columns} FROM {q(TestResult._meta.db_table)} "
+           f"WHERE {q(TestResult._meta.pk.column)} IN ({placeholders})")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, wanted)
+        return cursor.fetchall()
 
 
 def candidates_stream(

@@ -150,6 +150,20 @@ def payments_by_ids(*, payment_ids: Iterable[int]) -> list[PaymentRow]:
     return _rows(sql, ids)
 
 
+def payments_columns_by_ids(*, payment_ids: Iterable[int]) -> list[tuple]:
+    """The columns `payments_by_ids` reads, as the MODX cursor returns them (no conversion,
+    no objects): what a recheck compares before reading a payment whole."""
+    ids = sorted(set(payment_ids))
+    if not ids:
+        return []
+    q = connections[MODX_ALIAS].ops.quote_name
+    placeholders = ", ".join(["%s"] * len(ids))
+    sql = _select_sql() + f"WHERE p.{q(_column(CertPayment, 'id'))} IN ({placeholders})"
+    with connections[MODX_ALIAS].cursor() as cursor:
+        cursor.execute(sql, ids)
+        return cursor.fetchall()
+
+
 def paid_payments_for_emails(*, emails: Iterable[str]) -> list[PaymentRow]:
     """Paid payments whose buyer's stored email is one of `emails`, in id order.
 

@@ -42,12 +42,14 @@ from funnels.models import (
     SyncStatus,
 )
 from funnels.modx.models import PAYMENT_STATUS_PAID
+from funnels.modx.times import modx_time_text
 from funnels.selectors.funnels import funnel_entry_usable_q
 from funnels.selectors.payments import (
     PaymentRow,
     paid_payments_for_emails,
     payments_after,
     payments_by_ids,
+    payments_columns_by_ids,
 )
 from funnels.services.modx_reader import ReadResult, modx_source_read
 from funnels.services.recheck import Waiting, fingerprint_of
@@ -289,9 +291,22 @@ class _PurchaseRun:
 
     def fingerprint(self, row: PaymentRow) -> str:
         return fingerprint_of(
-            row.result_id, row.status_id, row.paid_at, row.result_found, row.user_found,
-            row.cert_test_found, row.raw_email, row.certificate_type,
+            row.result_id, row.status_id, modx_time_text(row.paid_at), row.result_found,
+            row.user_found, row.cert_test_found, row.raw_email, row.certificate_type,
         )
+
+    def fingerprints_by_ids(self, *, ids) -> dict[int, str]:
+        # The same columns as `fingerprint`, from the same query, before conversion.
+        return {
+            int(payment_id): fingerprint_of(
+                result_ref, status_id, modx_time_text(paid_at), result_id is not None,
+                user_id is not None, cert_test_id is not None, email, cert_type,
+            )
+            for (
+                payment_id, result_ref, status_id, paid_at,
+                result_id, user_id, email, cert_test_id, cert_type,
+            ) in payments_columns_by_ids(payment_ids=ids)
+        }
 
     def waiting(self, row: PaymentRow) -> Waiting | None:
         payment = _classify(row, self.funnels_by_type)

@@ -63,10 +63,11 @@ class Waiter:
     expired: bool = False  # recheck_until <= the run's time, computed by the database
 
 
-def fingerprint_of(*values) -> str:
-    """A short, stable digest of the columns a decision reads."""
-    text = "\x1f".join("" if v is None else (v.isoformat() if hasattr(v, "isoformat") else str(v))
-                       for v in values)
+def fingerprint_of(*values: str | int | bool | None) -> str:
+    """A short, stable digest of the columns a decision reads. Times come as MODX stored
+    them (funnels.modx.times.modx_time_text), so a row read whole and the same row read
+    lightly give one digest."""
+    text = "\x1f".join(["" if v is None else str(v) for v in values])
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from funnels.emails import email_check, email_normalize
+from funnels.modx.times import modx_time_text
 from funnels.models import Funnel, SyncRun, SyncRunItem, SyncStatus
 from funnels.selectors.candidates import (
     WATERMARK_KEY,
@@ -28,6 +29,7 @@ from funnels.selectors.candidates import (
     KindResolver,
     WaitReason,
     candidates_by_ids,
+    candidates_columns_by_ids,
     candidates_chunk,
     candidates_start_id,
 )
@@ -101,7 +103,13 @@ class ResultSource:
         return row.result_id
 
     def fingerprint(self, row: Candidate) -> str:
-        return fingerprint_of(row.raw_email, row.test_id, row.completed_at)
+        return fingerprint_of(row.raw_email, row.test_id, modx_time_text(row.completed_at))
+
+    def fingerprints_by_ids(self, *, ids: Sequence[int]) -> dict[int, str]:
+        return {
+            result_id: fingerprint_of(email, test_id, modx_time_text(completed_at))
+            for result_id, email, test_id, completed_at in candidates_columns_by_ids(ids=ids)
+        }
 
     def waiting(self, row: Candidate) -> Waiting | None:
         return candidate_waiting(row, now=self.now, skew=self.skew)

@@ -212,6 +212,77 @@ def test_an_idle_run_with_rows_waiting_costs_the_same_queries_as_with_few(
     assert idle_queries() == few
 
 
+def test_the_light_read_and_the_whole_read_give_one_fingerprint(configured, now):
+    """An idle run compares fingerprints of the rows as the MODX cursor returns them; the
+    list stores fingerprints of rows read whole through the ORM (aware times). If the two
+    ever differed, every waiting row would be read whole and decided again on every run."""
+    from funnels.selectors.candidates import KindResolver, candidates_by_ids
+    from funnels.selectors.payments import payments_by_ids
+    from funnels.services.purchases import _PurchaseRun
+    from funnels.services.results import ResultSource
+
+    results = [
+        modx_result("Some.One@Example.com ", LANG_TEST, completed_at=now - MINUTE),
+        modx_result(None, OTHER_TEST, completed_at=None),
+        modx_result("x@", None, completed_at=now + DAY),
+    ]
+    payments = [
+        _payment(at=now - MINUTE),
+        _payment(email="broken@", cert_type=9, at=None),
+        CertPaymentFactory(result=modx.CertResult(id=7_000_002), paid_at=now),
+    ]
+    source = ResultSource(run=None, planner=None, guard=None, dry_run=True, now=now,
+                          since=now.date())
+    ids = [r.pk for r in results]
+    whole = {row.result_id: source.fingerprint(row)
+             for row in candidates_by_ids(ids=ids, kinds=KindResolver())}
+    assert source.fingerprints_by_ids(ids=ids) == whole
+    assert len(set(whole.values())) == 3
+
+    buyers = _PurchaseRun(run=None, dry_run=True, now=now, chunk_size=10, lock_check=None)
+    ids = [p.pk for p in payments]
+    whole = {row.payment_id: buyers.fingerprint(row)
+             for row in payments_by_ids(payment_ids=ids)}
+    assert buyers.fingerprints_by_ids(ids=ids) == whole
+    assert len(set(whole.values())) == 3
+
+
+def test_an_idle_run_reads_unchanged_waiting_rows_only_lightly(world, client_factory, now):
+    """Nothing changed: each waiting row is read once, lightly, and none whole; one row
+    changed: it alone is read a second time, whole, and entered."""
+    import re
+
+    for n in range(20):
+        modx_result(f"bad{n}@", OTHER_TEST)
+    later_run(client_factory, now, 15)
+    waiting_ids = set(waiting())
+    assert len(waiting_ids) == 20
+
+    def reads_per_waiting_row(minutes):
+        with CaptureQueriesContext(connections["modx"]) as theirs:
+            run = later_run(client_factory, now, minutes)
+        reads = {modx_id: 0 for modx_id in waiting_ids}
+        for query in theirs.captured_queries:
+            if "simpletest_users" not in query["sql"]:
+                continue
+            for listed in re.findall(r"IN \(([\d, ]+)\)", query["sql"]):
+                for modx_id in map(int, listed.split(", ")):
+                    if modx_id in reads:
+                        reads[modx_id] += 1
+        return run, reads
+
+    run, reads = reads_per_waiting_row(30)
+    assert (run.results_read, run.entries_added) == (0, 0)
+    assert set(reads.values()) == {1}
+    fixed = min(waiting_ids)
+    modx_set(modx.TestResult(pk=fixed), email="fixed@example.com")
+    run, reads = reads_per_waiting_row(45)
+    assert (run.results_read, run.entries_added) == (1, 1)
+    assert reads.pop(fixed) == 2
+    assert set(reads.values()) == {1}
+    assert set(waiting()) == waiting_ids - {fixed}
+
+
 # --- payments ----------------------------------------------------------------------------
 
 
