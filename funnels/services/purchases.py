@@ -150,6 +150,15 @@ class _Payment:
         )
 
 
+def _funnels_by_type(funnels: Iterable[Funnel]) -> dict[int, tuple[str, ...]]:
+    """Certificate type -> the slugs of the funnels that take it, in slug order."""
+    by_type: dict[int, tuple[str, ...]] = {}
+    for funnel in sorted(funnels, key=lambda f: f.slug):
+        by_type[funnel.certificate_type] = (*by_type.get(funnel.certificate_type, ()),
+                                            funnel.slug)
+    return by_type
+
+
 def _classify(row: PaymentRow, funnels_by_type: dict[int, tuple[str, ...]]) -> _Payment:
     email: str | None = None
     problem: str | None = None
@@ -212,12 +221,14 @@ class _PurchaseRun:
     @cached_property
     def funnels_by_type(self) -> dict[int, tuple[str, ...]]:
         # Read when the first chunk needs it: a run with nothing to read does not ask.
-        by_type: dict[int, tuple[str, ...]] = {}
-        for slug, cert_type in Funnel.objects.order_by("slug").values_list(
-            "slug", "certificate_type"
-        ):
-            by_type[cert_type] = (*by_type.get(cert_type, ()), slug)
-        return by_type
+        return _funnels_by_type(Funnel.objects.all())
+
+    @cached_property
+    def types_known(self) -> str:
+        # Part of every payment's fingerprint: a payment waiting for an unknown certificate
+        # type is decided again when a funnel starts to take that type (an edit in the
+        # admin, not in MODX).
+        return ",".join(str(t) for t in sorted(self.funnels_by_type))
 
     # -- passes ---------------------------------------------------------------------------
 
@@ -293,6 +304,7 @@ class _PurchaseRun:
         return fingerprint_of(
             row.result_id, row.status_id, modx_time_text(row.paid_at), row.result_found,
             row.user_found, row.cert_test_found, row.raw_email, row.certificate_type,
+            self.types_known,
         )
 
     def fingerprints_by_ids(self, *, ids) -> dict[int, str]:
@@ -301,6 +313,7 @@ class _PurchaseRun:
             int(payment_id): fingerprint_of(
                 result_ref, status_id, modx_time_text(paid_at), result_id is not None,
                 user_id is not None, cert_test_id is not None, email, cert_type,
+                self.types_known,
             )
             for (
                 payment_id, result_ref, status_id, paid_at,
@@ -708,9 +721,11 @@ def _id_ranges(ids: Iterable[int], *, most: int) -> list[tuple[int, int]]:
 def purchases_sync(
     *, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
     lock_check: Callable[[], None] | None = None, entered_emails: Iterable[str] = (),
+    funnels: Iterable[Funnel] | None = None,
 ) -> PurchaseSyncResult:
     """Apply new, late, waiting and changed MODX payments to funnel entries.
 
+    `funnels`: the run's funnels, when it has read them (else read here when needed).
     `entered_emails`: the people the run has just entered; their paid payments are read
     at once (a payment read before its buyer's entry existed is otherwise matched only
     when its watch is next due: hours later, or never after the watch ends).
@@ -725,6 +740,8 @@ def purchases_sync(
     job = _PurchaseRun(
         run=run, dry_run=dry_run, now=now, chunk_size=chunk_size, lock_check=lock_check
     )
+    if funnels is not None:
+        job.funnels_by_type = _funnels_by_type(funnels)
     if not dry_run:
         PaymentWatch.objects.filter(recheck_until__lte=now).delete()
     job.recheck_watched()

@@ -189,10 +189,10 @@ class _Run:
         self.run.skipped_by_reason = dict(sorted(self.skipped_by_reason.items()))
         self.run.waiting_by_reason = dict(sorted(self.waiting_by_reason.items()))
 
-    def purchases_phase(self) -> None:
+    def purchases_phase(self, funnels: list[Funnel]) -> None:
         result = purchases_sync(
             run=self.run, dry_run=self.run.dry_run, now=self.now, chunk_size=self.chunk_size,
-            lock_check=self.lock.check, entered_emails=self.entered_emails,
+            lock_check=self.lock.check, entered_emails=self.entered_emails, funnels=funnels,
         )
         self.run.payments_read = result.payments_read
         self.run.purchases_found = result.purchases_found
@@ -316,7 +316,7 @@ def _run_locked(
         if release_held and not effective_dry_run:
             held_entries_release(now=now, source=f"run_funnels --release-held, run #{run.pk}")
         state.results_phase(funnels)
-        state.purchases_phase()
+        state.purchases_phase(funnels)
         complete = True
         if not effective_dry_run:
             complete = state.outbox_phase()

@@ -339,6 +339,25 @@ def test_a_payment_whose_type_becomes_known_is_matched(buyer, client_factory, no
     assert waiting("payments") == {}
 
 
+def test_a_payment_waiting_for_its_type_is_matched_when_a_funnel_takes_the_type(
+    buyer, client_factory, now
+):
+    """Nothing changes in MODX: the operator sets the funnel's certificate type in the
+    admin, and the next run decides the waiting payment again."""
+    from funnels.models import Funnel
+
+    payment = _payment(cert_type=9, at=now - MINUTE)
+    assert later_run(client_factory, now, 15).waiting_by_reason == {
+        "payment:unknown_certificate_type": 1
+    }
+    assert later_run(client_factory, now, 30).purchases_found == 0
+    Funnel.objects.filter(slug="language").update(certificate_type=9)
+    assert later_run(client_factory, now, 45).purchases_found == 1
+    buyer.refresh_from_db()
+    assert buyer.payment_id == payment.id
+    assert waiting("payments") == {}
+
+
 def test_an_old_broken_payment_is_history_not_a_waiting_row(buyer, client_factory, now):
     _payment(email="first@example", at=now - 400 * DAY)
     run = later_run(client_factory, now, 15)

@@ -102,7 +102,8 @@ _HELP = gettext_lazy(
     "(default: FUNNELS_INITIAL_LOOKBACK_DAYS days back, 30 unless configured); later "
     "runs continue from the watermark. Exit codes: 0 success, 1 failure, 3 another run "
     "holds the lock, 4 partial (some contacts left for a later run: see the run), 5 new "
-    "contacts held back by the flood guard, 6 schedule paused, 78 configuration error."
+    "contacts held back by the flood guard, 6 schedule paused, 75 a database unavailable "
+    "(ours or MODX; try again later), 78 configuration error."
 )
 
 
