@@ -29,7 +29,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from django.db import connections
-from django.db.models import BooleanField, ExpressionWrapper, Q
 
 from funnels.models import RecheckRow, SyncRun
 
@@ -220,18 +219,28 @@ def recheck_list_load(
 ) -> RecheckList:
     """The list of `source` in one query (the unique key's leading column): what a re-read
     compares, and whether each row's period is over, decided by the database."""
-    rows = {
-        modx_id: Waiter(
-            modx_id=modx_id, reason=reason, email=email, fingerprint=fingerprint,
-            first_seen_at=None, recheck_until=None, expired=expired,
+    # A raw cursor: the ORM's row converters were a third of an idle run's cost with
+    # 10,000 rows waiting, for five columns that need no conversion.
+    connection = connections[RecheckRow.objects.db]
+
+    def q(name: str) -> str:
+        return connection.ops.quote_name(RecheckRow._meta.get_field(name).column)
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {q('modx_id')}, {q('reason')}, {q('email')}, {q('fingerprint')}, "
+            f"CASE WHEN {q('recheck_until')} <= %s THEN 1 ELSE 0 END "
+            f"FROM {connection.ops.quote_name(RecheckRow._meta.db_table)} "
+            f"WHERE {q('source')} = %s",
+            [connection.ops.adapt_datetimefield_value(now), source],
         )
-        for modx_id, reason, email, fingerprint, expired in (
-            RecheckRow.objects.filter(source=source).order_by()
-            .annotate(expired=ExpressionWrapper(Q(recheck_until__lte=now),
-                                                output_field=BooleanField()))
-            .values_list("modx_id", "reason", "email", "fingerprint", "expired")
-        )
-    }
+        rows = {
+            modx_id: Waiter(
+                modx_id=modx_id, reason=reason, email=email, fingerprint=fingerprint,
+                first_seen_at=None, recheck_until=None, expired=bool(expired),
+            )
+            for modx_id, reason, email, fingerprint, expired in cursor.fetchall()
+        }
     return RecheckList(
         source=source, rows=rows, period=period, limit=limit, clock_reasons=clock_reasons
     )
