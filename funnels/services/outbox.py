@@ -3,9 +3,9 @@
 Invariants:
 - An entry is already committed (pending) when it gets here; it becomes synced only after
   Brevo confirmed it (an upsert answered 2xx, or an import process reached `completed`),
-  and only if its sync_revision is still the one that was sent (compare-and-set): a
-  purchase recorded while the request was in flight bumps the revision, so the entry
-  stays pending and its new state goes out in the next push.
+  and only if its sync_revision is still the one that was sent (the compare-and-set of
+  services/entry_sync.py): a purchase recorded while the request was in flight bumps the
+  revision, so the entry stays pending and its new state goes out in the next push.
 - Every Brevo write is idempotent (upsert with updateEnabled, import with
   updateExistingContacts), so a send repeated after a crash or a lost answer is harmless.
 - We never send emailBlacklisted (it would re-subscribe people who unsubscribed).
@@ -64,7 +64,6 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from funnels.brevo.client import BrevoClient
@@ -78,6 +77,7 @@ from funnels.locks import RunLock
 from funnels.models import FunnelEntry, SyncRun, SyncRunItem, SyncStatus
 from funnels.selectors.funnels import funnel_list_ids
 from funnels.selectors.outbox import DueEntry, PersonEntry, outbox_due_chunk, outbox_people
+from funnels.services.entry_sync import entries_defer, entries_mark_failed, entries_mark_synced
 
 logger = logging.getLogger("funnels.outbox")
 
@@ -224,11 +224,6 @@ class _Buffers:
         return [group for group, contacts in self.groups.items() if contacts]
 
 
-def _chunks(ids: list[int], size: int = _UPDATE_CHUNK) -> Iterable[list[int]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
-
-
 def _error_text(exc: BrevoError) -> str:
     # BrevoError messages are already scrubbed of the key and of addresses.
     return str(exc)[:1000]
@@ -353,31 +348,11 @@ class _Pusher:
             len(confirmed), len(contacts), _lists(list_ids),
         )
 
-    # -- state transitions (compare-and-set on sync_revision) -------------------------
-
-    def _by_revision(self, entries: Iterable[DueEntry]) -> dict[int, list[int]]:
-        grouped: dict[int, list[int]] = defaultdict(list)
-        for entry in entries:
-            grouped[entry.sync_revision].append(entry.id)
-        return grouped
+    # -- outcomes (funnels/services/entry_sync.py: compare-and-set on sync_revision) ----
 
     def _mark_synced(self, entries: list[DueEntry], *, contacts: int) -> None:
-        stamp = self.clock()
-        marked = 0
         with transaction.atomic():
-            for revision, ids in self._by_revision(entries).items():
-                for chunk in _chunks(ids):
-                    marked += FunnelEntry.objects.filter(
-                        id__in=chunk, sync_revision=revision
-                    ).update(
-                        sync_status=SyncStatus.SYNCED,
-                        synced_revision=revision,
-                        synced_at=stamp,
-                        sync_attempts=0,
-                        sync_last_error="",
-                        sync_next_attempt_at=None,
-                        updated_at=stamp,
-                    )
+            marked = entries_mark_synced(entries=entries, at=self.clock())
             self._check_lock()
         self.result.contacts_sent += contacts
         self.result.entries_synced += marked
@@ -392,21 +367,18 @@ class _Pusher:
             reason, mask_email(contact.email), text,
         )
         stamp = self.clock()
+        # Each entry backs off from its own count of attempts.
+        by_next_attempt: dict[datetime | None, list[DueEntry]] = defaultdict(list)
+        for entry in contact.entries:
+            next_attempt = (
+                None if permanent else self.now + retry_delay(attempts=entry.sync_attempts + 1)
+            )
+            by_next_attempt[next_attempt].append(entry)
         marked = 0
         with transaction.atomic():
-            for entry in contact.entries:
-                next_attempt = (
-                    None if permanent
-                    else self.now + retry_delay(attempts=entry.sync_attempts + 1)
-                )
-                marked += FunnelEntry.objects.filter(
-                    id=entry.id, sync_revision=entry.sync_revision
-                ).update(
-                    sync_status=SyncStatus.FAILED,
-                    sync_attempts=F("sync_attempts") + 1,
-                    sync_last_error=text,
-                    sync_next_attempt_at=next_attempt,
-                    updated_at=stamp,
+            for next_attempt, entries in by_next_attempt.items():
+                marked += entries_mark_failed(
+                    entries=entries, error=text, next_attempt_at=next_attempt, at=stamp
                 )
             SyncRunItem.objects.bulk_create(
                 SyncRunItem(
@@ -424,32 +396,23 @@ class _Pusher:
 
     def _defer(self, entries: list[DueEntry], exc: BrevoError) -> None:
         """Not confirmed: keep pending for the next run, with the attempt recorded."""
-        stamp = self.clock()
-        text = _error_text(exc)
         with transaction.atomic():
-            for revision, ids in self._by_revision(entries).items():
-                for chunk in _chunks(ids):
-                    FunnelEntry.objects.filter(id__in=chunk, sync_revision=revision).update(
-                        sync_status=SyncStatus.PENDING,
-                        sync_attempts=F("sync_attempts") + 1,
-                        sync_last_error=text,
-                        sync_next_attempt_at=None,
-                        updated_at=stamp,
-                    )
+            entries_defer(entries=entries, error=_error_text(exc), at=self.clock())
             self._check_lock()
         self.result.entries_deferred += len(entries)
 
     def _fail_unroutable(self, entries: list[DueEntry]) -> None:
         """Entries of a funnel with no Brevo list: nothing to send them to."""
         stamp = self.clock()
+        by_funnel: dict[str, list[DueEntry]] = defaultdict(list)
+        for entry in entries:
+            by_funnel[entry.funnel_type].append(entry)
         with transaction.atomic():
-            for entry in entries:
-                FunnelEntry.objects.filter(id=entry.id, sync_revision=entry.sync_revision).update(
-                    sync_status=SyncStatus.FAILED,
-                    sync_attempts=F("sync_attempts") + 1,
-                    sync_last_error=f"no Brevo list id for funnel {entry.funnel_type!r}",
-                    sync_next_attempt_at=None,
-                    updated_at=stamp,
+            for funnel_type, funnel_entries in by_funnel.items():
+                entries_mark_failed(
+                    entries=funnel_entries,
+                    error=f"no Brevo list id for funnel {funnel_type!r}",
+                    next_attempt_at=None, at=stamp,
                 )
             self._check_lock()
         self.result.entries_failed += len(entries)
