@@ -34,6 +34,8 @@ from types import TracebackType
 from typing import Any, TypeGuard
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from fake_brevo.addresses import address_valid
+
 __all__ = ["FAULT_KINDS", "Fault", "FaultPlan", "FakeBrevo", "LoggedRequest", "main"]
 
 logger = logging.getLogger("fake_brevo.server")
@@ -48,7 +50,6 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 # Bodies above this are refused without being read, so a runaway client cannot
 # make the fake buffer arbitrary amounts of memory.
 _HARD_BODY_LIMIT = 12 * 1024 * 1024
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DEFAULT_SLOW_SECONDS = 5.0
 
 
@@ -61,7 +62,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _valid_email(value: Any) -> TypeGuard[str]:
-    return isinstance(value, str) and bool(_EMAIL_RE.match(value))
+    # As strict as Brevo and as the funnels' own check: fake_brevo/addresses.py.
+    return address_valid(value)
+
+
+def _is_empty(value: Any) -> bool:
+    """An "empty field" of an import row (see emptyContactsAttributes)."""
+    return value is None or value == ""
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -1169,22 +1176,39 @@ class FakeBrevo:
             if record is None:
                 record = self._create_contact(
                     email,
-                    {k: v for k, v in attributes.items() if v not in ("", None)},
+                    {k: v for k, v in attributes.items() if not _is_empty(v)},
                     process["list_ids"],
                 )
             else:
                 if process["update_existing"]:
-                    for name, value in self._clean_attributes(attributes).items():
-                        if value in ("", None):
-                            if process["empty_attributes"]:
-                                record["attributes"].pop(name, None)
-                            continue
-                        record["attributes"][name] = value
+                    self._import_attributes(
+                        record, attributes, erase_empty=process["empty_attributes"]
+                    )
                 record["listIds"].update(process["list_ids"])
                 record["modifiedAt"] = _now_iso()
             if process["email_blacklist"]:
                 record["emailBlacklisted"] = True
             process["imported"] += 1
+
+    def _import_attributes(
+        self, record: dict[str, Any], attributes: Mapping[str, Any], *, erase_empty: bool
+    ) -> None:
+        """An import row's attributes on an existing contact. The description's one way to
+        clear a value: `emptyContactsAttributes: true` and the attribute sent empty (`""`;
+        JSON `null` too). Without the flag an empty value leaves the data alone. An empty
+        value is not "of the wrong type": it is checked before the type, so that clearing a
+        date or a number works; an attribute the account does not have is still ignored."""
+        values: dict[str, Any] = {}
+        for name, value in attributes.items():
+            if _is_empty(value):
+                if erase_empty and self._attribute_known(name):
+                    record["attributes"].pop(name, None)
+                continue
+            values[name] = value
+        record["attributes"].update(self._clean_attributes(values))
+
+    def _attribute_known(self, name: str) -> bool:
+        return self._attribute_types is None or name in self._attribute_types
 
     def _public_process(self, process: dict[str, Any]) -> dict[str, Any]:
         return {"id": process["id"], "status": process["status"], "name": process["name"]}

@@ -34,11 +34,13 @@ from funnels.admin_filters import (
     SyncStateFilter,
 )
 from funnels.admin_paginator import CountFreeChangeList, CountFreePaginationMixin
+from funnels.brevo.attributes import AttributeNames
 from funnels.emails import email_check, email_normalize
 from funnels.labels import error_label, funnel_name_display, reason_is_payment, reason_label
 from funnels.logging_filters import redact
 from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
 from funnels.modx.models import CERT_TYPE_LANGUAGE, CERT_TYPE_NON_LANGUAGE
+from funnels.selectors.funnels import funnel_attribute_names
 from funnels.services.sync_retry import entries_retry_sync
 from testizer_funnels.admin_site import duration_format, site
 
@@ -729,7 +731,37 @@ class FunnelForm(forms.ModelForm):
             "test_ids",
             "reentry",
             "certificate_type",
+            "attribute_funnel_type",
+            "attribute_purchased",
+            "attribute_purchased_at",
         ]
+
+    def clean(self):
+        cleaned = super().clean()
+        fields = ("attribute_funnel_type", "attribute_purchased", "attribute_purchased_at")
+        names = [cleaned.get(name) for name in fields]
+        if None in names:
+            return cleaned  # a name is invalid: its own error says why
+        mine = AttributeNames(*names)
+        if len(mine.roles()) < 3:
+            raise forms.ValidationError(
+                _("The three attributes need three different names."), code="attribute_same"
+            )
+        # A name holds one kind of value (text, yes/no, date) in Brevo: another funnel may
+        # share it only for the same thing.
+        roles = mine.roles()
+        for slug, theirs in funnel_attribute_names().items():
+            if self.instance.pk and slug == self.instance.slug:
+                continue
+            for name, role in theirs.roles().items():
+                if roles.get(name, role) != role:
+                    field_name = fields[list(roles).index(name)]
+                    self.add_error(field_name, forms.ValidationError(
+                        _("The funnel “%(slug)s” writes another kind of value to "
+                          "%(name)s."),
+                        code="attribute_role", params={"slug": slug, "name": name},
+                    ))
+        return cleaned
 
 
 class FunnelAdmin(TitledAdminMixin, admin.ModelAdmin):
@@ -750,6 +782,21 @@ class FunnelAdmin(TitledAdminMixin, admin.ModelAdmin):
     ]
     list_filter = ["active", "test_kind"]
     show_facets = admin.ShowFacets.NEVER
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "active", "brevo_list_id", "test_kind", "test_ids",
+                           "reentry", "certificate_type"]}),
+        (_("Brevo attributes"), {
+            "fields": ["attribute_funnel_type", "attribute_purchased",
+                       "attribute_purchased_at"],
+            "description": _(
+                "The contact attributes this funnel writes in Brevo. They must exist in the "
+                "Brevo account (Brevo ignores an attribute it does not know). Funnels that "
+                "share a name share its value; names of its own give a person in several "
+                "funnels a true value for each. A new name applies to contacts sent from "
+                "then on."
+            ),
+        }),
+    ]
 
     def get_readonly_fields(self, request, obj=None):
         # Entries refer to a funnel by its slug (funnel_entries.funnel_type): renaming it

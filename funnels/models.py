@@ -8,6 +8,13 @@ from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from funnels.brevo.attributes import (
+    DEFAULT_FUNNEL_TYPE,
+    DEFAULT_PURCHASED,
+    DEFAULT_PURCHASED_AT,
+    attribute_name_validate,
+)
+
 
 class Funnel(models.Model):
     class TestKind(models.TextChoices):
@@ -41,6 +48,24 @@ class Funnel(models.Model):
         _("maximum age of a result (days)"), null=True, blank=True,
         help_text=_("Results completed longer ago are not entered. Empty: "
                     "FUNNELS_MAX_AGE_DAYS."),
+    )
+    # The Brevo contact attributes this funnel writes (funnels/brevo/attributes.py): a
+    # funnel with names of its own gives a person in two funnels a true value for each.
+    attribute_funnel_type = models.CharField(
+        _("funnel attribute"), max_length=50, default=DEFAULT_FUNNEL_TYPE,
+        validators=[attribute_name_validate],
+        help_text=_("Brevo text attribute that gets the funnel's slug."),
+    )
+    attribute_purchased = models.CharField(
+        _("purchase attribute"), max_length=50, default=DEFAULT_PURCHASED,
+        validators=[attribute_name_validate],
+        help_text=_("Brevo yes/no attribute: has the person bought this funnel's certificate."),
+    )
+    attribute_purchased_at = models.CharField(
+        _("purchase date attribute"), max_length=50, default=DEFAULT_PURCHASED_AT,
+        validators=[attribute_name_validate],
+        help_text=_("Brevo date attribute: when; emptied in Brevo when the purchase is "
+                    "withdrawn."),
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)

@@ -168,8 +168,12 @@ class BrevoClient:
             f"POST /contacts answered {reply.status} without an id", status=reply.status
         )
 
-    def import_contacts(self, *, contacts: list[dict[str, Any]], list_ids: list[int]) -> int:
-        """Start an asynchronous import; returns Brevo's ``processId``."""
+    def import_contacts(
+        self, *, contacts: list[dict[str, Any]], list_ids: list[int], erase_empty: bool = False
+    ) -> int:
+        """Start an asynchronous import; returns Brevo's ``processId``. With `erase_empty`,
+        an attribute sent as "" is emptied in Brevo (``emptyContactsAttributes``, the one
+        documented way to clear a value); without it, an empty value changes nothing."""
         if not list_ids:
             raise ValueError("list_ids must not be empty")
         items: list[dict[str, Any]] = []
@@ -185,7 +189,7 @@ class BrevoClient:
             "jsonBody": items,
             "listIds": [int(list_id) for list_id in list_ids],
             "updateExistingContacts": True,
-            "emptyContactsAttributes": False,
+            "emptyContactsAttributes": bool(erase_empty),
         }
         encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         if len(encoded) > IMPORT_MAX_BODY_BYTES:

@@ -12,6 +12,7 @@ from django.db.models import BinaryField, F, Func, Q
 from django.db.models.functions import Lower, Trim
 from django.db.models.lookups import Exact
 
+from funnels.brevo.attributes import AttributeNames
 from funnels.models import Funnel, FunnelEntry, SyncState, SyncStatus
 
 # The two standard funnels may take their list from the environment, so that a fresh
@@ -47,6 +48,17 @@ def funnel_list_id(*, funnel: Funnel) -> int | None:
 def funnel_list_ids() -> dict[str, int | None]:
     """Funnel slug -> Brevo list id, for every funnel row."""
     return {funnel.slug: funnel_list_id(funnel=funnel) for funnel in funnels_all()}
+
+
+def funnel_attribute_names() -> dict[str, AttributeNames]:
+    """Funnel slug -> the Brevo attributes it writes, for every funnel row."""
+    return {
+        slug: AttributeNames(funnel_type=funnel_type, purchased=purchased,
+                             purchased_at=purchased_at)
+        for slug, funnel_type, purchased, purchased_at in Funnel.objects.values_list(
+            "slug", "attribute_funnel_type", "attribute_purchased", "attribute_purchased_at"
+        )
+    }
 
 
 # MySQL's documented DATETIME minimum: every date this job writes passes (a MODX result

@@ -3,9 +3,9 @@
 Invariants:
 - An entry is already committed (pending) when it gets here; it becomes synced only after
   Brevo confirmed it (an upsert answered 2xx, or an import process reached `completed`),
-  and only if its sync_revision is still the one that was sent (compare-and-set): a
-  purchase recorded while the request was in flight bumps the revision, so the entry
-  stays pending and its new state goes out in the next push.
+  and only if its sync_revision is still the one that was sent (the compare-and-set of
+  services/entry_sync.py): a purchase recorded while the request was in flight bumps the
+  revision, so the entry stays pending and its new state goes out in the next push.
 - Every Brevo write is idempotent (upsert with updateEnabled, import with
   updateExistingContacts), so a send repeated after a crash or a lost answer is harmless.
 - We never send emailBlacklisted (it would re-subscribe people who unsubscribed).
@@ -32,6 +32,18 @@ of that email's entries (one query per outbox chunk, idx_email_funnel), whicheve
   the latest such purchase (a calendar date in TIME_ZONE);
 - FUNNEL_TYPE: the funnel of the most recent entry (entered_at, then id), among the funnels
   that have a Brevo list (the lists the contact is really in).
+Those are the default names. The names are the funnel's (Funnel.attribute_*): each value is
+built from the entries of the funnels that write that name, so funnels that share a name
+share one value, as above, and a funnel with names of its own gives the person a true
+value for it whatever their other funnels say.
+
+A withdrawn purchase empties its date attribute in Brevo. The one way the API description
+documents is an import with emptyContactsAttributes=true and the value sent as "" (every
+import says so; an empty value only ever stands for a date with no purchase behind it). The
+single-contact upsert documents none ("" is not a date, and a value of the wrong type is
+ignored), so a contact that must lose a value and may hold one (a due entry that changed
+after it was made) goes by import even below the threshold. Withdrawals are rare: the cost
+is an import and its few /processes polls each time, against an old date shown for ever.
 Each email is sent once per push with those attributes and the list ids of its due entries
 (an upsert with both lists, or a row of the import for that set of lists), so one run never
 sends two values for the same contact. When a purchase changes one entry, only that entry
@@ -58,15 +70,15 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
+from funnels.brevo.attributes import DEFAULT_NAMES, AttributeNames
 from funnels.brevo.client import BrevoClient
 from funnels.brevo.errors import (
     BrevoAuthError,
@@ -76,8 +88,9 @@ from funnels.brevo.errors import (
 from funnels.brevo.masking import mask_email
 from funnels.locks import RunLock
 from funnels.models import FunnelEntry, SyncRun, SyncRunItem, SyncStatus
-from funnels.selectors.funnels import funnel_list_ids
+from funnels.selectors.funnels import funnel_attribute_names, funnel_list_ids
 from funnels.selectors.outbox import DueEntry, PersonEntry, outbox_due_chunk, outbox_people
+from funnels.services.entry_sync import entries_defer, entries_mark_failed, entries_mark_synced
 
 logger = logging.getLogger("funnels.outbox")
 
@@ -114,29 +127,57 @@ def retry_delay(*, attempts: int) -> timedelta:
 
 
 def contact_attributes(
-    *, entries: Iterable[PersonEntry], funnels_with_list: Collection[str] | None = None
+    *,
+    entries: Iterable[PersonEntry],
+    funnels_with_list: Collection[str] | None = None,
+    names: Mapping[str, AttributeNames] | None = None,
 ) -> dict:
     """Brevo attributes of one contact, from all of its email's entries (see the module
     docstring): purchased if any entry is, FUNNEL_TYPE of the latest entry of a funnel in
-    `funnels_with_list` (of any funnel when None, or when none is)."""
+    `funnels_with_list` (of any funnel when None, or when none is). Each value comes from
+    the entries of the funnels that write that attribute (`names`, funnel slug -> its
+    attribute names; today's names for a funnel not in it)."""
+    return _attribute_values(entries, funnels_with_list=funnels_with_list, names=names)[0]
+
+
+def _attribute_values(
+    entries: Iterable[PersonEntry],
+    *,
+    funnels_with_list: Collection[str] | None,
+    names: Mapping[str, AttributeNames] | None,
+) -> tuple[dict, tuple[str, ...]]:
     entries = list(entries)
     if not entries:
         raise ValueError("a contact has at least one entry")
-    listed = [
-        e for e in entries if funnels_with_list is None or e.funnel_type in funnels_with_list
-    ]
-    latest = max(listed or entries, key=lambda e: (e.entered_at, e.id))
-    purchased = [e for e in entries if e.certificate_purchased]
-    attributes: dict = {
-        "FUNNEL_TYPE": latest.funnel_type,
-        "CERTIFICATE_PURCHASED": bool(purchased),
-    }
-    dates = [e.certificate_purchased_at for e in purchased if e.certificate_purchased_at]
-    if dates:
-        # A calendar date as the business sees it (TIME_ZONE), which is what a Brevo date
-        # attribute holds.
-        attributes["CERTIFICATE_PURCHASED_AT"] = timezone.localtime(max(dates)).date().isoformat()
-    return attributes
+    names = names or {}
+    writers: dict[tuple[str, str], list[PersonEntry]] = defaultdict(list)
+    for entry in entries:
+        written = names.get(entry.funnel_type, DEFAULT_NAMES)
+        for name, role in written.roles().items():
+            writers[(role, name)].append(entry)
+    attributes: dict = {}
+    emptied: list[str] = []
+    for (role, name), group in sorted(writers.items()):
+        if role == "funnel_type":
+            listed = [
+                e for e in group
+                if funnels_with_list is None or e.funnel_type in funnels_with_list
+            ]
+            attributes[name] = max(listed or group, key=lambda e: (e.entered_at, e.id)).funnel_type
+        elif role == "purchased":
+            attributes[name] = any(e.certificate_purchased for e in group)
+        else:
+            dates = [
+                e.certificate_purchased_at for e in group
+                if e.certificate_purchased and e.certificate_purchased_at
+            ]
+            if dates:
+                # A calendar date as the business sees it (TIME_ZONE), which is what a
+                # Brevo date attribute holds.
+                attributes[name] = timezone.localtime(max(dates)).date().isoformat()
+            else:
+                emptied.append(name)
+    return attributes, tuple(emptied)
 
 
 @dataclass
@@ -148,9 +189,28 @@ class _Contact:
     list_ids: tuple[int, ...]
     attributes: dict
     entries: list[DueEntry] = field(default_factory=list)
+    # Date attributes to empty in Brevo (no purchase behind them).
+    emptied: tuple[str, ...] = ()
+
+    @property
+    def must_empty(self) -> bool:
+        """Brevo may hold an old value in an attribute that must now be empty: one of the
+        due entries changed since it was made (a purchase found, changed or withdrawn, or
+        an operator's retry). A contact sent for the first time has nothing to empty."""
+        return bool(self.emptied) and any(e.sync_revision > 1 for e in self.entries)
+
+    def import_row(self) -> dict:
+        # An empty value is how an import (with emptyContactsAttributes) erases one.
+        return {"email": self.email,
+                "attributes": {**self.attributes, **dict.fromkeys(self.emptied, "")}}
 
 
-def _contacts_of(rows: list[DueEntry], *, list_ids: dict[str, int | None]) -> list[_Contact]:
+def _contacts_of(
+    rows: list[DueEntry],
+    *,
+    list_ids: dict[str, int | None],
+    names: Mapping[str, AttributeNames],
+) -> list[_Contact]:
     """The chunk's due entries (all with a list) as contacts, one per email; one query for
     all of those people's entries."""
     people = outbox_people(emails=(row.email for row in rows))
@@ -160,15 +220,17 @@ def _contacts_of(rows: list[DueEntry], *, list_ids: dict[str, int | None]) -> li
         due[row.email].append(row)
     contacts = []
     for email, entries in due.items():
+        attributes, emptied = _attribute_values(
+            _person(people.get(email, []), due=entries),
+            funnels_with_list=funnels_with_list, names=names,
+        )
         contacts.append(
             _Contact(
                 email=email,
                 list_ids=tuple(sorted({list_ids[e.funnel_type] for e in entries})),
-                attributes=contact_attributes(
-                    entries=_person(people.get(email, []), due=entries),
-                    funnels_with_list=funnels_with_list,
-                ),
+                attributes=attributes,
                 entries=entries,
+                emptied=emptied,
             )
         )
     return contacts
@@ -207,6 +269,7 @@ class _Buffers:
                 list_ids=tuple(sorted({*earlier.list_ids, *contact.list_ids})),
                 attributes=contact.attributes,
                 entries=earlier.entries + contact.entries,
+                emptied=contact.emptied,
             )
         self.groups[contact.list_ids][contact.email] = contact
         self.waiting[contact.email] = contact.list_ids
@@ -222,11 +285,6 @@ class _Buffers:
 
     def groups_waiting(self) -> list[tuple[int, ...]]:
         return [group for group, contacts in self.groups.items() if contacts]
-
-
-def _chunks(ids: list[int], size: int = _UPDATE_CHUNK) -> Iterable[list[int]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
 
 
 def _error_text(exc: BrevoError) -> str:
@@ -286,15 +344,26 @@ class _Pusher:
             return
         if len(contacts) >= self.threshold:
             self._import(list_ids, contacts)
-        else:
-            self._upsert(list_ids, contacts)
+            return
+        # A single-contact write has no documented way to empty an attribute (an empty
+        # string in a date attribute is "of the wrong type" and ignored), the import has
+        # one (emptyContactsAttributes): the few contacts that must lose a value, a
+        # withdrawn purchase's date, go by import whatever their number.
+        emptying = [c for c in contacts if c.must_empty]
+        others = [c for c in contacts if not c.must_empty]
+        if others:
+            self._upsert(list_ids, others)
+        if emptying and not self.stopped:
+            self._import(list_ids, emptying)
 
     def _import(self, list_ids: tuple[int, ...], contacts: list[_Contact]) -> None:
         entries = [e for c in contacts for e in c.entries]
-        payload = [{"email": c.email, "attributes": c.attributes} for c in contacts]
+        payload = [c.import_row() for c in contacts]
         self.result.imports += 1
         try:
-            process_id = self.client.import_contacts(contacts=payload, list_ids=list(list_ids))
+            process_id = self.client.import_contacts(
+                contacts=payload, list_ids=list(list_ids), erase_empty=True
+            )
             self.client.wait_for_process(
                 process_id=process_id,
                 poll_interval=self.poll_interval,
@@ -353,31 +422,11 @@ class _Pusher:
             len(confirmed), len(contacts), _lists(list_ids),
         )
 
-    # -- state transitions (compare-and-set on sync_revision) -------------------------
-
-    def _by_revision(self, entries: Iterable[DueEntry]) -> dict[int, list[int]]:
-        grouped: dict[int, list[int]] = defaultdict(list)
-        for entry in entries:
-            grouped[entry.sync_revision].append(entry.id)
-        return grouped
+    # -- outcomes (funnels/services/entry_sync.py: compare-and-set on sync_revision) ----
 
     def _mark_synced(self, entries: list[DueEntry], *, contacts: int) -> None:
-        stamp = self.clock()
-        marked = 0
         with transaction.atomic():
-            for revision, ids in self._by_revision(entries).items():
-                for chunk in _chunks(ids):
-                    marked += FunnelEntry.objects.filter(
-                        id__in=chunk, sync_revision=revision
-                    ).update(
-                        sync_status=SyncStatus.SYNCED,
-                        synced_revision=revision,
-                        synced_at=stamp,
-                        sync_attempts=0,
-                        sync_last_error="",
-                        sync_next_attempt_at=None,
-                        updated_at=stamp,
-                    )
+            marked = entries_mark_synced(entries=entries, at=self.clock())
             self._check_lock()
         self.result.contacts_sent += contacts
         self.result.entries_synced += marked
@@ -392,21 +441,18 @@ class _Pusher:
             reason, mask_email(contact.email), text,
         )
         stamp = self.clock()
+        # Each entry backs off from its own count of attempts.
+        by_next_attempt: dict[datetime | None, list[DueEntry]] = defaultdict(list)
+        for entry in contact.entries:
+            next_attempt = (
+                None if permanent else self.now + retry_delay(attempts=entry.sync_attempts + 1)
+            )
+            by_next_attempt[next_attempt].append(entry)
         marked = 0
         with transaction.atomic():
-            for entry in contact.entries:
-                next_attempt = (
-                    None if permanent
-                    else self.now + retry_delay(attempts=entry.sync_attempts + 1)
-                )
-                marked += FunnelEntry.objects.filter(
-                    id=entry.id, sync_revision=entry.sync_revision
-                ).update(
-                    sync_status=SyncStatus.FAILED,
-                    sync_attempts=F("sync_attempts") + 1,
-                    sync_last_error=text,
-                    sync_next_attempt_at=next_attempt,
-                    updated_at=stamp,
+            for next_attempt, entries in by_next_attempt.items():
+                marked += entries_mark_failed(
+                    entries=entries, error=text, next_attempt_at=next_attempt, at=stamp
                 )
             SyncRunItem.objects.bulk_create(
                 SyncRunItem(
@@ -424,32 +470,23 @@ class _Pusher:
 
     def _defer(self, entries: list[DueEntry], exc: BrevoError) -> None:
         """Not confirmed: keep pending for the next run, with the attempt recorded."""
-        stamp = self.clock()
-        text = _error_text(exc)
         with transaction.atomic():
-            for revision, ids in self._by_revision(entries).items():
-                for chunk in _chunks(ids):
-                    FunnelEntry.objects.filter(id__in=chunk, sync_revision=revision).update(
-                        sync_status=SyncStatus.PENDING,
-                        sync_attempts=F("sync_attempts") + 1,
-                        sync_last_error=text,
-                        sync_next_attempt_at=None,
-                        updated_at=stamp,
-                    )
+            entries_defer(entries=entries, error=_error_text(exc), at=self.clock())
             self._check_lock()
         self.result.entries_deferred += len(entries)
 
     def _fail_unroutable(self, entries: list[DueEntry]) -> None:
         """Entries of a funnel with no Brevo list: nothing to send them to."""
         stamp = self.clock()
+        by_funnel: dict[str, list[DueEntry]] = defaultdict(list)
+        for entry in entries:
+            by_funnel[entry.funnel_type].append(entry)
         with transaction.atomic():
-            for entry in entries:
-                FunnelEntry.objects.filter(id=entry.id, sync_revision=entry.sync_revision).update(
-                    sync_status=SyncStatus.FAILED,
-                    sync_attempts=F("sync_attempts") + 1,
-                    sync_last_error=f"no Brevo list id for funnel {entry.funnel_type!r}",
-                    sync_next_attempt_at=None,
-                    updated_at=stamp,
+            for funnel_type, funnel_entries in by_funnel.items():
+                entries_mark_failed(
+                    entries=funnel_entries,
+                    error=f"no Brevo list id for funnel {funnel_type!r}",
+                    next_attempt_at=None, at=stamp,
                 )
             self._check_lock()
         self.result.entries_failed += len(entries)
@@ -476,6 +513,7 @@ def outbox_push(
     batch_size = batch_size or settings.BREVO_IMPORT_BATCH_SIZE
     threshold = threshold or settings.BREVO_IMPORT_THRESHOLD
     list_ids = funnel_list_ids()
+    names = funnel_attribute_names()
     pusher = _Pusher(
         run=run, client=client, now=now, lock=lock, threshold=threshold,
         poll_interval=poll_interval, import_timeout=import_timeout, clock=clock,
@@ -489,7 +527,9 @@ def outbox_push(
         after_id = rows[-1].id
         routable = [row for row in rows if list_ids.get(row.funnel_type)]
         unroutable = [row for row in rows if not list_ids.get(row.funnel_type)]
-        for contact in _contacts_of(routable, list_ids=list_ids) if routable else []:
+        for contact in (
+            _contacts_of(routable, list_ids=list_ids, names=names) if routable else []
+        ):
             full = buffers.add(contact)
             if full is not None:
                 pusher.flush(full, buffers.take(full))

@@ -249,6 +249,9 @@ def assert_invariant(fake: FakeBrevo, *, after_id: int = 0, as_of: dt.datetime =
         if bought:
             day = timezone.localtime(max(bought)).date().isoformat()
             assert attributes.get("CERTIFICATE_PURCHASED_AT") == day, (email, attributes)
+        else:
+            # Never bought, or every purchase withdrawn: no date left behind in Brevo.
+            assert "CERTIFICATE_PURCHASED_AT" not in attributes, (email, attributes)
 
     assert not SyncRun.objects.filter(status=SyncRun.Status.RUNNING).exists()
     return {

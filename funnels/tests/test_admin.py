@@ -467,6 +467,9 @@ def funnel_form(funnel: Funnel, **changes) -> dict:
         "test_ids": ", ".join(str(t) for t in funnel.test_ids),
         "reentry": funnel.reentry,
         "certificate_type": funnel.certificate_type,
+        "attribute_funnel_type": funnel.attribute_funnel_type,
+        "attribute_purchased": funnel.attribute_purchased,
+        "attribute_purchased_at": funnel.attribute_purchased_at,
     }
     data.update(changes)
     return {k: v for k, v in data.items() if v is not None}
@@ -514,6 +517,61 @@ def test_funnel_validation(admin_client, changes, field):
     assert (funnel.brevo_list_id, funnel.test_ids, funnel.certificate_type) == before
 
 
+def test_a_funnel_gets_attribute_names_of_its_own(admin_client):
+    funnel = funnel_get("language")
+    assert (funnel.attribute_funnel_type, funnel.attribute_purchased,
+            funnel.attribute_purchased_at) == (
+        "FUNNEL_TYPE", "CERTIFICATE_PURCHASED", "CERTIFICATE_PURCHASED_AT",
+    )
+    add_page = admin_client.get(reverse("admin:funnels_funnel_add")).content.decode()
+    assert 'value="CERTIFICATE_PURCHASED_AT"' in add_page
+    response = admin_client.post(
+        reverse("admin:funnels_funnel_change", args=[funnel.pk]),
+        funnel_form(funnel, attribute_purchased="LANGUAGE_CERTIFICATE_PURCHASED",
+                    attribute_purchased_at="LANGUAGE_CERTIFICATE_PURCHASED_AT"),
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    funnel.refresh_from_db()
+    assert (funnel.attribute_funnel_type, funnel.attribute_purchased,
+            funnel.attribute_purchased_at) == (
+        "FUNNEL_TYPE", "LANGUAGE_CERTIFICATE_PURCHASED", "LANGUAGE_CERTIFICATE_PURCHASED_AT",
+    )
+
+
+@pytest.mark.parametrize(
+    "changes, field, code",
+    [
+        ({"attribute_purchased": "certificate_purchased"}, "attribute_purchased",
+         "attribute_name"),
+        ({"attribute_purchased": "1ST_PURCHASE"}, "attribute_purchased", "attribute_name"),
+        ({"attribute_purchased": "KÄUFER"}, "attribute_purchased", "attribute_name"),
+        ({"attribute_purchased": "BOUGHT AT"}, "attribute_purchased", "attribute_name"),
+        ({"attribute_purchased": "DOUBLE-OPT"}, "attribute_purchased", "attribute_name"),
+        ({"attribute_purchased": ""}, "attribute_purchased", "required"),
+        ({"attribute_purchased_at": "A" * 51}, "attribute_purchased_at", "max_length"),
+        ({"attribute_funnel_type": "EMAIL"}, "attribute_funnel_type", "attribute_reserved"),
+        ({"attribute_funnel_type": "SMS"}, "attribute_funnel_type", "attribute_reserved"),
+        # One name, two kinds of value in one funnel.
+        ({"attribute_purchased_at": "CERTIFICATE_PURCHASED"}, "__all__", "attribute_same"),
+        # The other funnel writes its yes/no to CERTIFICATE_PURCHASED: not a date here.
+        ({"attribute_purchased": "LANGUAGE_BOUGHT",
+          "attribute_purchased_at": "CERTIFICATE_PURCHASED"}, "attribute_purchased_at",
+         "attribute_role"),
+    ],
+)
+def test_funnel_attribute_names_are_validated(admin_client, changes, field, code):
+    funnel = funnel_get("language")
+    response = admin_client.post(
+        reverse("admin:funnels_funnel_change", args=[funnel.pk]), funnel_form(funnel, **changes)
+    )
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors.as_data()
+    assert code in [error.code for error in errors.get(field, [])], errors
+    funnel.refresh_from_db()
+    assert funnel.attribute_purchased == "CERTIFICATE_PURCHASED"
+    assert funnel.attribute_purchased_at == "CERTIFICATE_PURCHASED_AT"
+
+
 def test_funnel_slug_cannot_be_renamed(admin_client):
     funnel = funnel_get("language")
     admin_client.post(reverse("admin:funnels_funnel_change", args=[funnel.pk]),
@@ -526,10 +584,15 @@ def test_a_new_funnel_can_be_added_and_deleted_while_empty(admin_client):
     response = admin_client.post(reverse("admin:funnels_funnel_add"), {
         "name": "Spring promo", "slug": "spring", "active": "on", "brevo_list_id": "7",
         "test_kind": "any", "test_ids": "5 6", "reentry": "once", "certificate_type": "2",
+        "attribute_funnel_type": "FUNNEL_TYPE", "attribute_purchased": "SPRING_PURCHASED",
+        "attribute_purchased_at": "SPRING_PURCHASED_AT",
     })
     assert response.status_code == 302
     spring = Funnel.objects.get(slug="spring")
     assert spring.test_ids == [5, 6]
+    assert (spring.attribute_purchased, spring.attribute_purchased_at) == (
+        "SPRING_PURCHASED", "SPRING_PURCHASED_AT",
+    )
     response = admin_client.post(reverse("admin:funnels_funnel_delete", args=[spring.pk]),
                                  {"post": "yes"})
     assert response.status_code == 302

@@ -169,6 +169,24 @@ def test_import_then_wait_for_process() -> None:
         assert body["jsonBody"][1] == {"email": "imp1@example.com", "attributes": {"N": 1}}
 
 
+def test_an_import_can_empty_attributes_sent_empty(fake: FakeBrevo, client: BrevoClient) -> None:
+    fake.seed_contact(email="held@example.com", attributes={"AT": "2026-11-02", "N": 1})
+    kept = client.import_contacts(
+        contacts=[{"email": "held@example.com", "attributes": {"AT": ""}}], list_ids=[1]
+    )
+    client.wait_for_process(process_id=kept, poll_interval=0.05, timeout=5)
+    assert fake.contact("held@example.com")["attributes"] == {"AT": "2026-11-02", "N": 1}  # type: ignore[index]
+
+    emptied = client.import_contacts(
+        contacts=[{"email": "held@example.com", "attributes": {"AT": ""}}], list_ids=[1],
+        erase_empty=True,
+    )
+    client.wait_for_process(process_id=emptied, poll_interval=0.05, timeout=5)
+    assert fake.contact("held@example.com")["attributes"] == {"N": 1}  # type: ignore[index]
+    bodies = [e.body for e in fake.requests_log if e.operation == "importContacts"]
+    assert [b["emptyContactsAttributes"] for b in bodies] == [False, True]
+
+
 def test_wait_for_failed_import_is_permanent(fake: FakeBrevo, client: BrevoClient) -> None:
     fake.faults.add("import_failed")
     process_id = client.import_contacts(

@@ -79,6 +79,8 @@ def _pages(run) -> dict[str, tuple[str, list[str]]]:
         "entries": ("/admin/funnels/funnelentry/",
                     ["th.column-email_shown", "th.column-sync_state", "th.column-purchase"]),
         "funnels": ("/admin/funnels/funnel/", []),
+        "funnel": (f"/admin/funnels/funnel/{Funnel.objects.get(slug='language').pk}/change/",
+                   []),
         "report": ("/admin/reports/", []),
     }
 

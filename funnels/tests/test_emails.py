@@ -1,7 +1,10 @@
 """funnels.emails: what an email is, and how an internationalised domain is stored."""
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from fake_brevo.addresses import address_valid
 from funnels.emails import domain_to_ascii, email_check
 
 
@@ -35,3 +38,22 @@ def test_domains_that_no_idna_form_exists_for_are_invalid(raw):
 def test_an_ascii_domain_is_taken_as_it_is():
     assert domain_to_ascii("example.com") == "example.com"
     assert domain_to_ascii("пример..рф") is None
+
+
+# Built from the characters that make addresses go wrong, so that most draws are nearly
+# valid: dots, hyphens, @, spaces, underscores, digits, capitals, quotes, brackets.
+_ADDRESS_PARTS = st.text(alphabet="aZ09.-_@ +'\"[]é", min_size=0, max_size=12)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(local=_ADDRESS_PARTS, domain=_ADDRESS_PARTS, tld=st.sampled_from(["com", "c0m", "1", ""]))
+def test_the_fake_brevo_is_at_least_as_strict_as_our_check(local, domain, tld):
+    """An address the fake takes, ours takes too (a test cannot pass on an address we
+    would not send), and what ours sends, the fake takes (no 400 that real Brevo would
+    not give)."""
+    raw = f"{local}@{domain}.{tld}" if tld else f"{local}@{domain}"
+    ours = email_check(raw)
+    if address_valid(raw):
+        assert ours.ok, raw
+    if ours.ok:
+        assert address_valid(ours.email), (raw, ours.email)

@@ -18,6 +18,7 @@ from funnels.models import (
     SyncRunItem,
     SyncState,
 )
+from funnels.modx.models import CertPayment
 from funnels.selectors.candidates import WATERMARK_KEY
 from funnels.selectors.funnels import watermark_state_get
 from funnels.services import watermarks
@@ -45,6 +46,7 @@ from funnels.tests.sync_support import (
     run_live,
     sleeps,  # noqa: F401 - fixture
 )
+from testizer_funnels.routers import modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 
@@ -321,6 +323,27 @@ def test_purchases_ride_in_the_same_push(
     assert attributes["CERTIFICATE_PURCHASED"] is True
     assert attributes["CERTIFICATE_PURCHASED_AT"] == "2026-11-27"
     assert fake_brevo.request_count == 1  # entry and purchase in one upsert
+
+
+def test_a_refund_empties_the_purchase_date_in_brevo(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    modx_result("anna@example.com", LANG_TEST, completed_at=RECENT)
+    user = CertUserFactory(email="anna@example.com")
+    result = CertResultFactory(user=user, test=CertTestFactory(type=1))
+    payment = CertPaymentFactory(result=result, status_id=2,
+                                 paid_at=RECENT + dt.timedelta(hours=2))
+    run_live(client_factory, now=now)
+    assert fake_brevo.contact("anna@example.com")["attributes"]["CERTIFICATE_PURCHASED_AT"]
+
+    with modx_writes_allowed():
+        CertPayment.objects.filter(pk=payment.pk).update(status_id=4)  # refunded
+    run = run_live(client_factory, now=now + dt.timedelta(minutes=15))
+
+    assert run.purchases_revoked == 1 and run.status == "success"
+    assert fake_brevo.contact("anna@example.com")["attributes"] == {
+        "FUNNEL_TYPE": "language", "CERTIFICATE_PURCHASED": False,
+    }
 
 
 def test_payment_skips_are_recorded_on_the_run_apart_from_result_skips(
