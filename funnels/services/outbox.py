@@ -64,7 +64,8 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from funnels.brevo.client import BrevoClient
@@ -373,6 +374,8 @@ class _Pusher:
                         sync_status=SyncStatus.SYNCED,
                         synced_revision=revision,
                         synced_at=stamp,
+                        # The funnel starts for the person at Brevo's first confirmation.
+                        funnel_started_at=Coalesce(F("funnel_started_at"), Value(stamp)),
                         sync_attempts=0,
                         sync_last_error="",
                         sync_next_attempt_at=None,

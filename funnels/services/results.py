@@ -121,7 +121,8 @@ class ResultSource:
             # From this chunk on, and for what earlier chunks of the run committed.
             self.planner.hold = True
             for entry in entries:
-                entry.sync_status = SyncStatus.HELD
+                if entry.sync_status != SyncStatus.CONTROL:  # control is never sent
+                    entry.sync_status = SyncStatus.HELD
         if not self.dry_run:
             entries_write(entries=entries, items=items, outcome=outcome, run=self.run)
             if trips:
