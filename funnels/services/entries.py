@@ -40,6 +40,8 @@ class ChunkOutcome:
     # Existing entry id -> its new previous_entered_at, when a late result enters the
     # same person earlier (written with the chunk's entries).
     previous_updates: dict[int, datetime | None] = field(default_factory=dict)
+    # (email, funnel) of the entries held out in a control group: no Brevo contact.
+    control_keys: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def skipped(self) -> int:
@@ -142,6 +144,7 @@ class EntryPlanner:
                 )
                 control = group == ExperimentGroup.CONTROL
                 if control:
+                    outcome.control_keys.add((email, funnel.slug))
                     # Never sent (the outbox does not read this status), so never held.
                     status = SyncStatus.CONTROL
                 else:

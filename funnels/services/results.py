@@ -116,7 +116,12 @@ class ResultSource:
             run=self.run, candidates=rows, dry_run=self.dry_run, now=self.now
         )
         added = {SyncRunItem.Action.ADDED, SyncRunItem.Action.WOULD_ADD}
-        trips = self.guard.admit([item.email for item in items if item.action in added])
+        # Control entries make no Brevo contact: the flood guard does not count them.
+        trips = self.guard.admit([
+            item.email for item in items
+            if item.action in added
+            and (item.email, item.funnel_type) not in outcome.control_keys
+        ])
         if trips:
             # From this chunk on, and for what earlier chunks of the run committed.
             self.planner.hold = True
