@@ -6,6 +6,7 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.utils import translation
 
 from funnels.models import (
     ControlPeriod,
@@ -30,6 +31,8 @@ from funnels.tests.factories import (
 from funnels.tests.sync_support import (
     LANG_TEST,
     LANG_TEST_2,
+    OTHER_LIST,
+    OTHER_TEST,
     RECENT,
     client_factory,  # noqa: F401 - fixture
     configured,  # noqa: F401 - fixture
@@ -273,7 +276,30 @@ def test_the_dry_run_plan_and_explain_funnel_say_the_group(
         assert f"group: {group} (control period 1, 50% control)" in details[email]
     email = people[0]
     group = control_group_of(funnel_slug="language", email=email, share=50, secret=SECRET)
-    lines = next(v.lines for v in funnel_explain(raw_email=email).verdicts
-                 if v.funnel.slug == "language")
+    with translation.override("en"):
+        lines = next(v.lines for v in funnel_explain(raw_email=email).verdicts
+                     if v.funnel.slug == "language")
     wanted = "control group" if group == ExperimentGroup.CONTROL else "treatment group"
     assert any(wanted in line and "control period 1" in line for line in lines)
+
+
+@pytestmark_db
+def test_a_control_entry_does_not_shape_the_person_s_contact_in_another_funnel(
+    configured, live_settings, client_factory, fake_brevo, fixed_secret, now
+):
+    _control_on(50, now=now)
+    email = next(
+        e for e in _people(50, seed=11)
+        if control_group_of(funnel_slug="language", email=e, share=50, secret=SECRET)
+        == ExperimentGroup.CONTROL
+    )
+    modx_result(email, OTHER_TEST, completed_at=RECENT)
+    # The later entry, in the language funnel, is held out.
+    modx_result(email, LANG_TEST, completed_at=RECENT + dt.timedelta(hours=1))
+    run_live(client_factory, now=now)
+    assert FunnelEntry.objects.get(email=email, funnel_type="language").sync_status == (
+        SyncStatus.CONTROL
+    )
+    contact = fake_brevo.contact(email)
+    assert contact["attributes"]["FUNNEL_TYPE"] == "non_language"
+    assert set(contact["listIds"]) == {OTHER_LIST}
