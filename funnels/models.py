@@ -201,11 +201,12 @@ class FunnelEntry(models.Model):
             # Dashboard: purchases today / this week.
             models.Index(fields=["certificate_purchased_at"], name="idx_fe_purchased"),
             # Reports: a period's first entries per person, everything the count needs
-            # read from the index (docs/reports.md).
+            # read from the index (docs/reports.md), the funnel's start included (counting
+            # from it, and "bought before the funnel started").
             models.Index(
                 fields=[
                     "funnel_type", "entered_at", "previous_entered_at",
-                    "certificate_purchased_at", "test_id",
+                    "certificate_purchased_at", "test_id", "funnel_started_at",
                 ],
                 name="idx_fe_cohort",
             ),

@@ -15,9 +15,11 @@ People whose funnel never started (a contact Brevo never confirmed, an entry ado
 the earlier tool) stay in their group (intent to treat); counted from the start they
 cannot convert.
 
-Everything comes from ONE grouped query on idx_fe_lift: people counted by (funnel,
-period, group, day of purchase after the origin within the window or NULL, phase), a few
-hundred rows whatever the number of entries; Python only adds them up.
+The counts come from ONE grouped query on idx_fe_lift, over the periods with a control
+share only (none at all without a control group): people counted by (funnel, period,
+group, day of purchase after the origin within the window or NULL, phase), a few hundred
+rows whatever the number of entries; Python only adds them up. The cohort's "bought before
+the funnel started" comes from the report's own cohort query (two sums, same index pass).
 """
 
 from __future__ import annotations
@@ -150,22 +152,23 @@ def lift_report(
     origin: str = ORIGIN_COMPLETION,
     as_of: dt.datetime | None = None,
     window_open: bool = False,
+    bought_before_start: dict[str, int] | None = None,
+    not_started: dict[str, int] | None = None,
 ) -> LiftReport:
+    """The lift of every period with a control share in the report's cohort.
+    `bought_before_start` and `not_started` (by funnel, for the whole cohort) come from
+    the report's own cohort query, which reads them from the same index pass."""
     if origin not in ORIGIN_CHOICES:
         raise ValueError(f"unknown origin {origin!r}")
     start = local_midnight(day=date_from, zone=zone)
     end = local_midnight(day=date_to + dt.timedelta(days=1), zone=zone)
-    counts = _lift_counts(
-        funnels=funnels, test_id=test_id, window_days=window_days, origin=origin,
-        start=start, end=end,
-    ) if funnels else {}
     periods = _periods(funnels=funnels)
-
-    before: dict[str, int] = defaultdict(int)
-    never: dict[str, int] = defaultdict(int)
-    for (funnel, _period, _group), numbers in counts.items():
-        before[funnel] += numbers.bought_before_start
-        never[funnel] += numbers.not_started
+    compared = sorted(key for key, (share, _started) in periods.items() if share > 0)
+    # Without a control group there is nothing to compare: no second pass over entries.
+    counts = _lift_counts(
+        periods=compared, test_id=test_id, window_days=window_days, origin=origin,
+        start=start, end=end,
+    ) if compared else {}
 
     rows = []
     for (funnel, number), (share, started_at) in sorted(periods.items()):
@@ -182,8 +185,8 @@ def lift_report(
         ))
     return LiftReport(
         origin=origin, window_days=window_days, rows=rows,
-        bought_before_start={f: before.get(f, 0) for f in funnels},
-        not_started={f: never.get(f, 0) for f in funnels},
+        bought_before_start={f: (bought_before_start or {}).get(f, 0) for f in funnels},
+        not_started={f: (not_started or {}).get(f, 0) for f in funnels},
     )
 
 
@@ -250,7 +253,9 @@ def _periods(*, funnels: Sequence[str]) -> dict[tuple[str, int], tuple[int, dt.d
     }
 
 
-def _lift_counts(*, funnels, test_id, window_days, origin, start, end):
+def _lift_counts(*, periods, test_id, window_days, origin, start, end):
+    """Counts of the (funnel, period) pairs `periods` only: each is one range of
+    idx_fe_lift (funnel_type, control_period, entered_at, ...)."""
     connection = connections[router.db_for_read(FunnelEntry)]
     dialect = _Dialect(connection.vendor)
     adapt = connection.ops.adapt_datetimefield_value
@@ -272,9 +277,9 @@ def _lift_counts(*, funnels, test_id, window_days, origin, start, end):
         [_NOT_STARTED, _BEFORE_START, _AFTER_OR_NONE],
     )
     where = _Sql(
-        "funnel_type IN (" + ", ".join(["%s"] * len(funnels)) + ")"
-        " AND entered_at >= %s AND entered_at < %s",
-        [*funnels, adapt(start), adapt(end)],
+        "(" + " OR ".join(["(funnel_type = %s AND control_period = %s)"] * len(periods))
+        + ") AND entered_at >= %s AND entered_at < %s",
+        [*(value for pair in periods for value in pair), adapt(start), adapt(end)],
     )
     if test_id is None:
         where += _Sql(

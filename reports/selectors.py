@@ -192,9 +192,11 @@ def conversion_report(
         )
     funnels = [funnel] if funnel else known
 
+    started: dict[str, list[int]] = {}
     counts = _cohort_counts(
         date_from=date_from, date_to=date_to, funnels=funnels, test_id=test_id,
         window_days=window_days, group_by=group_by, zone=zone, origin=origin,
+        started=started,
     )
     rows = _rows(
         counts=counts, funnels=funnels, group_by=group_by,
@@ -243,6 +245,8 @@ def conversion_report(
             date_from=date_from, date_to=date_to, funnels=funnels, test_id=test_id,
             window_days=window_days, zone=zone, origin=origin, as_of=as_of,
             window_open=window_open_from is not None,
+            bought_before_start={f: started.get(f, [0, 0])[0] for f in funnels},
+            not_started={f: started.get(f, [0, 0])[1] for f in funnels},
         ),
     )
 
@@ -436,9 +440,16 @@ def _cohort_sql(
         # test), so among one test's entries each is its person's first.
         where += _Sql(" AND test_id = %s", [test_id])
 
+    # Control groups (reports/lift.py): bought between the test and the funnel's start,
+    # and no start at all; sums, so they add no rows, read from the same index.
+    started = (
+        "SUM(CASE WHEN funnel_started_at IS NOT NULL AND certificate_purchased_at >= "
+        "entered_at AND certificate_purchased_at < funnel_started_at THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN funnel_started_at IS NULL THEN 1 ELSE 0 END)"
+    )
     return (
         "SELECT " + funnel_index + " AS funnel_index, " + group + " AS group_key, "
-        + hours + f" AS hours, COUNT(*) FROM {table} WHERE " + where
+        + hours + f" AS hours, COUNT(*), {started} FROM {table} WHERE " + where
         + " GROUP BY funnel_index, group_key, hours"
     )
 
@@ -458,9 +469,10 @@ Counts = dict[tuple[str, int], Counter]
 
 def _cohort_counts(
     *, date_from, date_to, funnels, test_id, window_days, group_by, zone,
-    origin=ORIGIN_COMPLETION,
+    origin=ORIGIN_COMPLETION, started: dict[str, list[int]] | None = None,
 ) -> Counts:
-    """{(funnel, group key): Counter({whole hours to purchase or None: people})}."""
+    """{(funnel, group key): Counter({whole hours to purchase or None: people})}; with
+    `started`, also {funnel: [bought before the funnel started, funnel not started]}."""
     if not funnels:
         return {}
     start = local_midnight(day=date_from, zone=zone)
@@ -485,9 +497,13 @@ def _cohort_counts(
     counts: Counts = defaultdict(Counter)
     with connection.cursor() as cursor:
         cursor.execute(sql.text, sql.params)
-        for funnel_index, group, hours, people in cursor.fetchall():
+        for funnel_index, group, hours, people, before, never in cursor.fetchall():
             key = (funnels[int(funnel_index)], int(group))
             counts[key][None if hours is None else int(hours)] += int(people)
+            if started is not None:
+                numbers = started.setdefault(key[0], [0, 0])
+                numbers[0] += int(before or 0)
+                numbers[1] += int(never or 0)
     return counts
 
 

@@ -95,5 +95,14 @@ class Migration(migrations.Migration):
             model_name='controlperiod',
             constraint=models.UniqueConstraint(fields=('funnel', 'number'), name='uk_control_period'),
         ),
+        # The report's covering index also holds the funnel's start.
+        migrations.RemoveIndex(
+            model_name='funnelentry',
+            name='idx_fe_cohort',
+        ),
+        migrations.AddIndex(
+            model_name='funnelentry',
+            index=models.Index(fields=['funnel_type', 'entered_at', 'previous_entered_at', 'certificate_purchased_at', 'test_id', 'funnel_started_at'], name='idx_fe_cohort'),
+        ),
         migrations.RunPython(funnel_started_from_first_sync, migrations.RunPython.noop),
     ]
