@@ -156,11 +156,15 @@ class FunnelEntry(models.Model):
     # The experiment (services/control_groups.py): the group and the funnel's control
     # period the entry was assigned in, and when the funnel started for this entry (the
     # first confirmation by Brevo for treatment, the assigning run for control).
+    # Database defaults too: a row another writer inserts (the earlier tool, the
+    # benchmark's loader) without these columns is treatment in period 0.
     experiment_group = models.CharField(
         _("group"), max_length=10, choices=ExperimentGroup.choices,
-        default=ExperimentGroup.TREATMENT,
+        default=ExperimentGroup.TREATMENT, db_default=ExperimentGroup.TREATMENT,
     )
-    control_period = models.PositiveIntegerField(_("control period"), default=0)
+    control_period = models.PositiveIntegerField(
+        _("control period"), default=0, db_default=0
+    )
     funnel_started_at = models.DateTimeField(_("funnel started at"), null=True, blank=True)
     run = models.ForeignKey(
         "SyncRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",

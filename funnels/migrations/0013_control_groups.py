@@ -60,12 +60,12 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='funnelentry',
             name='control_period',
-            field=models.PositiveIntegerField(default=0, verbose_name='control period'),
+            field=models.PositiveIntegerField(db_default=0, default=0, verbose_name='control period'),
         ),
         migrations.AddField(
             model_name='funnelentry',
             name='experiment_group',
-            field=models.CharField(choices=[('treatment', 'Treatment'), ('control', 'Control')], default='treatment', max_length=10, verbose_name='group'),
+            field=models.CharField(choices=[('treatment', 'Treatment'), ('control', 'Control')], db_default='treatment', default='treatment', max_length=10, verbose_name='group'),
         ),
         migrations.AddField(
             model_name='funnelentry',

@@ -38,3 +38,24 @@ def test_0013_takes_the_start_from_the_only_confirmation_and_guesses_nothing_els
     assert set(FunnelEntry.objects.values_list("experiment_group", "control_period")) == {
         (ExperimentGroup.TREATMENT, 0)
     }
+
+
+@pytest.mark.django_db
+def test_a_row_written_without_the_new_columns_is_treatment_in_period_0():
+    from django.db import connection
+
+    table = connection.ops.quote_name(FunnelEntry._meta.db_table)
+    with connection.cursor() as cursor:
+        # Only the columns a writer that predates control groups knows.
+        cursor.execute(
+            f"INSERT INTO {table} (email, funnel_type, user_id, test_id, entered_at, "
+            "certificate_purchased, sync_status, sync_revision, synced_revision, "
+            "sync_attempts, sync_last_error, created_at, updated_at) VALUES (%s, %s, 1, 5, "
+            "%s, %s, %s, 1, 0, 0, '', %s, %s)",
+            ["old@example.com", "language", "2026-11-01 12:00:00", False, "pending",
+             "2026-11-01 12:00:00", "2026-11-01 12:00:00"],
+        )
+    row = FunnelEntry.objects.get(email="old@example.com")
+    assert (row.experiment_group, row.control_period, row.funnel_started_at) == (
+        ExperimentGroup.TREATMENT, 0, None
+    )
