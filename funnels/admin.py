@@ -281,6 +281,9 @@ class FunnelEntryAdmin(TitledAdminMixin, ReadOnlyAdminMixin, CountFreePagination
         (_("Brevo"), {"fields": ["sync_status", "sync_attempts", "sync_error",
                                  "sync_next_attempt_at", "synced_at", "sync_revision",
                                  "synced_revision"]}),
+        # Control groups: the group the entry was assigned in, and its funnel's start.
+        (_("Control group"), {"fields": ["experiment_group", "control_period",
+                                         "funnel_started_at"]}),
         (_("Record"), {"fields": ["created_at", "updated_at"]}),
     ]
 

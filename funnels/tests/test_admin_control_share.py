@@ -76,5 +76,21 @@ def test_the_funnel_list_shows_the_share(admin_client):
     funnel = Funnel.objects.get(slug="language")
     admin_client.post(reverse("admin:funnels_funnel_change", args=[funnel.pk]),
                       funnel_form(funnel, control_share="25"))
-    page = admin_client.get(reverse("admin:funnels_funnel_changelist")).content.decode()
+    page = admin_client.get(reverse("admin:funnels_funnel_changelist"),
+                            HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "25% (period 1)" in page
+
+
+def test_an_entry_page_shows_its_group_period_and_start(admin_client):
+    import datetime as dt
+
+    from funnels.models import ExperimentGroup, SyncStatus
+    from funnels.tests.factories import FunnelEntryFactory
+
+    started = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.timezone.utc)
+    entry = FunnelEntryFactory(experiment_group=ExperimentGroup.CONTROL, control_period=3,
+                               sync_status=SyncStatus.CONTROL, funnel_started_at=started)
+    html = admin_client.get(reverse("admin:funnels_funnelentry_change", args=[entry.pk]),
+                            HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Control group" in html and "Not sent (control group)" in html
+    assert ">3<" in html
