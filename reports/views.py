@@ -19,7 +19,7 @@ from reports.formatters import (
     report_data,
 )
 from reports.forms import ConversionReportForm
-from reports.lift_format import lift_chart_data, lift_csv, lift_row_data, origin_label
+from reports.lift_format import lift_chart_data, lift_csv, origin_label
 from reports.selectors import conversion_report, first_entry_day, funnel_names_list
 from testizer_funnels.admin_site import site as admin_site
 
@@ -108,9 +108,7 @@ def conversions(request):
             sum(report.lift.bought_before_start.values()) if report else None
         ),
         "origin_text": origin_label(report.origin) if report else "",
-        "lift_rows": (
-            [(row, lift_row_data(row)) for row in report.lift.rows] if report else []
-        ),
+        "lift_rows": report.lift.rows if report else [],
         "csv_people_query": csv_people_query,
         "funnel_names": funnel_names,
         "first_entry": first_entry,

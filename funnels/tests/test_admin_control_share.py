@@ -94,3 +94,15 @@ def test_an_entry_page_shows_its_group_period_and_start(admin_client):
                             HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "Control group" in html and "Not sent (control group)" in html
     assert ">3<" in html
+
+
+def test_a_new_funnel_added_with_a_share_starts_period_1(admin_client):
+    response = admin_client.post(reverse("admin:funnels_funnel_add"), {
+        "name": "Spring promo", "slug": "spring", "active": "on", "brevo_list_id": "7",
+        "test_kind": "any", "test_ids": "", "reentry": "once", "certificate_type": "2",
+        "control_share": "20",
+    })
+    assert response.status_code == 302
+    spring = Funnel.objects.get(slug="spring")
+    assert (spring.control_share, spring.control_period) == (20, 1)
+    assert list(spring.control_periods.values_list("number", "share")) == [(1, 20)]
