@@ -67,6 +67,8 @@ def test_the_page_shows_the_lift_and_its_curve_as_the_command_s_json(admin_clien
     assert lift["lift_interval_points"] == [5.24, 33.39]
     assert lift["incremental_purchases"] == 14.0
     section = html[html.index('id="report-lift"'):]
+    assert re.search(r"<h3>[^<]*: control period 1 since 2026-10-01, 50% held out</h3>", section), \
+        re.findall(r"<h3>.*?</h3>", section, re.S)
     assert "Lift +20.0 points (95% CI +5.2 to +33.4)" in section
     assert "The emails sell" in section
     curve = section[section.index('class="lift-curve"'):]
