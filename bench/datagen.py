@@ -750,6 +750,9 @@ class BenchData:
         "certificate_purchased", "certificate_purchased_at", "test_completed_at", "payment_id",
         "sync_status", "sync_revision", "synced_revision", "sync_attempts", "sync_last_error",
         "sync_next_attempt_at", "synced_at", "run_id", "created_at", "updated_at",
+        # The funnel started at Brevo's first confirmation, a cron period after entry (the
+        # group and control period keep their database defaults: treatment, period 0).
+        "funnel_started_at",
     )
 
     def entries(self) -> Iterator[tuple]:
@@ -778,7 +781,7 @@ class BenchData:
                 rng.choice(tests), entered, purchased_at is not None,
                 purchased_at, entered, payment_id,
                 "synced", 2 if purchased_at else 1, 2 if purchased_at else 1, 1, "",
-                None, synced, None, entered, synced,
+                None, synced, None, entered, synced, entered + quarter,
             )
 
     def watch_next_check(self, *, payment_id: int, seen: datetime) -> datetime:

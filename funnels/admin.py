@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import DatabaseError
 from django.db.models import Count, OuterRef, Q, Subquery
@@ -41,6 +42,7 @@ from funnels.logging_filters import redact
 from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
 from funnels.modx.models import CERT_TYPE_LANGUAGE, CERT_TYPE_NON_LANGUAGE
 from funnels.selectors.funnels import funnel_attribute_names
+from funnels.services.control_groups import MAX_CONTROL_SHARE, funnel_control_share_set
 from funnels.services.sync_retry import entries_retry_sync
 from testizer_funnels.admin_site import duration_format, site
 
@@ -281,6 +283,9 @@ class FunnelEntryAdmin(TitledAdminMixin, ReadOnlyAdminMixin, CountFreePagination
         (_("Brevo"), {"fields": ["sync_status", "sync_attempts", "sync_error",
                                  "sync_next_attempt_at", "synced_at", "sync_revision",
                                  "synced_revision"]}),
+        # Control groups: the group the entry was assigned in, and its funnel's start.
+        (_("Control group"), {"fields": ["experiment_group", "control_period",
+                                         "funnel_started_at"]}),
         (_("Record"), {"fields": ["created_at", "updated_at"]}),
     ]
 
@@ -719,6 +724,17 @@ class FunnelForm(forms.ModelForm):
         ],
         help_text=_("A paid certificate of this type after entry counts as a conversion."),
     )
+    control_share = forms.IntegerField(
+        label=_("control group, %"),
+        min_value=0,
+        max_value=MAX_CONTROL_SHARE,
+        required=False,
+        help_text=_(
+            "This share of the people entered from now on is held out: recorded and "
+            "measured, never sent to Brevo, to show what the emails add (the conversion "
+            "report's lift). 0: everyone gets the emails. Each change starts a new period."
+        ),
+    )
 
     class Meta:
         model = Funnel
@@ -734,6 +750,7 @@ class FunnelForm(forms.ModelForm):
             "attribute_funnel_type",
             "attribute_purchased",
             "attribute_purchased_at",
+            "control_share",
         ]
 
     def clean(self):
@@ -764,6 +781,9 @@ class FunnelForm(forms.ModelForm):
         return cleaned
 
 
+CONTROL_SHARE_PERMISSION = "funnels.change_control_share"
+
+
 class FunnelAdmin(TitledAdminMixin, admin.ModelAdmin):
     list_title = _("Funnels")
     add_title = _("Add a funnel")
@@ -779,6 +799,7 @@ class FunnelAdmin(TitledAdminMixin, admin.ModelAdmin):
         "test_ids_display",
         "reentry",
         "certificate_type",
+        "control_shown",
     ]
     list_filter = ["active", "test_kind"]
     show_facets = admin.ShowFacets.NEVER
@@ -801,7 +822,36 @@ class FunnelAdmin(TitledAdminMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         # Entries refer to a funnel by its slug (funnel_entries.funnel_type): renaming it
         # would orphan them.
-        return ["slug"] if obj is not None else []
+        fields = ["slug"] if obj is not None else []
+        # Without the permission the share is shown, not a form field: a POST cannot
+        # change it (and save_model checks again).
+        if not request.user.has_perm(CONTROL_SHARE_PERMISSION):
+            fields.append("control_share")
+        return fields
+
+    def save_model(self, request, obj, form, change):
+        share = form.cleaned_data.get("control_share")
+        # Only the service changes the share: it starts the period and writes the audit
+        # entry. An empty field leaves it as it is.
+        stored = Funnel.objects.get(pk=obj.pk).control_share if change else 0
+        obj.control_share = stored
+        if share is not None and share != stored:
+            if not request.user.has_perm(CONTROL_SHARE_PERMISSION):
+                raise PermissionDenied
+        else:
+            share = None
+        super().save_model(request, obj, form, change)
+        if share is not None:
+            funnel_control_share_set(funnel=obj, user=request.user, share=share,
+                                     now=timezone.now())
+
+    @admin.display(description=_("control group"), ordering="control_share")
+    def control_shown(self, obj: Funnel) -> str:
+        if not obj.control_share:
+            return gettext("off")
+        return gettext("%(share)s%% (period %(period)s)") % {
+            "share": obj.control_share, "period": obj.control_period,
+        }
 
     def has_delete_permission(self, request, obj=None):
         if obj is not None:

@@ -14,7 +14,8 @@ from django.conf import settings
 def known_secrets() -> list[str]:
     values = [
         getattr(settings, name, "")
-        for name in ("BREVO_API_KEY", "EMAIL_HOST_PASSWORD", "FUNNELS_PING_URL", "SENTRY_DSN")
+        for name in ("BREVO_API_KEY", "EMAIL_HOST_PASSWORD", "FUNNELS_PING_URL", "SENTRY_DSN",
+                     "FUNNELS_CONTROL_SECRET")
     ]
     for db in settings.DATABASES.values():
         values.append(db.get("PASSWORD") or "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -67,6 +68,15 @@ class Funnel(models.Model):
         help_text=_("Brevo date attribute: when; emptied in Brevo when the purchase is "
                     "withdrawn."),
     )
+    # Control group (services/control_groups.py): this percentage of the people entered
+    # is held out from Brevo, to measure what the emails add. Changed only through
+    # funnel_control_share_set, which starts a new period (ControlPeriod) each time.
+    control_share = models.PositiveSmallIntegerField(
+        _("control group, %"), default=0, validators=[MaxValueValidator(50)],
+        help_text=_("Share of new entries held out from Brevo to measure the funnel's "
+                    "lift (0-50). 0: everyone gets the emails."),
+    )
+    control_period = models.PositiveIntegerField(_("control period"), default=0)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -74,6 +84,9 @@ class Funnel(models.Model):
         ordering = ["slug"]
         verbose_name = _("funnel")
         verbose_name_plural = _("funnels")
+        permissions = [
+            ("change_control_share", _("Can change a funnel's control group share")),
+        ]
 
     def __str__(self) -> str:
         from funnels.labels import funnel_name_display  # labels needs no model
@@ -87,6 +100,42 @@ class SyncStatus(models.TextChoices):
     FAILED = "failed", _("Failed")
     # Recorded, but kept from Brevo by the flood guard until somebody releases it.
     HELD = "held", _("Held back (flood guard)")
+    # In the funnel's control group: recorded, purchases tracked, never sent to Brevo.
+    # No writer ever moves a row out of it (the outbox only reads pending and failed).
+    CONTROL = "control", _("Not sent (control group)")
+
+
+class ExperimentGroup(models.TextChoices):
+    TREATMENT = "treatment", _("Treatment")
+    CONTROL = "control", _("Control")
+
+
+class ControlPeriod(models.Model):
+    """One share of a funnel's control group, from when it was set until the next change.
+    Period 0 (share 0) is implicit: a funnel has rows only once someone set a share."""
+
+    funnel = models.ForeignKey(
+        Funnel, on_delete=models.CASCADE, related_name="control_periods",
+        verbose_name=_("funnel"),
+    )
+    number = models.PositiveIntegerField(_("period"))
+    share = models.PositiveSmallIntegerField(_("control group, %"))
+    started_at = models.DateTimeField(_("started at"))
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", verbose_name=_("started by"),
+    )
+
+    class Meta:
+        ordering = ["funnel", "number"]
+        verbose_name = _("control period")
+        verbose_name_plural = _("control periods")
+        constraints = [
+            models.UniqueConstraint(fields=["funnel", "number"], name="uk_control_period"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.funnel_id}#{self.number}: {self.share}%"
 
 
 class FunnelEntry(models.Model):
@@ -129,6 +178,19 @@ class FunnelEntry(models.Model):
     sync_last_error = models.TextField(_("last sync error"), blank=True, default="")
     sync_next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
     synced_at = models.DateTimeField(_("synced at"), null=True, blank=True)
+    # The experiment (services/control_groups.py): the group and the funnel's control
+    # period the entry was assigned in, and when the funnel started for this entry (the
+    # first confirmation by Brevo for treatment, the assigning run for control).
+    # Database defaults too: a row another writer inserts (the earlier tool, the
+    # benchmark's loader) without these columns is treatment in period 0.
+    experiment_group = models.CharField(
+        _("group"), max_length=10, choices=ExperimentGroup.choices,
+        default=ExperimentGroup.TREATMENT, db_default=ExperimentGroup.TREATMENT,
+    )
+    control_period = models.PositiveIntegerField(
+        _("control period"), default=0, db_default=0
+    )
+    funnel_started_at = models.DateTimeField(_("funnel started at"), null=True, blank=True)
     run = models.ForeignKey(
         "SyncRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         verbose_name=_("created by run"),
@@ -168,13 +230,23 @@ class FunnelEntry(models.Model):
             # Dashboard: purchases today / this week.
             models.Index(fields=["certificate_purchased_at"], name="idx_fe_purchased"),
             # Reports: a period's first entries per person, everything the count needs
-            # read from the index (docs/reports.md).
+            # read from the index (docs/reports.md), the funnel's start included (counting
+            # from it, and "bought before the funnel started").
             models.Index(
                 fields=[
                     "funnel_type", "entered_at", "previous_entered_at",
-                    "certificate_purchased_at", "test_id",
+                    "certificate_purchased_at", "test_id", "funnel_started_at",
                 ],
                 name="idx_fe_cohort",
+            ),
+            # The lift (reports/lift.py): a funnel's period, its groups and both origins,
+            # counted from the index alone.
+            models.Index(
+                fields=[
+                    "funnel_type", "control_period", "entered_at", "experiment_group",
+                    "previous_entered_at", "funnel_started_at", "certificate_purchased_at",
+                ],
+                name="idx_fe_lift",
             ),
         ]
 

@@ -15,6 +15,7 @@ from django.utils.formats import number_format
 from django.utils.translation import gettext as _
 
 from funnels.csv_cells import csv_cell
+from reports.lift_format import lift_data, lift_table_lines
 from reports.selectors import GROUP_BY_TEST, PERIOD_GROUPINGS, ConversionReport, ReportRow
 
 # Excel reads a UTF-8 file as UTF-8 only when it starts with a byte order mark.
@@ -104,6 +105,8 @@ def report_data(report: ConversionReport) -> dict[str, Any]:
         "window_open_from": (
             report.window_open_from.isoformat() if report.window_open_from else None
         ),
+        # Control groups: origin, bought before the funnel started, the lift.
+        **lift_data(report.lift),
     }
 
 
@@ -243,6 +246,7 @@ def report_table(report: ConversionReport) -> str:
             _("Entries from %(day)s have not had the whole window yet.")
             % {"day": report.window_open_from.isoformat()}
         )
+    lines.extend(lift_table_lines(report.lift))
     return "\n".join(lines) + "\n"
 
 

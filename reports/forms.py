@@ -16,6 +16,8 @@ from reports.selectors import (
     GROUP_BY_WEEK,
     MAX_PERIOD_DAYS,
     MAX_WINDOW_DAYS,
+    ORIGIN_COMPLETION,
+    ORIGIN_START,
 )
 
 DEFAULT_PERIOD_DAYS = 30
@@ -58,6 +60,15 @@ class ConversionReportForm(forms.Form):
         max_value=MAX_WINDOW_DAYS,
     )
 
+    origin = forms.ChoiceField(
+        label=_("Count from"),
+        required=False,
+        choices=[
+            (ORIGIN_COMPLETION, _("the test's completion")),
+            (ORIGIN_START, _("the funnel's start")),
+        ],
+    )
+
     def __init__(self, *args, funnel_slugs: list[str],
                  funnel_names: dict[str, str] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -89,6 +100,7 @@ class ConversionReportForm(forms.Form):
         if data.get("window") is None:
             data["window"] = DEFAULT_WINDOW_DAYS
         data["funnel"] = data.get("funnel") or None
+        data["origin"] = data.get("origin") or ORIGIN_COMPLETION
         return data
 
     def report_filters(self) -> dict:
@@ -101,4 +113,5 @@ class ConversionReportForm(forms.Form):
             "test_id": data["test"],
             "window_days": data["window"],
             "group_by": data["group_by"],
+            "origin": data["origin"],
         }

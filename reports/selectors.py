@@ -36,6 +36,7 @@ import zoneinfo
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.db import connections, router
@@ -52,6 +53,12 @@ GROUP_BY_CHOICES = (GROUP_BY_FUNNEL, GROUP_BY_TEST, GROUP_BY_DAY, GROUP_BY_WEEK,
 PERIOD_GROUPINGS = (GROUP_BY_DAY, GROUP_BY_WEEK, GROUP_BY_MONTH)
 
 DEFAULT_WINDOW_DAYS = 30
+# Where the conversion window starts: the test's completion (entered_at) or the funnel's
+# start (funnel_started_at: Brevo's first confirmation, or the run that held the person
+# out in a control group). See reports/lift.py.
+ORIGIN_COMPLETION = "completion"
+ORIGIN_START = "start"
+ORIGIN_CHOICES = (ORIGIN_COMPLETION, ORIGIN_START)
 MAX_WINDOW_DAYS = 365
 # Ten years by day is still a page a browser renders.
 MAX_PERIOD_DAYS = 3660
@@ -110,6 +117,10 @@ class ConversionReport:
     # Entries on or after this local day have had less than the full window to convert
     # (None when the whole period is older than the window, or no `as_of` was given).
     window_open_from: dt.date | None = None
+    # Counted from the test's completion or from the funnel's start, and the control
+    # groups' comparison (reports/lift.py).
+    origin: str = ORIGIN_COMPLETION
+    lift: Any = None
     period_days: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -157,6 +168,7 @@ def conversion_report(
     tz: dt.tzinfo | str | None = None,
     as_of: dt.datetime | None = None,
     funnel_slugs: Sequence[str] | None = None,
+    origin: str = ORIGIN_COMPLETION,
 ) -> ConversionReport:
     """Build the conversion dataset for [date_from, date_to] (local days, inclusive).
 
@@ -167,6 +179,11 @@ def conversion_report(
     _validate(
         date_from=date_from, date_to=date_to, window_days=window_days, group_by=group_by
     )
+    if origin not in ORIGIN_CHOICES:
+        raise ReportError(
+            _("Unknown origin %(origin)s; use one of: %(choices)s.")
+            % {"origin": origin, "choices": ", ".join(ORIGIN_CHOICES)}
+        )
     known = list(funnel_slugs) if funnel_slugs is not None else funnel_slugs_list()
     if funnel and funnel not in known:
         raise ReportError(
@@ -175,9 +192,11 @@ def conversion_report(
         )
     funnels = [funnel] if funnel else known
 
+    started: dict[str, list[int]] = {}
     counts = _cohort_counts(
         date_from=date_from, date_to=date_to, funnels=funnels, test_id=test_id,
-        window_days=window_days, group_by=group_by, zone=zone,
+        window_days=window_days, group_by=group_by, zone=zone, origin=origin,
+        started=started,
     )
     rows = _rows(
         counts=counts, funnels=funnels, group_by=group_by,
@@ -190,12 +209,17 @@ def conversion_report(
     previous_from = date_from - dt.timedelta(days=length)
     previous_counts = _cohort_counts(
         date_from=previous_from, date_to=previous_to, funnels=funnels, test_id=test_id,
-        window_days=window_days, group_by=GROUP_BY_FUNNEL, zone=zone,
+        window_days=window_days, group_by=GROUP_BY_FUNNEL, zone=zone, origin=origin,
     )
     previous_rows = _rows(
         counts=previous_counts, funnels=funnels, group_by=GROUP_BY_FUNNEL,
         date_from=previous_from, date_to=previous_to,
     )
+
+    window_open_from = _window_open_from(
+        as_of=as_of, zone=zone, window_days=window_days, date_from=date_from, date_to=date_to,
+    )
+    from reports.lift import lift_report  # it builds on this module's SQL helpers
 
     return ConversionReport(
         date_from=date_from,
@@ -215,9 +239,14 @@ def conversion_report(
         previous_totals=_row(
             funnel=None, group=None, hours=_merge(previous_counts.values())
         ),
-        window_open_from=_window_open_from(
-            as_of=as_of, zone=zone, window_days=window_days,
-            date_from=date_from, date_to=date_to,
+        window_open_from=window_open_from,
+        origin=origin,
+        lift=lift_report(
+            date_from=date_from, date_to=date_to, funnels=funnels, test_id=test_id,
+            window_days=window_days, zone=zone, origin=origin, as_of=as_of,
+            window_open=window_open_from is not None,
+            bought_before_start={f: started.get(f, [0, 0])[0] for f in funnels},
+            not_started={f: started.get(f, [0, 0])[1] for f in funnels},
         ),
     )
 
@@ -350,7 +379,7 @@ class _Sql:
 def _cohort_sql(
     *, dialect: _Dialect, table: str, funnels: Sequence[str], test_id: int | None,
     window_days: int, group_by: str, segments: list[tuple[int, int]],
-    start_param, end_param,
+    start_param, end_param, origin: str = ORIGIN_COMPLETION,
 ) -> _Sql:
     """People counted by (funnel index, group key, whole hours to purchase or NULL).
 
@@ -362,9 +391,14 @@ def _cohort_sql(
     later purchases), and its test is the test of their first entry.
     """
     entered = dialect.epoch("entered_at")
+    # Counted from the funnel's start, a purchase before it (or with no start) is none;
+    # the lift's query counts those as "bought before the funnel started".
+    since = "entered_at" if origin == ORIGIN_COMPLETION else "funnel_started_at"
     purchased = dialect.epoch(
-        "CASE WHEN certificate_purchased_at >= entered_at THEN certificate_purchased_at END"
+        f"CASE WHEN certificate_purchased_at >= entered_at "
+        f"AND certificate_purchased_at >= {since} THEN certificate_purchased_at END"
     )
+    started = dialect.epoch(since)
 
     funnel_index = _Sql(
         "CASE funnel_type " + " ".join(["WHEN %s THEN %s"] * len(funnels)) + " END",
@@ -386,7 +420,7 @@ def _cohort_sql(
             group = _Sql(dialect.year_month(local.text), local.params)
 
     # NULL without a purchase: NULL - x is NULL, and so is the CASE.
-    elapsed = f"({purchased} - {entered})"
+    elapsed = f"({purchased} - {started})"
     hours = _Sql(
         f"CASE WHEN {elapsed} <= %s THEN {dialect.div(elapsed, _HOUR)} END",
         [window_days * _DAY],
@@ -406,9 +440,16 @@ def _cohort_sql(
         # test), so among one test's entries each is its person's first.
         where += _Sql(" AND test_id = %s", [test_id])
 
+    # Control groups (reports/lift.py): bought between the test and the funnel's start,
+    # and no start at all; sums, so they add no rows, read from the same index.
+    started = (
+        "SUM(CASE WHEN funnel_started_at IS NOT NULL AND certificate_purchased_at >= "
+        "entered_at AND certificate_purchased_at < funnel_started_at THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN funnel_started_at IS NULL THEN 1 ELSE 0 END)"
+    )
     return (
         "SELECT " + funnel_index + " AS funnel_index, " + group + " AS group_key, "
-        + hours + f" AS hours, COUNT(*) FROM {table} WHERE " + where
+        + hours + f" AS hours, COUNT(*), {started} FROM {table} WHERE " + where
         + " GROUP BY funnel_index, group_key, hours"
     )
 
@@ -427,9 +468,11 @@ Counts = dict[tuple[str, int], Counter]
 
 
 def _cohort_counts(
-    *, date_from, date_to, funnels, test_id, window_days, group_by, zone
+    *, date_from, date_to, funnels, test_id, window_days, group_by, zone,
+    origin=ORIGIN_COMPLETION, started: dict[str, list[int]] | None = None,
 ) -> Counts:
-    """{(funnel, group key): Counter({whole hours to purchase or None: people})}."""
+    """{(funnel, group key): Counter({whole hours to purchase or None: people})}; with
+    `started`, also {funnel: [bought before the funnel started, funnel not started]}."""
     if not funnels:
         return {}
     start = local_midnight(day=date_from, zone=zone)
@@ -449,13 +492,18 @@ def _cohort_counts(
         ),
         start_param=adapt(start),
         end_param=adapt(end),
+        origin=origin,
     )
     counts: Counts = defaultdict(Counter)
     with connection.cursor() as cursor:
         cursor.execute(sql.text, sql.params)
-        for funnel_index, group, hours, people in cursor.fetchall():
+        for funnel_index, group, hours, people, before, never in cursor.fetchall():
             key = (funnels[int(funnel_index)], int(group))
             counts[key][None if hours is None else int(hours)] += int(people)
+            if started is not None:
+                numbers = started.setdefault(key[0], [0, 0])
+                numbers[0] += int(before or 0)
+                numbers[1] += int(never or 0)
     return counts
 
 

@@ -19,6 +19,7 @@ from reports.formatters import (
     report_data,
 )
 from reports.forms import ConversionReportForm
+from reports.lift_format import lift_chart_data, lift_csv, origin_label
 from reports.selectors import conversion_report, first_entry_day, funnel_names_list
 from testizer_funnels.admin_site import site as admin_site
 
@@ -58,6 +59,12 @@ def conversions(request):
                 f'attachment; filename="conversions_{report.date_from}_{report.date_to}.csv"'
             )
             return response
+        if request.GET.get("format") == "csv_lift":
+            response = HttpResponse(lift_csv(report.lift), content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = (
+                f'attachment; filename="lift_{report.date_from}_{report.date_to}.csv"'
+            )
+            return response
         if request.GET.get("format") == "csv_people":
             response = HttpResponse(
                 report_csv_people(report, funnel_names=funnel_names),
@@ -69,7 +76,7 @@ def conversions(request):
             )
             return response
 
-    csv_query = csv_people_query = None
+    csv_query = csv_people_query = csv_lift_query = None
     first_entry = None
     if report is not None:
         # The same filters as the page shows, defaults included.
@@ -79,6 +86,8 @@ def conversions(request):
         csv_query = query.urlencode()
         query["format"] = "csv_people"
         csv_people_query = query.urlencode()
+        query["format"] = "csv_lift"
+        csv_lift_query = query.urlencode()
         if not report.totals.entered:
             first_entry = first_entry_day(funnel=report.funnel)
     context = {
@@ -88,9 +97,18 @@ def conversions(request):
         "report": report,
         "data": report_data(report) if report else None,
         "chart_data": (
-            report_chart_data(report, funnel_names=funnel_names) if report else None
+            {**report_chart_data(report, funnel_names=funnel_names),
+             "lift": lift_chart_data(report.lift, funnel_names=funnel_names)}
+            if report else None
         ),
         "csv_query": csv_query,
+        "csv_lift_query": csv_lift_query,
+        # Control groups: each funnel's and period's lift, with its chart's data.
+        "bought_before_start": (
+            sum(report.lift.bought_before_start.values()) if report else None
+        ),
+        "origin_text": origin_label(report.origin) if report else "",
+        "lift_rows": report.lift.rows if report else [],
         "csv_people_query": csv_people_query,
         "funnel_names": funnel_names,
         "first_entry": first_entry,

@@ -5,6 +5,8 @@ Every variable is documented, with its default, in .env.example.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -252,6 +254,11 @@ FUNNELS_WATERMARK_GAP_GRACE_MINUTES = cfg.int(
     "FUNNELS_WATERMARK_GAP_GRACE_MINUTES", 60, minimum=0
 )
 FUNNELS_PING_URL = cfg.str("FUNNELS_PING_URL", "")
+# The key of the control-group hash (funnels/services/control_groups.py). Unset: derived
+# from SECRET_KEY, so changing SECRET_KEY reshuffles who is in control from then on.
+FUNNELS_CONTROL_SECRET = cfg.str("FUNNELS_CONTROL_SECRET", "") or hmac.new(
+    SECRET_KEY.encode(), b"testizer-funnels control groups", hashlib.sha256
+).hexdigest()
 FUNNELS_PAUSE_WARN_MINUTES = cfg.int("FUNNELS_PAUSE_WARN_MINUTES", 120, minimum=1)
 SENTRY_DSN = cfg.str("SENTRY_DSN", "")
 

@@ -9,7 +9,10 @@ from django.utils.translation import gettext as _
 
 from funnels.emails import email_check
 from funnels.labels import reason_label
-from funnels.models import Funnel, FunnelEntry, RecheckRow, SyncRunItem, SyncStatus
+from funnels.models import (
+    ExperimentGroup, Funnel, FunnelEntry, RecheckRow, SyncRunItem, SyncStatus,
+)
+from funnels.services.control_groups import control_group_of
 from funnels.selectors.candidates import (
     WATERMARK_KEY,
     Candidate,
@@ -83,6 +86,10 @@ def _entry_line(entry: FunnelEntry) -> str:
         brevo = _("in Brevo since %(when)s") % {"when": _when(entry.synced_at)}
     elif entry.sync_status == SyncStatus.FAILED:
         brevo = _("Brevo failed: %(error)s") % {"error": entry.sync_last_error or "?"}
+    elif entry.sync_status == SyncStatus.CONTROL:
+        brevo = _("never sent to Brevo: control group of period %(period)s") % {
+            "period": entry.control_period
+        }
     else:
         brevo = _("waiting to be sent to Brevo")
     line += "; " + brevo
@@ -91,6 +98,17 @@ def _entry_line(entry: FunnelEntry) -> str:
             "when": _when(entry.certificate_purchased_at)
         }
     return line
+
+
+def _group_line(funnel: Funnel, *, email: str) -> str:
+    """The person's group under the funnel's current share (the hash is stable, so this is
+    the group of every entry they get in this period)."""
+    group = control_group_of(funnel_slug=funnel.slug, email=email, share=funnel.control_share)
+    text = (_("control group (held out from Brevo)") if group == ExperimentGroup.CONTROL
+            else _("treatment group (sent to Brevo)"))
+    return _("group in control period %(period)s (%(share)s%% control): %(group)s") % {
+        "period": funnel.control_period, "share": funnel.control_share, "group": text,
+    }
 
 
 def funnel_explain(*, raw_email: str) -> Explanation:
@@ -132,12 +150,14 @@ def funnel_explain(*, raw_email: str) -> Explanation:
             verdicts.append(
                 FunnelVerdict(funnel, True, [_entry_line(e) for e in entries[funnel.slug]])
             )
-            continue
-        verdicts.append(
-            FunnelVerdict(
-                funnel, False, [_why_not(funnel, results, watermark, items, waiting_results)]
+        else:
+            verdicts.append(
+                FunnelVerdict(
+                    funnel, False, [_why_not(funnel, results, watermark, items, waiting_results)]
+                )
             )
-        )
+        if funnel.control_share or funnel.control_period:
+            verdicts[-1].lines.append(_group_line(funnel, email=email))
     return Explanation(email, None, results, verdicts, waiting)
 
 

@@ -93,9 +93,10 @@ def outbox_people(*, emails: Iterable[str]) -> dict[str, list[PersonEntry]]:
     if not wanted:
         return {}
     people: dict[str, list[PersonEntry]] = {}
+    # A control entry is not in Brevo's list and must not shape the contact either.
     rows = FunnelEntry.objects.filter(
         funnel_entry_usable_q(), email__in=wanted
-    ).order_by().values_list(
+    ).exclude(sync_status=SyncStatus.CONTROL).order_by().values_list(
         "id", "email", "funnel_type", "entered_at", "certificate_purchased",
         "certificate_purchased_at",
     )

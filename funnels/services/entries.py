@@ -25,7 +25,8 @@ from django.db import connections
 from django.utils import timezone
 
 from funnels.emails import email_check
-from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncStatus
+from funnels.models import ExperimentGroup, Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncStatus
+from funnels.services.control_groups import control_group_of
 from funnels.selectors.candidates import Candidate, SkipReason
 from funnels.selectors.funnels import ExistingEntry, funnel_accepts, funnel_entries_existing
 
@@ -39,6 +40,8 @@ class ChunkOutcome:
     # Existing entry id -> its new previous_entered_at, when a late result enters the
     # same person earlier (written with the chunk's entries).
     previous_updates: dict[int, datetime | None] = field(default_factory=dict)
+    # (email, funnel) of the entries held out in a control group: no Brevo contact.
+    control_keys: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def skipped(self) -> int:
@@ -136,6 +139,16 @@ class EntryPlanner:
                     continue
                 self._added_keys.add(key)
                 outcome.added += 1
+                group = control_group_of(
+                    funnel_slug=funnel.slug, email=email, share=funnel.control_share
+                )
+                control = group == ExperimentGroup.CONTROL
+                if control:
+                    outcome.control_keys.add((email, funnel.slug))
+                    # Never sent (the outbox does not read this status), so never held.
+                    status = SyncStatus.CONTROL
+                else:
+                    status = SyncStatus.HELD if self.hold else SyncStatus.PENDING
                 entry = FunnelEntry(
                     email=email,
                     funnel_type=funnel.slug,
@@ -143,7 +156,12 @@ class EntryPlanner:
                     test_id=candidate.test_id,
                     entered_at=entered_at,
                     test_completed_at=candidate.completed_at,
-                    sync_status=SyncStatus.HELD if self.hold else SyncStatus.PENDING,
+                    sync_status=status,
+                    experiment_group=group,
+                    control_period=funnel.control_period,
+                    # A held-out person's funnel starts now; a treated one's when Brevo
+                    # first confirms the contact (services/outbox.py).
+                    funnel_started_at=now if control else None,
                     run=None if dry_run else run,
                 )
                 if not dry_run:
@@ -152,11 +170,21 @@ class EntryPlanner:
                     SyncRunItem(
                         run=run, action=add_action, email=email, funnel_type=funnel.slug,
                         test_id=candidate.test_id, source_id=candidate.result_id,
-                        entry=None if dry_run else entry, detail=detail,
+                        entry=None if dry_run else entry,
+                        detail=_with_group(detail, funnel=funnel, group=group),
                     )
                 )
         outcome.previous_updates = previous_link(entries=entries, existing=existing)
         return entries, items, outcome
+
+
+def _with_group(detail: str, *, funnel: Funnel, group: str) -> str:
+    """The plan line says the group once the funnel has a control group (or had one)."""
+    if not funnel.control_share and not funnel.control_period:
+        return detail
+    text = f"group: {group} (control period {funnel.control_period}, " \
+           f"{funnel.control_share}% control)"
+    return f"{detail}; {text}" if detail else text
 
 
 def funnel_oldest_entry_time(*, funnel: Funnel, now: datetime) -> datetime:

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Protocol
 
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 
 from funnels.models import FunnelEntry, SyncStatus
 
@@ -56,6 +57,8 @@ def entries_mark_synced(*, entries: Iterable[SentEntry], at: datetime) -> int:
         # The revision Brevo now holds: the one sent, which the compare-and-set kept.
         synced_revision=F("sync_revision"),
         synced_at=at,
+        # The funnel starts for the person at Brevo's first confirmation.
+        funnel_started_at=Coalesce(F("funnel_started_at"), Value(at)),
         sync_attempts=0,
         sync_last_error="",
         sync_next_attempt_at=None,

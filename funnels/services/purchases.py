@@ -585,7 +585,7 @@ class _PurchaseRun:
         )}
         now = connection.ops.adapt_datetimefield_value(self.now)
         max_params = connection.features.max_query_params or 10_000
-        batch = max(1, min(_UPDATE_BATCH, (max_params - 9) // 7))
+        batch = max(1, min(_UPDATE_BATCH, (max_params - 10) // 7))
         for start in range(0, len(changes), batch):
             part = changes[start:start + batch]
             purchased, purchased_at, payment, ids = [], [], [], []
@@ -609,14 +609,16 @@ class _PurchaseRun:
                 f"{column['certificate_purchased_at']} = CASE {column['id']} {whens} END, "
                 f"{column['payment_id']} = CASE {column['id']} {whens} END, "
                 # A held entry stays held: the flood guard's release decides when it goes.
-                f"{column['sync_status']} = CASE WHEN {column['sync_status']} = %s "
+                # A control entry stays control: nothing about it ever goes to Brevo.
+                f"{column['sync_status']} = CASE WHEN {column['sync_status']} IN (%s, %s) "
                 f"THEN {column['sync_status']} ELSE %s END, "
                 f"{column['sync_revision']} = {column['sync_revision']} + 1, "
                 f"{column['sync_next_attempt_at']} = %s, {column['updated_at']} = %s "
                 f"WHERE {column['id']} IN ({placeholders})"
             )
             params = [
-                *purchased, *purchased_at, *payment, SyncStatus.HELD, SyncStatus.PENDING, now, now,
+                *purchased, *purchased_at, *payment, SyncStatus.HELD, SyncStatus.CONTROL,
+                SyncStatus.PENDING, now, now,
                 *ids,
             ]
             with connection.cursor() as cursor:

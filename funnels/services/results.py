@@ -124,12 +124,18 @@ class ResultSource:
             run=self.run, candidates=rows, dry_run=self.dry_run, now=self.now
         )
         added = {SyncRunItem.Action.ADDED, SyncRunItem.Action.WOULD_ADD}
-        trips = self.guard.admit([item.email for item in items if item.action in added])
+        # Control entries make no Brevo contact: the flood guard does not count them.
+        trips = self.guard.admit([
+            item.email for item in items
+            if item.action in added
+            and (item.email, item.funnel_type) not in outcome.control_keys
+        ])
         if trips:
             # From this chunk on, and for what earlier chunks of the run committed.
             self.planner.hold = True
             for entry in entries:
-                entry.sync_status = SyncStatus.HELD
+                if entry.sync_status != SyncStatus.CONTROL:  # control is never sent
+                    entry.sync_status = SyncStatus.HELD
         if not self.dry_run:
             entries_write(entries=entries, items=items, outcome=outcome, run=self.run)
             if trips:

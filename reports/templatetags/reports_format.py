@@ -44,3 +44,20 @@ def funnel_name(slug, names):
 @register.simple_tag
 def group_shown(group, group_by):
     return group_label(group, group_by=group_by)
+
+
+# --- Control groups (reports/lift_format.py) --------------------------------------------
+
+
+@register.simple_tag
+def lift_summary_text(row):
+    from reports.lift_format import lift_summary
+
+    return lift_summary(row)
+
+
+@register.simple_tag
+def lift_verdict_text(row):
+    from reports.lift_format import lift_verdict
+
+    return lift_verdict(row)

@@ -12,15 +12,21 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from reports.formatters import report_csv, report_json, report_table
+from reports.lift_format import lift_csv
 from reports.selectors import (
     DEFAULT_WINDOW_DAYS,
     GROUP_BY_CHOICES,
     GROUP_BY_FUNNEL,
+    ORIGIN_CHOICES,
+    ORIGIN_COMPLETION,
     ReportError,
     conversion_report,
 )
 
-FORMATS = {"table": report_table, "csv": report_csv, "json": report_json}
+FORMATS = {
+    "table": report_table, "csv": report_csv, "json": report_json,
+    "csv_lift": lambda report: lift_csv(report.lift),
+}
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Exit code for bad input, the same as argparse uses for its own errors.
 USAGE_ERROR = 2
@@ -38,6 +44,9 @@ Definitions:
              percentile by nearest rank, exact to the hour.
   By test    each person counts under the test of their first entry.
   Weeks      start on Monday; the first and last week or month may be partial.
+  Origin     --origin start counts the window from the funnel's start (Brevo's first
+             confirmation, or the run that held the person out); purchases between
+             the test and the start are "bought before the funnel started".
 
 Formats:
   table  a readable table with totals, the previous period of the same length and the
@@ -57,6 +66,17 @@ Formats:
           "window_open_from": date or null}
          "group" is the day (YYYY-MM-DD), the week's Monday (YYYY-MM-DD), the month
          (YYYY-MM), the test id (text), or null when grouped by funnel.
+         With control groups (docs/reports.md, "Does the funnel sell?") it also has
+         "origin", "bought_before_start" and "funnel_not_started" by funnel, and
+         "lift": one object per funnel and control period (treatment and control
+         numbers, lift in points with its 95 % interval, relative lift, incremental
+         purchases, sample-ratio check, "not_enough" reasons, days until a 2-point
+         lift is detectable, and the cumulative "curve" by day).
+  csv_lift  the lift as CSV: one line per funnel, period and day of the curve:
+         funnel,period,control_share,day,treatment_entered,treatment_converted,
+         treatment_rate,control_entered,control_converted,control_rate,lift_points,
+         lift_low_points,lift_high_points,relative_lift,incremental_purchases,
+         srm_p_value,not_enough
 
 Bad dates or options print one line and exit with status 2.""")
 
@@ -113,6 +133,11 @@ class Command(BaseCommand):
             help=gettext_lazy("Conversion window in days (default %(default)s)."),
         )
         parser.add_argument(
+            "--origin", choices=ORIGIN_CHOICES, default=ORIGIN_COMPLETION,
+            help=gettext_lazy("Count the window from the test's completion (default) or "
+                              "from the funnel's start."),
+        )
+        parser.add_argument(
             "--format", choices=sorted(FORMATS), default="table",
             help=gettext_lazy("Output format (default table)."),
         )
@@ -134,6 +159,7 @@ class Command(BaseCommand):
                 window_days=options["window"],
                 group_by=options["group_by"],
                 as_of=now,
+                origin=options["origin"],
             )
         except ReportError as error:
             raise CommandError(str(error), returncode=USAGE_ERROR) from None

@@ -55,6 +55,33 @@
     });
   }
 
+  // Control groups: cumulative conversion by day, treatment and control, per period.
+  (data.lift || []).forEach(function (chart) {
+    const canvas = document.getElementById(chart.id);
+    if (!canvas) {
+      return;
+    }
+    new ChartJs(canvas, {
+      type: "line",
+      data: {
+        labels: chart.labels,
+        datasets: chart.datasets.map(function (set) {
+          return { label: set.label, data: set.data, spanGaps: false, pointRadius: 2 };
+        }),
+      },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        interaction: { mode: "index", intersect: false },
+        plugins: { legend: { position: "bottom", labels: { boxWidth: 12, font: { size: 11 } } } },
+        scales: {
+          x: { title: { display: true, text: chart.x_axis } },
+          y: { beginAtZero: true, title: { display: true, text: chart.y_axis } },
+        },
+      },
+    });
+  });
+
   const histogramCanvas = document.getElementById("histogram-chart");
   if (histogramCanvas) {
     new ChartJs(histogramCanvas, {
