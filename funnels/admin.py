@@ -805,7 +805,7 @@ class FunnelAdmin(TitledAdminMixin, admin.ModelAdmin):
     show_facets = admin.ShowFacets.NEVER
     fieldsets = [
         (None, {"fields": ["name", "slug", "active", "brevo_list_id", "test_kind", "test_ids",
-                           "reentry", "certificate_type"]}),
+                           "reentry", "certificate_type", "control_share"]}),
         (_("Brevo attributes"), {
             "fields": ["attribute_funnel_type", "attribute_purchased",
                        "attribute_purchased_at"],

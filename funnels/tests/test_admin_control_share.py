@@ -100,7 +100,9 @@ def test_a_new_funnel_added_with_a_share_starts_period_1(admin_client):
     response = admin_client.post(reverse("admin:funnels_funnel_add"), {
         "name": "Spring promo", "slug": "spring", "active": "on", "brevo_list_id": "7",
         "test_kind": "any", "test_ids": "", "reentry": "once", "certificate_type": "2",
-        "control_share": "20",
+        "control_share": "20", "attribute_funnel_type": "FUNNEL_TYPE",
+        "attribute_purchased": "CERTIFICATE_PURCHASED",
+        "attribute_purchased_at": "CERTIFICATE_PURCHASED_AT",
     })
     assert response.status_code == 302
     spring = Funnel.objects.get(slug="spring")
