@@ -43,6 +43,7 @@ from bench.datagen import (
     scratch_name_check,
 )
 from bench.harness import ROOT, FakeBrevoProcess, ScenarioFailed, ScenarioResult, scenario_run
+from funnels.codes import Source
 
 MB_LIMIT = 300
 # Each run of the job is the next cron run, 15 minutes after the one before (`--as-of`),
@@ -55,7 +56,7 @@ CRON_PERIOD = dt.timedelta(minutes=15)
 # RECHECK_READ_SIZE), copied because this module runs without Django settings; a test
 # checks the copy is current.
 RECHECK_READ_SIZE = 10_000
-RECHECK_SOURCES = ("test_results", "payments")
+RECHECK_SOURCES = (Source.RESULTS, Source.PAYMENTS)  # funnels.codes needs no settings
 BEGIN = "<!-- bench:begin (written by python -m bench.run; edit outside the markers) -->"
 END = "<!-- bench:end -->"
 

@@ -22,31 +22,8 @@ from funnels.emails import Reason as EmailReason
 from funnels.emails import email_check
 from funnels.modx.models import Test, TestLanguage, TestResult
 
-# SyncState key of the test-results reader.
-WATERMARK_KEY = "test_results"
-
 KIND_LANGUAGE = "language"
 KIND_NON_LANGUAGE = "non_language"
-
-
-class SkipReason:
-    """Why a candidate did not become an entry (SyncRunItem.reason of `skipped` items)."""
-
-    EMPTY_EMAIL = EmailReason.EMPTY
-    INVALID_EMAIL = EmailReason.INVALID
-    EMAIL_TOO_LONG = EmailReason.TOO_LONG
-    NO_TEST_ID = "no_test_id"
-    NO_MATCHING_FUNNEL = "no_matching_funnel"
-    FUNNEL_INACTIVE = "funnel_inactive"
-    NO_LIST_ID = "no_list_id"
-    ALREADY_IN_FUNNEL = "already_in_funnel"
-    DUPLICATE_IN_BATCH = "duplicate_in_batch"
-    TOO_OLD = "completed_too_long_ago"
-
-    ALL = frozenset({
-        EMPTY_EMAIL, INVALID_EMAIL, EMAIL_TOO_LONG, NO_TEST_ID, NO_MATCHING_FUNNEL,
-        FUNNEL_INACTIVE, NO_LIST_ID, ALREADY_IN_FUNNEL, DUPLICATE_IN_BATCH, TOO_OLD,
-    })
 
 
 class WaitReason:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -31,7 +31,9 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import Case, DateTimeField, Q, Value, When
 
+from funnels.codes import SkipReason, Source
 from funnels.emails import email_check, email_normalize
+from funnels.locks import RunLock
 from funnels.models import (
     Funnel,
     FunnelEntry,
@@ -51,8 +53,6 @@ from funnels.selectors.payments import (
 )
 from funnels.services.modx_reader import ReadResult, modx_source_read
 from funnels.services.recheck import Waiting, fingerprint_of
-
-WATERMARK_KEY = "payments"
 
 _ENTRY_FIELDS = (
     "id", "email", "funnel_type", "test_id", "entered_at",
@@ -80,19 +80,6 @@ _RECHECK_LATEST = dt.timedelta(days=1)
 # eq_range_index_dive_limit = 200) can look like the whole table, which MariaDB then
 # scans. Ranges are estimated by index dives; this many keep every one of them dived.
 _MAX_ID_RANGES = 100
-
-
-class SkipReason:
-    RESULT_MISSING = "payment_result_missing"
-    USER_MISSING = "payment_user_missing"
-    CERT_TEST_MISSING = "payment_cert_test_missing"
-    UNKNOWN_TYPE = "unknown_certificate_type"
-    NOT_PAID = "not_paid"
-    TIME_MISSING = "payment_time_missing"
-    NO_ENTRY = "no_entry"
-    BEFORE_ENTRY = "purchase_before_entry"
-    # A dry run that would withdraw a purchase; SyncRunItem.Action has no "would revoke".
-    WOULD_REVOKE = "would_revoke_purchase"
 
 
 # Most payments are by people in no funnel, or not paid (yet): counted, never itemised,
@@ -183,18 +170,17 @@ class _Change:
 class _PurchaseRun:
     """The payments source of the MODX reader, and the watch-list pass."""
 
-    key = WATERMARK_KEY
+    key = Source.PAYMENTS
     clock_reasons: frozenset[str] = frozenset()
 
     def __init__(
-        self, *, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
-        lock_check: Callable[[], None] | None,
+        self, *, run: SyncRun, now: dt.datetime, chunk_size: int, lock: RunLock | None,
     ) -> None:
         self.run = run
-        self.dry_run = dry_run
+        self.dry_run = run.dry_run
         self.now = now
         self.chunk_size = chunk_size
-        self.lock_check = lock_check
+        self.lock = lock
         self.horizon = dt.timedelta(days=settings.FUNNELS_PURCHASE_RECHECK_DAYS)
         self.recheck_period = dt.timedelta(days=settings.FUNNELS_RECHECK_DAYS)
         # A dry run writes nothing, so later chunks must see what earlier ones would have
@@ -246,8 +232,8 @@ class _PurchaseRun:
             return
         with transaction.atomic():
             self._apply(ids=ids, rows=rows, watches={w.payment_id: w for w in watches})
-            if self.lock_check is not None:
-                self.lock_check()
+            if self.lock is not None:
+                self.lock.check()
 
     def entered_people(self, *, emails: Iterable[str]) -> None:
         """Paid payments of people entered by this run, already read before (so neither
@@ -256,7 +242,7 @@ class _PurchaseRun:
         if not wanted:
             return
         # Payments above the watermark are new: the reader applies them after this.
-        watermark_before = SyncState.objects.filter(key=WATERMARK_KEY).values_list(
+        watermark_before = SyncState.objects.filter(key=Source.PAYMENTS).values_list(
             "last_id", flat=True
         ).first() or 0
         for start in range(0, len(wanted), 500):
@@ -273,8 +259,8 @@ class _PurchaseRun:
                 continue
             with transaction.atomic():
                 self._apply(ids=ids, rows=rows, watches=self._watches_of(ids))
-                if self.lock_check is not None:
-                    self.lock_check()
+                if self.lock is not None:
+                    self.lock.check()
 
     # -- the MODX reader's source --------------------------------------------------------
 
@@ -691,8 +677,8 @@ def _id_ranges(ids: Iterable[int], *, most: int) -> list[tuple[int, int]]:
 
 
 def purchases_sync(
-    *, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
-    lock_check: Callable[[], None] | None = None, entered_emails: Iterable[str] = (),
+    *, run: SyncRun, now: dt.datetime, chunk_size: int,
+    lock: RunLock | None = None, entered_emails: Iterable[str] = (),
 ) -> PurchaseSyncResult:
     """Apply new, late, waiting and changed MODX payments to funnel entries.
 
@@ -701,21 +687,16 @@ def purchases_sync(
     when its watch is next due: hours later, or never after the watch ends).
 
     Live: each chunk commits its entry changes, watch-list and recheck-list changes, run
-    items and the watermark together; `lock_check` (e.g. RunLock.check) runs just before
-    each commit and may raise to roll the chunk back. Dry run: reads the same, writes only
+    items and the watermark together; `lock.check()` runs just before each commit and may
+    raise to roll the chunk back. Dry run (`run.dry_run`): reads the same, writes only
     run items (`would_purchase`, skipped or waiting with a reason).
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    job = _PurchaseRun(
-        run=run, dry_run=dry_run, now=now, chunk_size=chunk_size, lock_check=lock_check
-    )
-    if not dry_run:
+    job = _PurchaseRun(run=run, now=now, chunk_size=chunk_size, lock=lock)
+    if not run.dry_run:
         PaymentWatch.objects.filter(recheck_until__lte=now).delete()
     job.recheck_watched()
     job.entered_people(emails=entered_emails)
-    read = modx_source_read(
-        source=job, run=run, dry_run=dry_run, now=now, chunk_size=chunk_size,
-        lock_check=lock_check,
-    )
+    read = modx_source_read(source=job, run=run, now=now, chunk_size=chunk_size, lock=lock)
     return job.result(read=read)

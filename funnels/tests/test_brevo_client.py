@@ -440,7 +440,7 @@ def test_api_key_never_leaks(
     texts += [record.getMessage() for record in caplog.records]
     for text in texts:
         assert KEY not in text
-    assert "***" in str(errors[0])
+    assert "[redacted]" in str(errors[0])
     for record in caplog.records:
         assert "private.person@example.com" not in record.getMessage()
 

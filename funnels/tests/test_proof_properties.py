@@ -272,7 +272,7 @@ def test_the_planner_never_adds_a_person_twice_to_a_funnel(chunks, funnel_specs,
             assert all(w is None or w.reason for w in waiting.values())
             ready = [c for c in chunk if waiting[c.result_id] is None]
             entries, items, outcome = planner.plan_chunk(
-                run=run, candidates=ready, dry_run=False, now=NOW
+                run=run, candidates=ready, now=NOW
             )
             planned += entries
             # Every decidable candidate is accounted for: added or skipped with a reason.
