@@ -1,7 +1,7 @@
 """The admin pages: funnel entries, sync runs, funnels, watermarks.
 
 Thin: reads are querysets the indexes fit, writes go through services. Registered on the
-project's own site (testizer_funnels.admin_site), which adds the mode and the health
+project's own site (funnels.admin_site), which adds the mode and the health
 banners to every page.
 """
 
@@ -40,7 +40,7 @@ from funnels.logging_filters import redact
 from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
 from funnels.modx.models import CERT_TYPE_LANGUAGE, CERT_TYPE_NON_LANGUAGE
 from funnels.services.sync_retry import entries_retry_sync
-from testizer_funnels.admin_site import duration_format, site
+from funnels.admin_site import duration_format, site
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from django.db import connections
 
 from funnels.modx import models as modx
-from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
+from funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 DEMO_MARKER_TABLE = "testizer_demo_marker"
 

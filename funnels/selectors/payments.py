@@ -27,7 +27,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from funnels.modx.models import PAYMENT_STATUS_PAID, CertPayment, CertResult, CertTest, CertUser
-from testizer_funnels.routers import MODX_ALIAS
+from funnels.routers import MODX_ALIAS
 
 
 @dataclass(frozen=True, slots=True)

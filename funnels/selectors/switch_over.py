@@ -40,7 +40,7 @@ from funnels.services.entries import EntryPlanner
 from funnels.services.results import candidate_waiting
 from funnels.services.legacy import LegacyAdoptionRefused, legacy_adoption_status
 from funnels.services.runtime import runtime_settings_get
-from testizer_funnels.routers import MODX_ALIAS
+from funnels.routers import MODX_ALIAS
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}

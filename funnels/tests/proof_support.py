@@ -41,7 +41,7 @@ from funnels.tests.sync_support import (
     OTHER_TEST,
     OTHER_TEST_2,
 )
-from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
+from funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 FUNNEL_LISTS = {"language": LANGUAGE_LIST, "non_language": OTHER_LIST}
 FUNNEL_CERT_TYPE = {

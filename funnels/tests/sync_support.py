@@ -22,7 +22,7 @@ from funnels.models import Funnel, RuntimeSettings
 from funnels.modx import models as modx
 from funnels.services.runs import run_funnels
 from funnels.tests.factories import TestFactory, TestLanguageFactory, TestResultFactory
-from testizer_funnels.routers import modx_writes_allowed
+from funnels.routers import modx_writes_allowed
 
 # Long enough for the log redaction filter, distinctive enough to grep for.
 API_KEY = "xkeysib-test-0123456789abcdef-SECRET"

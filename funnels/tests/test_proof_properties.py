@@ -27,7 +27,7 @@ from funnels.selectors.candidates import (
 )
 from funnels.services.entries import EntryPlanner
 from funnels.services.results import candidate_waiting
-from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
+from funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 # CI runs the suite twice within a time budget: enough examples to find the usual
 # mistakes, no deadline because a shared 2-core machine has slow moments.

@@ -56,7 +56,7 @@ from funnels.tests.sync_support import (
     modx_rows_delete,
     subprocess_env,
 )
-from testizer_funnels.admin_site import site as admin_site
+from funnels.admin_site import site as admin_site
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 

@@ -91,7 +91,7 @@ from funnels.tests.sync_support import (
     run_live,
     sleeps,  # noqa: F401 - fixture
 )
-from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
+from funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"], transaction=True)
 

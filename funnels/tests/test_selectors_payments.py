@@ -16,7 +16,7 @@ from funnels.tests.factories import (
     CertTestFactory,
     CertUserFactory,
 )
-from testizer_funnels.routers import modx_writes_allowed
+from funnels.routers import modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 

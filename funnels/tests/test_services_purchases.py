@@ -39,7 +39,7 @@ from funnels.tests.factories import (
     FunnelEntryFactory,
     SyncRunFactory,
 )
-from testizer_funnels.routers import modx_writes_allowed
+from funnels.routers import modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 

@@ -30,7 +30,7 @@ from funnels.tests.sync_support import (
     run_live,
     sleeps,  # noqa: F401 - fixture
 )
-from testizer_funnels.routers import modx_writes_allowed
+from funnels.routers import modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 
