@@ -38,7 +38,7 @@ from funnels.selectors.funnels import (
 from funnels.selectors.outbox import outbox_due_q
 from funnels.services.entries import EntryPlanner
 from funnels.services.results import candidate_waiting
-from funnels.services.legacy import LegacyAdoptionRefused, legacy_adoption_status
+from funnels.adoption.legacy import LegacyAdoptionRefused, legacy_adoption_status
 from funnels.services.runtime import runtime_settings_get
 from funnels.routers import MODX_ALIAS
 

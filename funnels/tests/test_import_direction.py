@@ -48,3 +48,14 @@ def test_the_scan_sees_the_apps_and_would_see_an_offender(tmp_path):
     module = tmp_path / "offender.py"
     module.write_text("from testizer_funnels.routers import MODX_ALIAS\n", encoding="utf-8")
     assert (1, "testizer_funnels.routers") in _imported_modules(module)
+
+
+def test_the_job_services_do_not_import_the_one_off_adoption_tools():
+    services = sorted((ROOT / "funnels" / "services").rglob("*.py"))
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in services
+        for line, module in _imported_modules(path)
+        if module.startswith("funnels.adoption")
+    ]
+    assert services and offenders == []
