@@ -61,8 +61,8 @@ PAID = 2
 DOMAINS = ["example.com", "mail.example.org", "test.example.net", "пример.рф"]
 INVALID_EMAILS = [None, "", "   ", "not-an-email", "bad@", "@nodomain.com", "a b@x.com"]
 
-# How the purchase sync schedules its watch list (funnels/services/purchases.py:
-# FUNNELS_PURCHASE_RECHECK_DAYS at its default, _RECHECK_STEPS, _RECHECK_LATEST), copied
+# How the purchase sync schedules its watch list (funnels/services/purchase_writes.py:
+# FUNNELS_PURCHASE_RECHECK_DAYS at its default, RECHECK_STEPS, RECHECK_LATEST), copied
 # because this module runs without Django settings; a test checks the copy is current.
 WATCH_HORIZON = timedelta(days=30)
 WATCH_SEEN_AFTER = timedelta(minutes=15)  # a cron period after the payment was made
@@ -783,7 +783,7 @@ class BenchData:
 
     def watch_next_check(self, *, payment_id: int, seen: datetime) -> datetime:
         """When the purchase sync reads a watched payment again, as its last run (at `now`)
-        left it: the step for the watch's age (`_RECHECK_STEPS`), spread over that step by
+        left it: the step for the watch's age (`RECHECK_STEPS`), spread over that step by
         payment id, as a list that has been read by many runs is spread; never before `now`,
         so a steady-state run starts with only the few that fall due since the last one."""
         age = self.now - seen

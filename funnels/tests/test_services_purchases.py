@@ -23,12 +23,12 @@ from funnels.modx.models import (
     CertResult,
     CertUser,
 )
+from funnels.purchase_rules import id_ranges
 from funnels.selectors.funnels import watermark_state_get
 from funnels.services.watermarks import WatermarkMoved
 from funnels.services import purchases as purchases_module
 from funnels.services.purchases import (
     PurchaseSyncResult,
-    _id_ranges,
     purchases_sync,
 )
 from funnels.tests.factories import (
@@ -761,7 +761,7 @@ def test_refunds_of_payments_far_apart_reach_their_entries_and_no_other(now):
     ([1, 2, 3, 10, 11, 50], 9, [(1, 3), (10, 11), (50, 50)]),
 ])
 def test_id_ranges_cover_every_id_and_cut_at_the_widest_gaps(ids, most, expected):
-    assert _id_ranges(ids, most=most) == expected
+    assert id_ranges(ids, most=most) == expected
 
 
 # --- a run with nothing to do ----------------------------------------------------------------
