@@ -1,7 +1,7 @@
 """Shared set-up for the sync engine tests: MODX catalogue, the fake Brevo, a run helper.
 
-Imported by the test modules (fixtures included by name), not a conftest, so that other
-test packages are not affected.
+Its fixtures reach the tests through funnels/tests/conftest.py; its helpers are imported
+by name.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from funnels.models import Funnel, RuntimeSettings
 from funnels.modx import models as modx
 from funnels.services.runs import run_funnels
 from funnels.tests.factories import TestFactory, TestLanguageFactory, TestResultFactory
+# One way to run manage.py in a child process (a clean environment plus `env`).
+from funnels.tests.manage_subprocess import MANAGE, manage_run  # noqa: F401 - re-exported
 from funnels.routers import modx_writes_allowed
 
 # Long enough for the log redaction filter, distinctive enough to grep for.
@@ -36,7 +38,6 @@ OTHER_TEST_2 = 22  # LangId 99: no such language row
 SINCE = dt.date(2026, 10, 1)
 RECENT = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc)
 
-MANAGE = Path(settings.BASE_DIR) / "manage.py"
 
 
 class SleepRecorder:
@@ -188,14 +189,6 @@ def manage_popen(*args: str, env: dict[str, str]) -> subprocess.Popen:
         [sys.executable, str(MANAGE), *args],
         env=env, cwd=MANAGE.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL, text=True,
-    )
-
-
-def manage_run(*args: str, env: dict[str, str], timeout: float = 60):
-    return subprocess.run(
-        [sys.executable, str(MANAGE), *args],
-        env=env, cwd=MANAGE.parent, capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL,
     )
 
 

@@ -1,8 +1,10 @@
 """funnels.emails: what an email is, and how an internationalised domain is stored."""
 
+import random
+
 import pytest
 
-from funnels.emails import domain_to_ascii, email_check
+from funnels.emails import domain_to_ascii, email_as_typed, email_check, email_normalize
 
 
 @pytest.mark.parametrize(
@@ -35,3 +37,14 @@ def test_domains_that_no_idna_form_exists_for_are_invalid(raw):
 def test_an_ascii_domain_is_taken_as_it_is():
     assert domain_to_ascii("example.com") == "example.com"
     assert domain_to_ascii("пример..рф") is None
+
+
+def test_email_as_typed_is_the_same_address_once_normalised_in_the_given_shares():
+    rng = random.Random(7)
+    typed = [email_as_typed(rng, "ann.lee@example.com") for _ in range(10_000)]
+    assert {email_normalize(t) for t in typed} == {"ann.lee@example.com"}
+    assert 1_300 < typed.count("ANN.LEE@EXAMPLE.COM") < 1_700
+    assert 800 < typed.count("  ann.lee@example.com ") < 1_200
+    assert 350 < typed.count("Ann.lee@example.com") < 650
+    tabbed = email_as_typed(random.Random(1), "a@b.co", upper=0, padded=1, pad_after="\t")
+    assert tabbed == "  a@b.co\t"

@@ -13,7 +13,6 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     OTHER_TEST,
     default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     manage_run,
     modx_catalogue,
     modx_result,

@@ -38,7 +38,6 @@ from funnels.tests.proof_support import (
 )
 from funnels.tests.sync_support import (
     default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
     manage_popen,
     manage_run,

@@ -81,15 +81,11 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     OTHER_TEST,
     OTHER_TEST_2,
-    client_factory,  # noqa: F401 - fixture
     default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
-    live_settings,  # noqa: F401 - fixture
     modx_catalogue,
     modx_rows_delete,
     run_live,
-    sleeps,  # noqa: F401 - fixture
 )
 from funnels.routers import MODX_ALIAS, modx_writes_allowed
 

@@ -20,7 +20,6 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     OTHER_TEST,
     OTHER_TEST_2,
-    catalogue,  # noqa: F401 - fixture
     modx_result,
 )
 from funnels.routers import modx_writes_allowed

@@ -34,7 +34,6 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     LANG_TEST_2,
     OTHER_TEST,
-    configured,  # noqa: F401 - fixture
     modx_result,
 )
 
