@@ -55,3 +55,5 @@ def test_a_live_run_imports_no_test_tooling(world, fake_brevo, tmp_path):
     assert "funnels.brevo.client" in modules
     loaded = sorted(m for m in modules if m.split(".")[0] in TEST_TOOLING)
     assert loaded == []
+    # Nor the one-off adoption tool, which only adopt_legacy_entries runs.
+    assert not [m for m in modules if m.startswith("funnels.adoption")]
