@@ -50,3 +50,13 @@ class SkipReason:
         RESULT_MISSING, USER_MISSING, CERT_TEST_MISSING, UNKNOWN_TYPE, NOT_PAID,
         TIME_MISSING, NO_ENTRY, BEFORE_ENTRY, WOULD_REVOKE,
     })
+
+
+class WaitReason:
+    """Why a result cannot be decided yet (RecheckRow.reason, SyncRunItem.reason of
+    `waiting` items), besides a bad email, which waits with its SkipReason (email_check's
+    own code). A payment waits with the SkipReason of its problem."""
+
+    NO_TEST_ID = SkipReason.NO_TEST_ID
+    NO_COMPLETION_TIME = "no_completion_time"
+    COMPLETED_IN_FUTURE = "completed_in_future"

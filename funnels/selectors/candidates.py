@@ -18,24 +18,11 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.db.models import Max, Min
 
-from funnels.emails import Reason as EmailReason
 from funnels.emails import email_check
 from funnels.modx.models import Test, TestLanguage, TestResult
 
 KIND_LANGUAGE = "language"
 KIND_NON_LANGUAGE = "non_language"
-
-
-class WaitReason:
-    """Why a result cannot be decided yet (RecheckRow.reason, SyncRunItem.reason of
-    `waiting` items). The email reasons are email_check's own codes."""
-
-    EMPTY_EMAIL = EmailReason.EMPTY
-    INVALID_EMAIL = EmailReason.INVALID
-    EMAIL_TOO_LONG = EmailReason.TOO_LONG
-    NO_TEST_ID = "no_test_id"
-    NO_COMPLETION_TIME = "no_completion_time"
-    COMPLETED_IN_FUTURE = "completed_in_future"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from funnels.codes import Source
+from funnels.codes import Source, WaitReason
 from funnels.emails import email_check, email_normalize
 from funnels.locks import RunLock
 from funnels.models import Funnel, SyncRun, SyncRunItem, SyncStatus
 from funnels.selectors.candidates import (
     Candidate,
     KindResolver,
-    WaitReason,
     candidates_by_ids,
     candidates_chunk,
     candidates_start_id,

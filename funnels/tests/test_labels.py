@@ -6,7 +6,7 @@ import pytest
 from django.utils import translation
 
 from funnels import labels
-from funnels.codes import SkipReason
+from funnels.codes import SkipReason, WaitReason
 from funnels.admin import PAYMENT_REASONS_COUNTED_ONLY
 from funnels.labels import audit_label, error_label, reason_label
 from funnels.services import purchases
@@ -17,7 +17,7 @@ def _codes(cls) -> set[str]:
 
 
 STORED_CODES = (
-    _codes(SkipReason)
+    _codes(SkipReason) | _codes(WaitReason)
     | {"brevotransienterror", "brevopermanenterror", "brevoautherror", "brevoerror",
        "brevo_stopped", "brevo_not_confirmed"}
 )
