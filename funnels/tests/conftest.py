@@ -9,5 +9,6 @@ from funnels.tests.sync_support import (  # noqa: F401 - fixtures
     configured,
     fake_brevo,
     live_settings,
+    live_two_people,
     sleeps,
 )

@@ -7,6 +7,7 @@ by name.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connections
 
 from funnels.brevo.client import BrevoClient
@@ -134,6 +136,20 @@ def catalogue():
 
 
 @pytest.fixture
+def live_two_people(fake_brevo):
+    """For a run in a child process (transaction=True tests): a language and a non-language
+    result in MODX, the job switched live; both databases put back afterwards."""
+    default_rows_restore()
+    modx_catalogue()
+    modx_result("ann@example.com", LANG_TEST)
+    modx_result("bob@example.com", OTHER_TEST)
+    switched_to_live()
+    yield
+    modx_rows_delete()
+    default_rows_restore()
+
+
+@pytest.fixture
 def configured():
     """The MODX catalogue plus list ids on both funnels."""
     modx_catalogue()
@@ -190,6 +206,17 @@ def manage_popen(*args: str, env: dict[str, str]) -> subprocess.Popen:
         env=env, cwd=MANAGE.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL, text=True,
     )
+
+
+def run_funnels_command(*args: str) -> tuple[int, str, str]:
+    """`manage.py run_funnels ARGS` in this process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        call_command("run_funnels", *args, stdout=out, stderr=err)
+    except SystemExit as exc:
+        code = exc.code
+    return code, out.getvalue(), err.getvalue()
 
 
 def switched_to_live() -> None:

@@ -10,15 +10,8 @@ import re
 import pytest
 
 from funnels.tests.sync_support import (
-    LANG_TEST,
-    OTHER_TEST,
-    default_rows_restore,
     manage_run,
-    modx_catalogue,
-    modx_result,
-    modx_rows_delete,
     subprocess_env,
-    switched_to_live,
 )
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"], transaction=True)
@@ -26,24 +19,12 @@ pytestmark = pytest.mark.django_db(databases=["default", "modx"], transaction=Tr
 TEST_TOOLING = ("fake_brevo", "openapi_core", "yaml", "jsonschema")
 
 
-@pytest.fixture
-def world(fake_brevo):
-    default_rows_restore()
-    modx_catalogue()
-    modx_result("ann@example.com", LANG_TEST)
-    modx_result("bob@example.com", OTHER_TEST)
-    switched_to_live()
-    yield
-    modx_rows_delete()
-    default_rows_restore()
-
-
 def _imported(stderr: str) -> set[str]:
     # "import time:       123 |        456 |   package.module"
     return {m.group(1) for m in re.finditer(r"^import time:.*\|\s+(\S+)\s*$", stderr, re.M)}
 
 
-def test_a_live_run_imports_no_test_tooling(world, fake_brevo, tmp_path):
+def test_a_live_run_imports_no_test_tooling(live_two_people, fake_brevo, tmp_path):
     env = subprocess_env(fake=fake_brevo, log_file=tmp_path / "app.log",
                          FUNNELS_INITIAL_LOOKBACK_DAYS="3650", PYTHONPROFILEIMPORTTIME="1")
 
