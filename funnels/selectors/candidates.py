@@ -206,14 +206,4 @@ def candidates_for_email(*, email: str) -> list[Candidate]:
         .values_list(*_COLUMNS)
     )
     matching = [row for row in rows if email_check(row[1]).email == email]
-    kinds = KindResolver().kinds_for(test_id for _, _, test_id, _ in matching)
-    return [
-        Candidate(
-            result_id=result_id,
-            raw_email=raw,
-            test_id=test_id,
-            completed_at=completed_at,
-            kind=kinds.get(test_id) if test_id is not None else None,
-        )
-        for result_id, raw, test_id, completed_at in matching
-    ]
+    return _candidates(matching, kinds=KindResolver())
