@@ -8,7 +8,7 @@ import pytest
 from django.db import connections
 
 from funnels.demo import modx_tables_create
-from testizer_funnels.routers import is_test_database
+from funnels.routers import is_test_database
 
 # Tests that care about time use this instant (a Saturday evening in Moscow).
 CURRENT_TIME = dt.datetime(2026, 11, 28, 15, 30, tzinfo=dt.timezone.utc)

@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo
 
 import MySQLdb
 
-from funnels.emails import email_check
+from funnels.emails import email_as_typed, email_check
 
 BENCH_DIR = Path(__file__).resolve().parent
 # A verbatim copy of the shared stand-in DDL (domain/modx_schema.sql): the columns and
@@ -61,8 +61,8 @@ PAID = 2
 DOMAINS = ["example.com", "mail.example.org", "test.example.net", "пример.рф"]
 INVALID_EMAILS = [None, "", "   ", "not-an-email", "bad@", "@nodomain.com", "a b@x.com"]
 
-# How the purchase sync schedules its watch list (funnels/services/purchases.py:
-# FUNNELS_PURCHASE_RECHECK_DAYS at its default, _RECHECK_STEPS, _RECHECK_LATEST), copied
+# How the purchase sync schedules its watch list (funnels/services/purchase_writes.py:
+# FUNNELS_PURCHASE_RECHECK_DAYS at its default, RECHECK_STEPS, RECHECK_LATEST), copied
 # because this module runs without Django settings; a test checks the copy is current.
 WATCH_HORIZON = timedelta(days=30)
 WATCH_SEEN_AFTER = timedelta(minutes=15)  # a cron period after the payment was made
@@ -336,17 +336,6 @@ def _ascii(email: str) -> str:
 _ASCII_DOMAINS = [_ascii(f"x@{domain}").split("@")[1] for domain in DOMAINS]
 
 
-def _messy(rng: random.Random, email: str) -> str:
-    roll = rng.random()
-    if roll < 0.15:
-        return email.upper()
-    if roll < 0.25:
-        return f"  {email} "
-    if roll < 0.30:
-        return email.capitalize()
-    return email
-
-
 def _funnel_of_test(test_id: int) -> str:
     return LANGUAGE if test_id <= LANGUAGE_TESTS[-1] else NON_LANGUAGE
 
@@ -456,7 +445,7 @@ class BenchData:
             if roll < 0.02:
                 email = rng.choice(INVALID_EMAILS)
             else:
-                email = _messy(rng, self.person_email(rng.randrange(people)))
+                email = email_as_typed(rng, self.person_email(rng.randrange(people)))
             completed = start + timedelta(seconds=span * result_id / (history + 1))
             datep = None if rng.random() < 0.01 else self._modx_time(completed)
             yield (result_id, email, rng.choice(ALL_TESTS), datep, rng.choice((0, 1, 1, 1)))
@@ -476,7 +465,7 @@ class BenchData:
                 if prefix == "b":
                     self.backfill_invalid += 1
             else:
-                email = _messy(rng, self.person_email(person, prefix))
+                email = email_as_typed(rng, self.person_email(person, prefix))
                 expected[_funnel_of_test(test_id)].add(_ascii(email))
             completed = start + timedelta(seconds=span * (i + 1) / (count + 1))
             yield (result_id, email, test_id, self._modx_time(completed), 1)
@@ -535,7 +524,7 @@ class BenchData:
                 status = rng.choice((1, 3, 4))
             elif roll > 0.80:
                 paid_at = None
-            email = _messy(rng, self.person_email(person))
+            email = email_as_typed(rng, self.person_email(person))
             drafts.append((made, person, cert_test, target, status, paid_at, email))
         drafts.sort(key=lambda d: d[0])
         # Seen by the run after the payment, watched until the horizon after that; the
@@ -786,7 +775,7 @@ class BenchData:
 
     def watch_next_check(self, *, payment_id: int, seen: datetime) -> datetime:
         """When the purchase sync reads a watched payment again, as its last run (at `now`)
-        left it: the step for the watch's age (`_RECHECK_STEPS`), spread over that step by
+        left it: the step for the watch's age (`RECHECK_STEPS`), spread over that step by
         payment id, as a list that has been read by many runs is spread; never before `now`,
         so a steady-state run starts with only the few that fall due since the last one."""
         age = self.now - seen

@@ -450,7 +450,7 @@ def _action_purchases(params: Mapping[str, Any]) -> Callable[[], dict[str, Any]]
         from django.conf import settings
 
         result = purchases_sync(
-            run=run, dry_run=False, now=as_of,
+            run=run, now=as_of,
             chunk_size=settings.FUNNELS_CHUNK_SIZE,
         )
         # Closed so that the next run_funnels does not take it for a crashed run.
@@ -513,13 +513,12 @@ def _action_setup_watermarks(params: Mapping[str, Any]) -> Callable[[], dict[str
     """Watermarks where a site that has run the job for years stands, under the keys the
     services themselves use."""
     from funnels.models import SyncState
-    from funnels.selectors.candidates import WATERMARK_KEY as RESULTS_KEY
-    from funnels.services.purchases import WATERMARK_KEY as PAYMENTS_KEY
+    from funnels.codes import Source
     from funnels.services.runtime import runtime_settings_get
 
     def action() -> dict[str, Any]:
         runtime_settings_get()
-        marks = {RESULTS_KEY: params["results"], PAYMENTS_KEY: params["payments"]}
+        marks = {Source.RESULTS: params["results"], Source.PAYMENTS: params["payments"]}
         for key, last_id in marks.items():
             # No gaps: the generated ids have no holes below the watermarks.
             SyncState.objects.update_or_create(

@@ -43,6 +43,7 @@ from bench.datagen import (
     scratch_name_check,
 )
 from bench.harness import ROOT, FakeBrevoProcess, ScenarioFailed, ScenarioResult, scenario_run
+from funnels.codes import Source
 
 MB_LIMIT = 300
 # Each run of the job is the next cron run, 15 minutes after the one before (`--as-of`),
@@ -55,7 +56,7 @@ CRON_PERIOD = dt.timedelta(minutes=15)
 # RECHECK_READ_SIZE), copied because this module runs without Django settings; a test
 # checks the copy is current.
 RECHECK_READ_SIZE = 10_000
-RECHECK_SOURCES = ("test_results", "payments")
+RECHECK_SOURCES = (Source.RESULTS, Source.PAYMENTS)  # funnels.codes needs no settings
 BEGIN = "<!-- bench:begin (written by python -m bench.run; edit outside the markers) -->"
 END = "<!-- bench:end -->"
 
@@ -465,6 +466,23 @@ def _fmt_queries(queries: dict[str, int]) -> str:
     return " / ".join(f"{queries.get(alias, 0)}" for alias in ("default", "modx"))
 
 
+def _plan_section(number: int, plan: dict) -> list[str]:
+    """One explained query: its SQL and its plan's steps, full scans flagged."""
+    flag = f" — **full scan: {', '.join(plan['full_scans'])}**" if plan["full_scans"] else ""
+    return [
+        f"{number}. `{plan['alias']}`, ×{plan['count']}{flag}",
+        "",
+        "```sql",
+        plan["sql"][:1500],
+        "```",
+        "",
+        "| table | type | key | rows | Extra |",
+        "|---|---|---|---|---|",
+        *_plan_rows(plan["plan"]),
+        "",
+    ]
+
+
 def _plan_rows(plan: list[dict[str, Any]]) -> list[str]:
     lines = []
     for row in plan:
@@ -593,19 +611,7 @@ def markdown(report: dict[str, Any], *, command: str) -> str:
             "",
         ]
         for i, plan in enumerate(steady["explain"], 1):
-            flag = f" — **full scan: {', '.join(plan['full_scans'])}**" if plan["full_scans"] else ""
-            lines += [
-                f"{i}. `{plan['alias']}`, ×{plan['count']}{flag}",
-                "",
-                "```sql",
-                plan["sql"][:1500],
-                "```",
-                "",
-                "| table | type | key | rows | Extra |",
-                "|---|---|---|---|---|",
-                *_plan_rows(plan["plan"]),
-                "",
-            ]
+            lines += _plan_section(i, plan)
     idle = report["scenarios"].get("recheck_idle", {})
     if idle.get("explain"):
         seen = {(plan["alias"], plan["sql"]) for plan in steady.get("explain", [])}
@@ -618,19 +624,7 @@ def markdown(report: dict[str, Any], *, command: str) -> str:
             "",
         ]
         for i, plan in enumerate(extra, 1):
-            flag = f" — **full scan: {', '.join(plan['full_scans'])}**" if plan["full_scans"] else ""
-            lines += [
-                f"{i}. `{plan['alias']}`, ×{plan['count']}{flag}",
-                "",
-                "```sql",
-                plan["sql"][:1500],
-                "```",
-                "",
-                "| table | type | key | rows | Extra |",
-                "|---|---|---|---|---|",
-                *_plan_rows(plan["plan"]),
-                "",
-            ]
+            lines += _plan_section(i, plan)
     profiled = [(name, s) for name, s in report["scenarios"].items() if s.get("profile")]
     if profiled:
         lines += [

@@ -1,14 +1,12 @@
 """The admin pages: funnel entries, sync runs, funnels, watermarks.
 
 Thin: reads are querysets the indexes fit, writes go through services. Registered on the
-project's own site (testizer_funnels.admin_site), which adds the mode and the health
+project's own site (funnels.admin_site), which adds the mode and the health
 banners to every page.
 """
 
 from __future__ import annotations
 
-import calendar
-import datetime as dt
 import logging
 import re
 from urllib.parse import urlencode
@@ -18,7 +16,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import DatabaseError
-from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models import OuterRef, Q, Subquery
 from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
@@ -43,8 +41,10 @@ from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState,
 from funnels.modx.models import CERT_TYPE_LANGUAGE, CERT_TYPE_NON_LANGUAGE
 from funnels.selectors.funnels import funnel_attribute_names
 from funnels.services.control_groups import MAX_CONTROL_SHARE, funnel_control_share_set
+from funnels.selectors.drilldown import DateLink, date_drilldown_get
+from funnels.selectors.run_items import run_items_page_get
 from funnels.services.sync_retry import entries_retry_sync
-from testizer_funnels.admin_site import duration_format, site
+from funnels.admin_site import duration_format, site
 
 logger = logging.getLogger(__name__)
 
@@ -165,88 +165,21 @@ class FunnelEntryChangeList(CountFreeChangeList):
         return [first, "-pk" if first.startswith("-") else "pk"]
 
     def date_hierarchy_links(self) -> dict:
-        """Year / month / day links without Django's DISTINCT over every row.
-
-        The bounds come from the first and last entry (two index look-ups), and every
-        year, month or day between them is offered: a link may lead to an empty page,
-        which is cheaper than finding out in advance.
-        """
+        """Year / month / day links (selectors.drilldown: two index look-ups, no DISTINCT)."""
         field = self.date_hierarchy
-        year = self.params.get(f"{field}__year")
-        month = self.params.get(f"{field}__month")
-        day = self.params.get(f"{field}__day")
-        values = self.root_queryset.values_list(field, flat=True)
-        first = values.order_by(field).first()
-        last = values.order_by(f"-{field}").first()
-        if first is None or last is None:
-            return {"show": False}
-        first, last = timezone.localtime(first).date(), timezone.localtime(last).date()
+        drill = date_drilldown_get(queryset=self.root_queryset, field=field,
+                                   params=self.params)
 
-        def link(params: dict) -> str:
-            return self.get_query_string(params, [f"{field}__"])
+        def link(choice: DateLink) -> str:
+            return self.get_query_string(choice.params, [f"{field}__"])
 
-        try:
-            year_n = int(year) if year else None
-            month_n = int(month) if month else None
-            day_n = int(day) if day else None
-            if year_n and month_n and day_n:
-                chosen = dt.date(year_n, month_n, day_n)
-                return {
-                    "show": True,
-                    "back": {
-                        "link": link({f"{field}__year": year_n, f"{field}__month": month_n}),
-                        "title": formats.date_format(chosen, "YEAR_MONTH_FORMAT"),
-                    },
-                    "choices": [{"title": formats.date_format(chosen, "MONTH_DAY_FORMAT")}],
-                }
-            if year_n and month_n:
-                days_in_month = calendar.monthrange(year_n, month_n)[1]
-                days = [dt.date(year_n, month_n, d) for d in range(1, days_in_month + 1)]
-                days = [d for d in days if first <= d <= last]
-                return {
-                    "show": True,
-                    "back": {"link": link({f"{field}__year": year_n}), "title": str(year_n)},
-                    "choices": [
-                        {
-                            "link": link(
-                                {
-                                    f"{field}__year": year_n,
-                                    f"{field}__month": month_n,
-                                    f"{field}__day": d.day,
-                                }
-                            ),
-                            "title": formats.date_format(d, "MONTH_DAY_FORMAT"),
-                        }
-                        for d in days
-                    ],
-                }
-            if year_n is None and first.year == last.year:
-                year_n = first.year
-            if year_n:
-                months = [
-                    dt.date(year_n, m, 1)
-                    for m in range(1, 13)
-                    if (first.year, first.month) <= (year_n, m) <= (last.year, last.month)
-                ]
-                return {
-                    "show": True,
-                    "back": {"link": link({}), "title": gettext("All dates")},
-                    "choices": [
-                        {
-                            "link": link({f"{field}__year": year_n, f"{field}__month": m.month}),
-                            "title": formats.date_format(m, "YEAR_MONTH_FORMAT"),
-                        }
-                        for m in months
-                    ],
-                }
-        except (ValueError, OverflowError):
-            return {"show": False}
+        choices = [{"link": link(c), "title": c.title} for c in drill.choices]
+        if drill.current is not None:
+            choices.append({"title": drill.current})
         return {
-            "show": True,
-            "choices": [
-                {"link": link({f"{field}__year": y}), "title": str(y)}
-                for y in range(first.year, last.year + 1)
-            ],
+            "show": drill.show,
+            "back": {"link": link(drill.back), "title": drill.back.title} if drill.back else None,
+            "choices": choices,
         }
 
 
@@ -557,49 +490,25 @@ class SyncRunAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def _items_context(self, request, *, run_id: int) -> dict:
-        items = SyncRunItem.objects.filter(run_id=run_id)
-        action_counts = dict(
-            items.values_list("action").annotate(n=Count("id")).order_by()
-        )
         action = request.GET.get("action")
         if action not in SyncRunItem.Action.values:
             action = None
         term = request.GET.get("q", "").strip()
-        shown = items.filter(action=action) if action else items
-        prefixes = email_search_prefixes(term=term)
-        if prefixes:
-            condition = Q()
-            for prefix in prefixes:
-                condition |= Q(email__istartswith=prefix)
-            shown = shown.filter(condition)
-        page = Paginator(shown.order_by("id"), RUN_ITEMS_PER_PAGE).get_page(
-            request.GET.get("page")
+        found = run_items_page_get(
+            run_id=run_id, action=action, email_prefixes=email_search_prefixes(term=term),
+            page_number=request.GET.get("page"), per_page=RUN_ITEMS_PER_PAGE,
         )
+        page, action_counts = found.page, found.action_counts
         labels = dict(SyncRunItem.Action.choices)
         names = funnel_names()
-        rows = list(page.object_list)
-        # A duplicate points at the entry it duplicates: one query for the page.
-        duplicates = {
-            (row.email, row.funnel_type) for row in rows
-            if row.reason == "duplicate_in_batch" and row.email
-        }
-        duplicated: dict[tuple[str, str], int] = {}
-        if duplicates:
-            for entry_id, email, funnel_type in (
-                FunnelEntry.objects.filter(email__in={email for email, _f in duplicates})
-                .order_by("entered_at", "id")
-                .values_list("id", "email", "funnel_type")
-            ):
-                duplicated.setdefault((email, funnel_type), entry_id)
+        rows = page.object_list
 
         def url(**params) -> str:
             query = {k: v for k, v in params.items() if v}
             return "?" + urlencode(query) if query else "?"
 
         def entry_url(item) -> tuple[str | None, int | None]:
-            entry_id = item.entry_id
-            if entry_id is None and item.reason == "duplicate_in_batch":
-                entry_id = duplicated.get((item.email, item.funnel_type))
+            entry_id = found.entry_id_of(item)
             if entry_id is None:
                 return None, None
             return reverse("admin:funnels_funnelentry_change", args=[entry_id]), entry_id

@@ -13,8 +13,9 @@ from datetime import datetime, timedelta
 
 from django.db import connections
 
+from funnels.emails import email_as_typed
 from funnels.modx import models as modx
-from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
+from funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 DEMO_MARKER_TABLE = "testizer_demo_marker"
 
@@ -33,18 +34,6 @@ class DemoData:
     cert_tests: list[dict] = field(default_factory=list)
     cert_results: list[dict] = field(default_factory=list)
     payments: list[dict] = field(default_factory=list)
-
-
-def _messy(rng: random.Random, email: str) -> str:
-    """The same address as a person might type it."""
-    roll = rng.random()
-    if roll < 0.15:
-        return email.upper()
-    if roll < 0.25:
-        return f"  {email} "
-    if roll < 0.30:
-        return email.capitalize()
-    return email
 
 
 def demo_generate(*, seed: int, size: int, now: datetime, weeks: int = 8) -> DemoData:
@@ -77,7 +66,7 @@ def demo_generate(*, seed: int, size: int, now: datetime, weeks: int = 8) -> Dem
         elif roll < 0.04:
             email = rng.choice(["", "   ", "not-an-email", "bad@", "@nodomain.com", "a b@x.com"])
         else:
-            email = _messy(rng, rng.choice(addresses))
+            email = email_as_typed(rng, rng.choice(addresses))
         test_id = rng.choice(LANGUAGE_TESTS + NON_LANGUAGE_TESTS)
         # Results arrive in id order, roughly in time order, as on the real site.
         completed = (
@@ -100,7 +89,7 @@ def demo_generate(*, seed: int, size: int, now: datetime, weeks: int = 8) -> Dem
         key = email.strip().lower()
         if key not in cert_user_ids:
             cert_user_ids[key] = len(cert_user_ids) + 1
-            data.cert_users.append({"id": cert_user_ids[key], "email": _messy(rng, key)})
+            data.cert_users.append({"id": cert_user_ids[key], "email": email_as_typed(rng, key)})
         cert_test = rng.choice([1, 3]) if test_id in LANGUAGE_TESTS else 2
         result_id = len(data.cert_results) + 1
         data.cert_results.append(

@@ -12,6 +12,7 @@ and registries do today, not by Python's built-in IDNA 2003 codec: that one maps
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 
@@ -83,3 +84,20 @@ def domain_to_ascii(domain: str) -> str | None:
         return idna.encode(domain, uts46=True).decode("ascii")
     except (idna.IDNAError, UnicodeError):
         return None
+
+
+def email_as_typed(
+    rng: random.Random, email: str, *, upper: float = 0.15, padded: float = 0.10,
+    capitalised: float = 0.05, pad_after: str = " ",
+) -> str:
+    """The same address as a person might type it (the inverse of email_normalize), for
+    generated data: the demo, the benchmark and the tests. The shares are of all calls;
+    one random number a call, so a seeded generator gives the same data every time."""
+    roll = rng.random()
+    if roll < upper:
+        return email.upper()
+    if roll < upper + padded:
+        return f"  {email}{pad_after}"
+    if roll < upper + padded + capitalised:
+        return email.capitalize()
+    return email

@@ -17,7 +17,7 @@ from django.utils.translation import gettext, gettext_lazy as _
 PAYMENT_PREFIX = "payment:"
 
 REASONS: dict[str, Promise] = {
-    # Test results that did not become an entry (funnels.selectors.candidates.SkipReason).
+    # Test results that did not become an entry (funnels.codes.SkipReason).
     "empty_email": _("no email address"),
     "invalid_email": _("not a valid email address"),
     "email_too_long": _("email address too long"),
@@ -28,14 +28,14 @@ REASONS: dict[str, Promise] = {
     "already_in_funnel": _("already in this funnel"),
     "duplicate_in_batch": _("the same person again in this run (duplicate)"),
     "completed_too_long_ago": _("completed longer ago than the funnel's maximum age"),
-    # Results that wait on the recheck list (funnels.selectors.candidates.WaitReason; the
+    # Results that wait on the recheck list (funnels.codes.WaitReason; the
     # email reasons above wait too).
     "no_completion_time": _("the test has no completion time yet"),
     "completed_in_future": _("the completion time is in the future"),
     # Rows dropped from a recheck list (funnels.services.modx_reader).
     "recheck_expired": _("still undecidable at the end of the recheck period: dropped"),
     "recheck_list_full": _("dropped from a full recheck list (waited longest)"),
-    # Payments that did not become a purchase (funnels.services.purchases.SkipReason).
+    # Payments that did not become a purchase (funnels.codes.SkipReason).
     "payment_result_missing": _("the payment's test result is not in MODX"),
     "payment_user_missing": _("the payment's test taker is not in MODX"),
     "payment_cert_test_missing": _("the payment's certificate test is not in MODX"),

@@ -10,6 +10,8 @@ import time
 
 from django.conf import settings
 
+from funnels.brevo import masking
+
 
 def known_secrets() -> list[str]:
     values = [
@@ -23,10 +25,9 @@ def known_secrets() -> list[str]:
     return [v for v in values if v and len(v) >= 6]
 
 
-def redact(text: str) -> str:
-    for secret in known_secrets():
-        text = text.replace(secret, "[redacted]")
-    return text
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` without the configured secrets (and any given): masking.redact's marker."""
+    return masking.redact(text, *known_secrets(), *secrets)
 
 
 class RedactSecretsFilter(logging.Filter):

@@ -161,7 +161,7 @@ class FunnelEntry(models.Model):
         _("certificate purchased at"), null=True, blank=True
     )
     # The entered_at of the same person's previous entry in the same funnel (NULL for
-    # their first), kept by the writers (services.entries, services.legacy): a report then
+    # their first), kept by the writers (services.entries, adoption.legacy): a report then
     # finds each person's first entry in a period from that entry alone, without grouping
     # every entry of the period per person.
     previous_entered_at = models.DateTimeField(_("previous entry at"), null=True, blank=True)

@@ -1,5 +1,5 @@
 """Admin views that are not a model's pages. Wired, behind the admin's login and CSRF
-checks, by testizer_funnels.admin_site."""
+checks, by funnels.admin_site."""
 
 from __future__ import annotations
 

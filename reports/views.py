@@ -21,7 +21,7 @@ from reports.formatters import (
 from reports.forms import ConversionReportForm
 from reports.lift_format import lift_chart_data, lift_csv, origin_label
 from reports.selectors import conversion_report, first_entry_day, funnel_names_list
-from testizer_funnels.admin_site import site as admin_site
+from funnels.admin_site import site as admin_site
 
 
 def staff_required(view):

@@ -148,7 +148,7 @@ for _alias, _db in DATABASES.items():
         _db.setdefault("TEST", {}).setdefault(
             "NAME", str(_path.parent / ".test_dbs" / f"test_{_path.name}")
         )
-DATABASE_ROUTERS = ["testizer_funnels.routers.ModxRouter"]
+DATABASE_ROUTERS = ["funnels.routers.ModxRouter"]
 
 # --- MODX tables ---------------------------------------------------------------------
 # They become part of quoted table names: identifier characters only.

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from testizer_funnels.admin_site import site as admin_site
+from funnels.admin_site import site as admin_site
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),

@@ -260,10 +260,10 @@ def test_vendored_ddl_is_the_shared_one():
 
 
 def test_watch_schedule_is_the_purchase_sync_one():
-    from funnels.services import purchases
+    from funnels.services import purchase_writes
 
-    assert datagen.RECHECK_STEPS == purchases._RECHECK_STEPS
-    assert datagen.RECHECK_LATEST == purchases._RECHECK_LATEST
+    assert datagen.RECHECK_STEPS == purchase_writes.RECHECK_STEPS
+    assert datagen.RECHECK_LATEST == purchase_writes.RECHECK_LATEST
 
 
 def test_watches_are_left_as_the_last_run_left_them():

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,11 +28,10 @@ from funnels.brevo.errors import (
 )
 from funnels.brevo.masking import mask_email, mask_emails_in_text
 
-__all__ = ["BrevoClient", "RateLimitInfo", "LIST_ADD_MAX", "IMPORT_MAX_BODY_BYTES"]
+__all__ = ["BrevoClient", "RateLimitInfo", "IMPORT_MAX_BODY_BYTES"]
 
 logger = logging.getLogger("funnels.brevo")
 
-LIST_ADD_MAX = 150
 # Brevo refuses JSON import bodies above 10 MB; keep a margin for its own parsing.
 IMPORT_MAX_BODY_BYTES = int(9.5 * 1024 * 1024)
 DEFAULT_USER_AGENT = "testizer-funnels/1.0 (+brevo-client)"
@@ -247,17 +245,6 @@ class BrevoClient:
             self._sleep(min(interval, remaining))
             interval = min(max(interval * _POLL_GROWTH, 0.1), _POLL_MAX_INTERVAL)
 
-    def get_contact(self, *, email: str) -> dict[str, Any] | None:
-        path = f"/contacts/{quote(email, safe='')}"
-        reply = self._request(
-            "GET", path, log_path="/contacts/{email}", subject=email, none_on_404=True
-        )
-        if reply.status == 404:
-            return None
-        if not isinstance(reply.data, dict):
-            raise BrevoPermanentError("GET /contacts/{email} answered without a JSON object")
-        return reply.data
-
     def get_list(self, *, list_id: int) -> dict[str, Any] | None:
         """The list (id, name, ...), or None when the account has no such list. A wrong
         key raises BrevoAuthError like every call: one read checks key and list."""
@@ -269,47 +256,6 @@ class BrevoClient:
         if not isinstance(reply.data, dict):
             raise BrevoPermanentError("GET /contacts/lists/{id} answered without a JSON object")
         return reply.data
-
-    def update_contact(self, *, email: str, attributes: dict[str, Any]) -> None:
-        _reject_forbidden(attributes)
-        path = f"/contacts/{quote(email, safe='')}"
-        self._request(
-            "PUT",
-            path,
-            json_body={"attributes": dict(attributes)},
-            log_path="/contacts/{email}",
-            subject=email,
-        )
-
-    def add_contacts_to_list(self, *, list_id: int, emails: list[str]) -> dict[str, list[Any]]:
-        """Add existing contacts to a list, 150 per call.
-
-        Returns ``{"success": [...], "failure": [...], "unchanged": [...]}``.
-        ``unchanged`` holds the emails of chunks Brevo answered with 400
-        ``invalid_parameter``: nothing changed, typically because they were
-        already members (Brevo gives the same answer when none of them exist).
-        """
-        path = f"/contacts/lists/{int(list_id)}/contacts/add"
-        result: dict[str, list[Any]] = {"success": [], "failure": [], "unchanged": []}
-        for start in range(0, len(emails), LIST_ADD_MAX):
-            chunk = list(emails[start : start + LIST_ADD_MAX])
-            try:
-                reply = self._request(
-                    "POST",
-                    path,
-                    json_body={"emails": chunk},
-                    log_path=path,
-                    subject=f"{len(chunk)} emails",
-                )
-            except BrevoPermanentError as exc:
-                if exc.status == 400 and exc.code == "invalid_parameter":
-                    result["unchanged"].extend(chunk)
-                    continue
-                raise
-            contacts = reply.data.get("contacts", {}) if isinstance(reply.data, Mapping) else {}
-            result["success"].extend(contacts.get("success") or [])
-            result["failure"].extend(contacts.get("failure") or [])
-        return result
 
     # ------------------------------------------------------------ internals
 

@@ -11,6 +11,7 @@ __all__ = ["mask_email", "mask_emails_in_text", "redact"]
 _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+\-']+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 
 REDACTED = "***"
+SECRET_REDACTED = "[redacted]"
 
 
 def mask_email(email: str) -> str:
@@ -33,12 +34,13 @@ def mask_emails_in_text(text: str) -> str:
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """Remove each non-empty secret from ``text``.
+    """Replace each non-empty secret in ``text`` with ``[redacted]``: the one definition
+    (funnels.logging_filters.redact adds the configured secrets).
 
     Short secrets are still removed: an API key must never leak, even at the
     cost of over-redacting an unrelated substring.
     """
     for secret in secrets:
         if secret:
-            text = text.replace(secret, REDACTED)
+            text = text.replace(secret, SECRET_REDACTED)
     return text

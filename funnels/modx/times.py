@@ -13,7 +13,7 @@ import datetime as dt
 from django.db import connections
 from django.utils.dateparse import parse_datetime
 
-from testizer_funnels.routers import MODX_ALIAS
+from funnels.routers import MODX_ALIAS
 
 
 def modx_time_text(value) -> str | None:

@@ -19,47 +19,11 @@ from django.conf import settings
 from django.db import connections
 from django.db.models import Max, Min
 
-from funnels.emails import Reason as EmailReason
 from funnels.emails import email_check
 from funnels.modx.models import Test, TestLanguage, TestResult
 
-# SyncState key of the test-results reader.
-WATERMARK_KEY = "test_results"
-
 KIND_LANGUAGE = "language"
 KIND_NON_LANGUAGE = "non_language"
-
-
-class SkipReason:
-    """Why a candidate did not become an entry (SyncRunItem.reason of `skipped` items)."""
-
-    EMPTY_EMAIL = EmailReason.EMPTY
-    INVALID_EMAIL = EmailReason.INVALID
-    EMAIL_TOO_LONG = EmailReason.TOO_LONG
-    NO_TEST_ID = "no_test_id"
-    NO_MATCHING_FUNNEL = "no_matching_funnel"
-    FUNNEL_INACTIVE = "funnel_inactive"
-    NO_LIST_ID = "no_list_id"
-    ALREADY_IN_FUNNEL = "already_in_funnel"
-    DUPLICATE_IN_BATCH = "duplicate_in_batch"
-    TOO_OLD = "completed_too_long_ago"
-
-    ALL = frozenset({
-        EMPTY_EMAIL, INVALID_EMAIL, EMAIL_TOO_LONG, NO_TEST_ID, NO_MATCHING_FUNNEL,
-        FUNNEL_INACTIVE, NO_LIST_ID, ALREADY_IN_FUNNEL, DUPLICATE_IN_BATCH, TOO_OLD,
-    })
-
-
-class WaitReason:
-    """Why a result cannot be decided yet (RecheckRow.reason, SyncRunItem.reason of
-    `waiting` items). The email reasons are email_check's own codes."""
-
-    EMPTY_EMAIL = EmailReason.EMPTY
-    INVALID_EMAIL = EmailReason.INVALID
-    EMAIL_TOO_LONG = EmailReason.TOO_LONG
-    NO_TEST_ID = "no_test_id"
-    NO_COMPLETION_TIME = "no_completion_time"
-    COMPLETED_IN_FUTURE = "completed_in_future"
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,14 +224,4 @@ def candidates_for_email(*, email: str) -> list[Candidate]:
         .values_list(*_COLUMNS)
     )
     matching = [row for row in rows if email_check(row[1]).email == email]
-    kinds = KindResolver().kinds_for(test_id for _, _, test_id, _ in matching)
-    return [
-        Candidate(
-            result_id=result_id,
-            raw_email=raw,
-            test_id=test_id,
-            completed_at=completed_at,
-            kind=kinds.get(test_id) if test_id is not None else None,
-        )
-        for result_id, raw, test_id, completed_at in matching
-    ]
+    return _candidates(matching, kinds=KindResolver())

@@ -6,7 +6,6 @@ same on a million entries as on ten (see the query-count tests).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import zoneinfo
@@ -17,18 +16,21 @@ from django.db import DatabaseError
 from django.db.models import Count, Min, Q
 from django.utils.translation import gettext as _
 
+from funnels.codes import SkipReason, Source
 from funnels.models import Funnel, FunnelEntry, RecheckRow, SyncRun, SyncRunItem, SyncStatus
 from funnels.modx.models import TestResult
-from funnels.selectors.candidates import WATERMARK_KEY as RESULTS_WATERMARK_KEY
-from funnels.selectors.candidates import SkipReason
 from funnels.selectors.funnels import funnel_list_id, funnels_all
+from funnels.selectors.health import (
+    BROKEN_STATUSES,
+    COMPLETED_STATUSES,
+    last_completed_run_get,
+    stale_after,
+)
 from funnels.selectors.readiness import live_config_problems_display
 from funnels.services.runtime import runtime_settings_get
 
 logger = logging.getLogger(__name__)
 
-COMPLETED_STATUSES = (SyncRun.Status.SUCCESS, SyncRun.Status.PARTIAL)
-BROKEN_STATUSES = (SyncRun.Status.FAILED, SyncRun.Status.CRASHED)
 LAST_RUNS_SHOWN = 10
 
 
@@ -36,8 +38,7 @@ LAST_RUNS_SHOWN = 10
 class RunHealth:
     last_finished_run: SyncRun | None
     last_completed_run: SyncRun | None
-    # Twice the schedule: one late or skipped tick is normal, two in a row are not.
-    stale_after: dt.timedelta
+    stale_after: dt.timedelta  # selectors.health.stale_after
     stale: bool
 
     @property
@@ -49,7 +50,7 @@ class RunHealth:
         run = self.last_completed_run
         if run is None:
             return None
-        return run.finished_at or run.started_at
+        return run.finished_at
 
     @property
     def last_run_broken(self) -> bool:
@@ -110,30 +111,24 @@ class Dashboard:
 
 
 def run_health_get(*, now: dt.datetime) -> RunHealth:
-    stale_after = dt.timedelta(minutes=2 * settings.FUNNELS_SCHEDULE_MINUTES)
+    """The header's view of the job's health, by selectors.health's rule."""
+    limit = stale_after()
     # A run still going says nothing yet about whether runs work.
     last_finished = (
         SyncRun.objects.exclude(status__in=[SyncRun.Status.RUNNING, SyncRun.Status.PAUSED])
         .order_by("-started_at", "-id")
         .first()
     )
-    if last_finished is not None and last_finished.status in COMPLETED_STATUSES:
+    if (last_finished is not None and last_finished.status in COMPLETED_STATUSES
+            and last_finished.finished_at is not None):
         last_completed = last_finished
     else:
-        last_completed = (
-            SyncRun.objects.filter(status__in=COMPLETED_STATUSES)
-            .order_by("-started_at", "-id")
-            .first()
-        )
-    health = RunHealth(
-        last_finished_run=last_finished,
-        last_completed_run=last_completed,
-        stale_after=stale_after,
-        stale=False,
+        last_completed = last_completed_run_get()
+    stale = last_completed is None or now - last_completed.finished_at > limit
+    return RunHealth(
+        last_finished_run=last_finished, last_completed_run=last_completed,
+        stale_after=limit, stale=stale,
     )
-    completed_at = health.last_completed_at
-    stale = completed_at is None or now - completed_at > stale_after
-    return dataclasses.replace(health, stale=stale)
 
 
 def admin_status_get(*, now: dt.datetime) -> AdminStatus:
@@ -210,12 +205,12 @@ def dashboard_get(*, now: dt.datetime) -> Dashboard:
     if first_id is not None:
         # On uk_recheck_source_id: the waiting results among them.
         waiting = RecheckRow.objects.filter(
-            source=RESULTS_WATERMARK_KEY, modx_id__gte=first_id
+            source=Source.RESULTS, modx_id__gte=first_id
         ).count()
         skipped = (
             SyncRunItem.objects.filter(
                 source_id__gte=first_id, action=SyncRunItem.Action.SKIPPED,
-                run__dry_run=False, reason__in=SkipReason.ALL,
+                run__dry_run=False, reason__in=SkipReason.OF_RESULTS,
             )
             .values("source_id").distinct().count()
         )

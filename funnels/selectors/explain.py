@@ -13,10 +13,9 @@ from funnels.models import (
     ExperimentGroup, Funnel, FunnelEntry, RecheckRow, SyncRunItem, SyncStatus,
 )
 from funnels.services.control_groups import control_group_of
+from funnels.codes import SkipReason, Source
 from funnels.selectors.candidates import (
-    WATERMARK_KEY,
     Candidate,
-    SkipReason,
     candidates_for_email,
 )
 from funnels.selectors.funnels import (
@@ -48,7 +47,7 @@ class Explanation:
 
 
 def waiting_line(row: RecheckRow) -> str:
-    what = (_("result #%(id)s") if row.source == WATERMARK_KEY else _("payment #%(id)s")) % {
+    what = (_("result #%(id)s") if row.source == Source.RESULTS else _("payment #%(id)s")) % {
         "id": row.modx_id
     }
     return _("%(what)s waits for a recheck since %(since)s: %(reason)s; read again by "
@@ -66,7 +65,7 @@ def recheck_rows_for(*, email: str, result_ids: list[int]) -> list[RecheckRow]:
         for row in RecheckRow.objects.filter(email=email).order_by("source", "modx_id")
     }
     if result_ids:
-        for row in RecheckRow.objects.filter(source=WATERMARK_KEY, modx_id__in=result_ids):
+        for row in RecheckRow.objects.filter(source=Source.RESULTS, modx_id__in=result_ids):
             rows[(row.source, row.modx_id)] = row
     return [rows[key] for key in sorted(rows)]
 
@@ -125,7 +124,7 @@ def funnel_explain(*, raw_email: str) -> Explanation:
         return Explanation(None, check.reason, [], verdicts)
     email = check.email
     results = candidates_for_email(email=email)
-    watermark = watermark_state_get(key=WATERMARK_KEY)
+    watermark = watermark_state_get(key=Source.RESULTS)
     entries: dict[str, list[FunnelEntry]] = {}
     for entry in FunnelEntry.objects.filter(email=email).order_by("entered_at", "id"):
         entries.setdefault(entry.funnel_type, []).append(entry)
@@ -138,12 +137,12 @@ def funnel_explain(*, raw_email: str) -> Explanation:
                 source_id__in=result_ids,
                 run__dry_run=False,
                 action=SyncRunItem.Action.SKIPPED,
-                reason__in=SkipReason.ALL,
+                reason__in=SkipReason.OF_RESULTS,
             ).order_by("id")
         ):
             items[(item.source_id, item.funnel_type)] = item
     waiting = recheck_rows_for(email=email, result_ids=result_ids)
-    waiting_results = {row.modx_id: row for row in waiting if row.source == WATERMARK_KEY}
+    waiting_results = {row.modx_id: row for row in waiting if row.source == Source.RESULTS}
     verdicts = []
     for funnel in funnels:
         if funnel.slug in entries:

@@ -45,9 +45,12 @@ def funnel_list_id(*, funnel: Funnel) -> int | None:
     return int(value) if value else None
 
 
-def funnel_list_ids() -> dict[str, int | None]:
-    """Funnel slug -> Brevo list id, for every funnel row."""
-    return {funnel.slug: funnel_list_id(funnel=funnel) for funnel in funnels_all()}
+def funnel_list_ids(*, funnels: list[Funnel] | None = None) -> dict[str, int | None]:
+    """Funnel slug -> Brevo list id, for the given funnels (default: every funnel row).
+    A run looks them up once and hands them to each phase."""
+    if funnels is None:
+        funnels = funnels_all()
+    return {funnel.slug: funnel_list_id(funnel=funnel) for funnel in funnels}
 
 
 def funnel_attribute_names() -> dict[str, AttributeNames]:

@@ -17,8 +17,24 @@ OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
 EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2}
 RECENT_RUNS = 4
 
-_COMPLETED = (SyncRun.Status.SUCCESS, SyncRun.Status.PARTIAL, SyncRun.Status.HELD)
-_BROKEN = (SyncRun.Status.FAILED, SyncRun.Status.CRASHED)
+# The one rule for the job's health, used here and by the admin's header and dashboard
+# (selectors/dashboard.py): a held run completed its reads (it waits for a person, which
+# run_health reports first); a failed or crashed one did not.
+COMPLETED_STATUSES = (SyncRun.Status.SUCCESS, SyncRun.Status.PARTIAL, SyncRun.Status.HELD)
+BROKEN_STATUSES = (SyncRun.Status.FAILED, SyncRun.Status.CRASHED)
+
+
+def stale_after(*, schedule_minutes: int | None = None) -> timedelta:
+    """Twice the schedule: one late or skipped tick is normal, two in a row are not."""
+    return timedelta(minutes=2 * (schedule_minutes or settings.FUNNELS_SCHEDULE_MINUTES))
+
+
+def last_completed_run_get() -> SyncRun | None:
+    return (
+        SyncRun.objects.filter(status__in=COMPLETED_STATUSES, finished_at__isnull=False)
+        .order_by("-started_at", "-id")
+        .first()
+    )
 
 
 @dataclass(frozen=True)
@@ -69,16 +85,11 @@ def run_health(*, now: datetime, schedule_minutes: int | None = None) -> Health:
               "check them, then release them in the admin or with run_funnels --release-held")
             % {"n": held.contacts, "run": held.runs[0].pk if held.runs else "?"},
         )
-    schedule = schedule_minutes or settings.FUNNELS_SCHEDULE_MINUTES
-    limit = timedelta(minutes=2 * schedule)
+    limit = stale_after(schedule_minutes=schedule_minutes)
     paused = schedule_pause_health(now=now)
     if paused is not None:
         return paused
-    last_good = (
-        SyncRun.objects.filter(status__in=_COMPLETED, finished_at__isnull=False)
-        .order_by("-started_at", "-id")
-        .first()
-    )
+    last_good = last_completed_run_get()
     if last_good is None:
         return Health(CRITICAL, _("no run has completed yet"))
     age = now - last_good.finished_at
@@ -94,7 +105,7 @@ def run_health(*, now: datetime, schedule_minutes: int | None = None) -> Health:
         .order_by("-started_at", "-id")
         .values("id", "status", "contacts_failed")[:RECENT_RUNS]
     )
-    broken = [r for r in recent if r["status"] in _BROKEN]
+    broken = [r for r in recent if r["status"] in BROKEN_STATUSES]
     if broken:
         return Health(
             WARNING,

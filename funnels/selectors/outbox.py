@@ -105,6 +105,3 @@ def outbox_people(*, emails: Iterable[str]) -> dict[str, list[PersonEntry]]:
         people.setdefault(entry.email, []).append(entry)
     return people
 
-
-def outbox_due_count(*, now: datetime) -> int:
-    return FunnelEntry.objects.filter(outbox_due_q(now=now), funnel_entry_usable_q()).count()

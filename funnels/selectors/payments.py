@@ -18,7 +18,7 @@ writes INNER joins for non-null foreign keys, hence the hand-written SQL.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -27,7 +27,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from funnels.modx.models import PAYMENT_STATUS_PAID, CertPayment, CertResult, CertTest, CertUser
-from testizer_funnels.routers import MODX_ALIAS
+from funnels.routers import MODX_ALIAS
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,18 +121,6 @@ def payments_after(*, after_id: int, limit: int) -> list[PaymentRow]:
     p_id = q(_column(CertPayment, "id"))
     sql = _select_sql() + f"WHERE p.{p_id} > %s ORDER BY p.{p_id} LIMIT %s"
     return _rows(sql, [after_id, limit])
-
-
-def payments_stream(*, after_id: int, chunk_size: int) -> Iterator[list[PaymentRow]]:
-    """Chunks of new payments until MODX has nothing newer; one query per chunk."""
-    while True:
-        chunk = payments_after(after_id=after_id, limit=chunk_size)
-        if not chunk:
-            return
-        yield chunk
-        if len(chunk) < chunk_size:
-            return
-        after_id = chunk[-1].payment_id
 
 
 def payments_by_ids(*, payment_ids: Iterable[int]) -> list[PaymentRow]:

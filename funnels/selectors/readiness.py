@@ -8,22 +8,27 @@ from django.conf import settings
 
 from funnels.labels import error_label
 from funnels.models import Funnel
-from funnels.selectors.funnels import funnel_list_id, funnels_all
+from funnels.selectors.funnels import funnel_list_ids, funnels_all
 
 API_KEY_MISSING = "BREVO_API_KEY is not set"
 
 
 def live_config_problems(
-    *, funnels: list[Funnel] | None = None, api_key: str | None = None
+    *, funnels: list[Funnel] | None = None, api_key: str | None = None,
+    list_ids: dict[str, int | None] | None = None,
 ) -> list[str]:
     """What is missing for a live run, as the English lines a run records; empty when it
-    may talk to Brevo. `funnels=None` reads them; `api_key=None` takes the setting."""
+    may talk to Brevo. `funnels=None` reads them; `api_key=None` takes the setting;
+    `list_ids`: the run's (funnel_list_ids), else looked up here."""
     key = settings.BREVO_API_KEY if api_key is None else api_key
     problems = []
     if not key:
         problems.append(API_KEY_MISSING)
-    for funnel in funnels_all() if funnels is None else funnels:
-        if funnel.active and not funnel_list_id(funnel=funnel):
+    funnels = funnels_all() if funnels is None else funnels
+    if list_ids is None:
+        list_ids = funnel_list_ids(funnels=funnels)
+    for funnel in funnels:
+        if funnel.active and not list_ids.get(funnel.slug):
             problems.append(f"funnel {funnel.slug!r} has no Brevo list id")
     return problems
 

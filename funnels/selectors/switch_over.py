@@ -21,8 +21,8 @@ from funnels.brevo.errors import BrevoAuthError, BrevoError
 from funnels.brevo.factory import brevo_client_build
 from funnels.logging_filters import redact
 from funnels.models import FunnelEntry, SyncRun
+from funnels.codes import Source
 from funnels.selectors.candidates import (
-    WATERMARK_KEY,
     KindResolver,
     candidates_start_id,
     candidates_stream,
@@ -31,15 +31,16 @@ from funnels.selectors.funnels import (
     funnel_entries_unusable_count,
     funnel_entry_usable_q,
     funnel_list_id,
+    funnel_list_ids,
     funnels_all,
     watermark_get,
 )
 from funnels.selectors.outbox import outbox_due_q
 from funnels.services.entries import EntryPlanner
 from funnels.services.results import candidate_waiting
-from funnels.services.legacy import LegacyAdoptionRefused, legacy_adoption_status
+from funnels.adoption.legacy import LegacyAdoptionRefused, legacy_adoption_status
 from funnels.services.runtime import runtime_settings_get
-from testizer_funnels.routers import MODX_ALIAS
+from funnels.routers import MODX_ALIAS
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}
@@ -187,9 +188,7 @@ def first_run_forecast(*, now: dt.datetime, since: dt.date | None = None) -> Fir
     since = since or (timezone.localtime(now).date()
                       - dt.timedelta(days=settings.FUNNELS_INITIAL_LOOKBACK_DAYS))
     funnels = funnels_all()
-    planner = EntryPlanner(
-        funnels=funnels, list_ids={f.slug: funnel_list_id(funnel=f) for f in funnels}
-    )
+    planner = EntryPlanner(funnels=funnels, list_ids=funnel_list_ids(funnels=funnels))
     scratch = SyncRun(dry_run=True, status=SyncRun.Status.RUNNING, started_at=now)
     results = entries = 0
     emails: set[str] = set()
@@ -199,8 +198,7 @@ def first_run_forecast(*, now: dt.datetime, since: dt.date | None = None) -> Fir
                                    chunk_size=settings.FUNNELS_CHUNK_SIZE, kinds=kinds):
         # As the run does: results that cannot be decided yet wait, the rest are planned.
         ready = [c for c in chunk if candidate_waiting(c, now=now, skew=skew) is None]
-        _, items, outcome = planner.plan_chunk(run=scratch, candidates=ready, dry_run=True,
-                                               now=now)
+        _, items, outcome = planner.plan_chunk(run=scratch, candidates=ready, now=now)
         results += len(chunk)
         entries += outcome.added
         emails.update(i.email for i in items if i.action == "would_add")
@@ -228,7 +226,7 @@ def check_look_back(*, now: dt.datetime) -> Check:
             "; shorter than the earlier tool's %(window)s days: people it had not reached "
             "yet are never added; set FUNNELS_INITIAL_LOOKBACK_DAYS=%(window)s"
         ) % {"window": EARLIER_WINDOW_DAYS} if days < EARLIER_WINDOW_DAYS else ""})
-    last_id = watermark_get(key=WATERMARK_KEY)
+    last_id = watermark_get(key=Source.RESULTS)
     if last_id is not None:
         due = (FunnelEntry.objects.filter(outbox_due_q(now=now), funnel_entry_usable_q())
                .values_list("email", flat=True).distinct().count())

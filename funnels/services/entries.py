@@ -25,9 +25,10 @@ from django.db import connections
 from django.utils import timezone
 
 from funnels.emails import email_check
+from funnels.codes import SkipReason
 from funnels.models import ExperimentGroup, Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncStatus
+from funnels.selectors.candidates import Candidate
 from funnels.services.control_groups import control_group_of
-from funnels.selectors.candidates import Candidate, SkipReason
 from funnels.selectors.funnels import ExistingEntry, funnel_accepts, funnel_entries_existing
 
 
@@ -73,8 +74,10 @@ class EntryPlanner:
         return funnel_accepts(funnel=funnel, kind=candidate.kind, test_id=candidate.test_id)
 
     def plan_chunk(
-        self, *, run: SyncRun, candidates: list[Candidate], dry_run: bool, now: datetime
+        self, *, run: SyncRun, candidates: list[Candidate], now: datetime
     ) -> tuple[list[FunnelEntry], list[SyncRunItem], ChunkOutcome]:
+        """What `run` does with these candidates; a dry run (`run.dry_run`) plans only."""
+        dry_run = run.dry_run
         outcome = ChunkOutcome(results_read=len(candidates))
         if candidates:
             outcome.last_id = candidates[-1].result_id

@@ -31,6 +31,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from funnels.locks import RunLock
 from funnels.models import SyncRun, SyncRunItem
 from funnels.selectors.funnels import WatermarkState, watermark_state_get
 from funnels.services.recheck import (
@@ -101,17 +102,17 @@ class ModxReader:
     """The reader of one source for one run; `commit` is one chunk, start to finish."""
 
     def __init__(
-        self, *, source: ModxSource, run: SyncRun, dry_run: bool, now: dt.datetime,
-        chunk_size: int, lock_check: Callable[[], None] | None,
+        self, *, source: ModxSource, run: SyncRun, now: dt.datetime,
+        chunk_size: int, lock: RunLock | None,
         progress: Callable[[ReadResult], None] | None = None,
     ) -> None:
         self.source = source
         self.progress = progress
         self.run = run
-        self.dry_run = dry_run
+        self.dry_run = run.dry_run
         self.now = now
         self.chunk_size = chunk_size
-        self.lock_check = lock_check
+        self.lock = lock
         self.result = ReadResult()
         self.list: RecheckList = recheck_list_load(
             source=source.key,
@@ -243,8 +244,8 @@ class ModxReader:
                     raise WatermarkMoved(
                         f"the {source.key} watermark is no longer {move.before.last_id}"
                     )
-                if self.lock_check is not None:
-                    self.lock_check()
+                if self.lock is not None:
+                    self.lock.check()
         self.list.apply(changes)
         self._count(changes)
         if rows and self.progress is not None:
@@ -314,17 +315,17 @@ def _day(moment: dt.datetime) -> str:
 
 
 def modx_source_read(
-    *, source: ModxSource, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
-    lock_check: Callable[[], None] | None = None,
+    *, source: ModxSource, run: SyncRun, now: dt.datetime, chunk_size: int,
+    lock: RunLock | None = None,
     progress: Callable[[ReadResult], None] | None = None,
 ) -> ReadResult:
     """Read `source` as the module docstring says; returns what was read and decided."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     reader = ModxReader(
-        source=source, run=run, dry_run=dry_run, now=now, chunk_size=chunk_size,
-        lock_check=lock_check, progress=progress,
+        source=source, run=run, now=now, chunk_size=chunk_size, lock=lock, progress=progress,
     )
+    dry_run = run.dry_run
     state = watermark_state_get(key=source.key)
     if state is None:
         start = source.first_start_id()

@@ -508,11 +508,13 @@ def outbox_push(
     poll_interval: float = IMPORT_POLL_INTERVAL,
     import_timeout: float = IMPORT_TIMEOUT,
     clock: Callable[[], datetime] = timezone.now,
+    list_ids: dict[str, int | None] | None = None,
 ) -> OutboxResult:
-    """Send every entry due at `now`; see the module docstring for the rules."""
+    """Send every entry due at `now`; see the module docstring for the rules. `list_ids`:
+    the run's (looked up once), else read now."""
     batch_size = batch_size or settings.BREVO_IMPORT_BATCH_SIZE
     threshold = threshold or settings.BREVO_IMPORT_THRESHOLD
-    list_ids = funnel_list_ids()
+    list_ids = funnel_list_ids() if list_ids is None else list_ids
     names = funnel_attribute_names()
     pusher = _Pusher(
         run=run, client=client, now=now, lock=lock, threshold=threshold,

@@ -16,6 +16,9 @@ funnel knows (yet) - unless it is history (paid before the recheck period).
 An entry's purchase is always "the earliest paid payment of the funnel's certificate type,
 by the same normalised email, at or after the entry's entered_at". Every chunk moves
 entries towards that rule using what it read, so running again changes nothing.
+The rule itself is funnels/purchase_rules.py (plain functions over plain data), the
+entries a chunk touches are read by selectors/purchases.py, and the writes are
+services/purchase_writes.py; this module reads, asks, itemises and counts.
 See docs/purchases.md for the decisions (refunds, the watch horizon, the limits).
 """
 
@@ -23,27 +26,29 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from django.conf import settings
-from django.db import connections, transaction
-from django.db.models import Case, DateTimeField, Q, Value, When
+from django.db import transaction
 
-from funnels.emails import email_check, email_normalize
-from funnels.models import (
-    Funnel,
-    FunnelEntry,
-    PaymentWatch,
-    SyncRun,
-    SyncRunItem,
-    SyncState,
-    SyncStatus,
-)
-from funnels.modx.models import PAYMENT_STATUS_PAID
+from funnels.codes import SkipReason, Source
+from funnels.emails import email_normalize
+from funnels.locks import RunLock
 from funnels.modx.times import modx_time_text
-from funnels.selectors.funnels import funnel_entry_usable_q
+from funnels.models import Funnel, FunnelEntry, PaymentWatch, SyncRun, SyncRunItem, SyncState
+from funnels.purchase_rules import (
+    FOUND,
+    REVOKED,
+    Change,
+    Payment,
+    entries_losing_purchase,
+    funnels_by_certificate_type,
+    payment_classify,
+    payment_skip_reason,
+    purchase_changes_decide,
+)
 from funnels.selectors.payments import (
     PaymentRow,
     paid_payments_for_emails,
@@ -51,51 +56,10 @@ from funnels.selectors.payments import (
     payments_by_ids,
     payments_columns_by_ids,
 )
+from funnels.selectors.purchases import funnel_entries_for_payments
 from funnels.services.modx_reader import ReadResult, modx_source_read
+from funnels.services.purchase_writes import entries_purchase_write, payment_watches_write
 from funnels.services.recheck import Waiting, fingerprint_of
-
-WATERMARK_KEY = "payments"
-
-_ENTRY_FIELDS = (
-    "id", "email", "funnel_type", "test_id", "entered_at",
-    "certificate_purchased", "certificate_purchased_at", "payment_id",
-)
-# Keeps each CASE ... WHEN short: the database walks it for every row it updates.
-_UPDATE_BATCH = 500
-
-# How soon a watched payment is read again, by how long ago its watch (re)started: a
-# payment is usually completed minutes after it was started and refunded, if at all, within
-# days, so young payments are read often and old ones rarely. The first step is shorter than
-# the 15-minute cron period, so a young payment is read by every scheduled run but not again
-# by a manual run a few minutes later. Over a 30-day watch that is ~75 reads, not ~2,900.
-_RECHECK_STEPS: tuple[tuple[dt.timedelta, dt.timedelta], ...] = (
-    # (watched for less than, read again after)
-    (dt.timedelta(hours=1), dt.timedelta(minutes=10)),
-    (dt.timedelta(days=1), dt.timedelta(hours=1)),
-    (dt.timedelta(days=7), dt.timedelta(hours=6)),
-)
-_RECHECK_LATEST = dt.timedelta(days=1)
-
-# Entries holding a payment of the chunk are looked up by payment-id ranges, never by a
-# long IN list: almost every entry has no payment, so InnoDB's statistics for the index
-# are dominated by NULLs and a long IN list (estimated from them, past
-# eq_range_index_dive_limit = 200) can look like the whole table, which MariaDB then
-# scans. Ranges are estimated by index dives; this many keep every one of them dived.
-_MAX_ID_RANGES = 100
-
-
-class SkipReason:
-    RESULT_MISSING = "payment_result_missing"
-    USER_MISSING = "payment_user_missing"
-    CERT_TEST_MISSING = "payment_cert_test_missing"
-    UNKNOWN_TYPE = "unknown_certificate_type"
-    NOT_PAID = "not_paid"
-    TIME_MISSING = "payment_time_missing"
-    NO_ENTRY = "no_entry"
-    BEFORE_ENTRY = "purchase_before_entry"
-    # A dry run that would withdraw a purchase; SyncRunItem.Action has no "would revoke".
-    WOULD_REVOKE = "would_revoke_purchase"
-
 
 # Most payments are by people in no funnel, or not paid (yet): counted, never itemised,
 # or a backlog of them would swamp the run's items.
@@ -115,97 +79,20 @@ class PurchaseSyncResult:
     waiting_now: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Payment:
-    row: PaymentRow
-    email: str | None  # normalised
-    funnels: tuple[str, ...]  # funnel slugs whose certificate_type is this payment's type
-    problem: str | None  # why the row cannot be used at all
-
-    @property
-    def payment_id(self) -> int:
-        return self.row.payment_id
-
-    @property
-    def paid(self) -> bool:
-        return self.problem is None and self.row.is_paid
-
-    @property
-    def key(self) -> tuple[dt.datetime, int]:
-        # Earliest payment wins; the id breaks ties so that every run picks the same one.
-        assert self.row.paid_at is not None
-        return (self.row.paid_at, self.row.payment_id)
-
-    def unpaid_reason(self) -> str:
-        if self.row.status_id != PAYMENT_STATUS_PAID:
-            return SkipReason.NOT_PAID
-        return SkipReason.TIME_MISSING
-
-    def counts_for(self, entry: FunnelEntry) -> bool:
-        return (
-            self.paid
-            and self.email == entry.email
-            and entry.funnel_type in self.funnels
-            and self.row.paid_at >= entry.entered_at
-        )
-
-
-def _funnels_by_type(funnels: Iterable[Funnel]) -> dict[int, tuple[str, ...]]:
-    """Certificate type -> the slugs of the funnels that take it, in slug order."""
-    by_type: dict[int, tuple[str, ...]] = {}
-    for funnel in sorted(funnels, key=lambda f: f.slug):
-        by_type[funnel.certificate_type] = (*by_type.get(funnel.certificate_type, ()),
-                                            funnel.slug)
-    return by_type
-
-
-def _classify(row: PaymentRow, funnels_by_type: dict[int, tuple[str, ...]]) -> _Payment:
-    email: str | None = None
-    problem: str | None = None
-    if not row.result_found:
-        problem = SkipReason.RESULT_MISSING
-    elif not row.user_found:
-        problem = SkipReason.USER_MISSING
-    elif not row.cert_test_found:
-        problem = SkipReason.CERT_TEST_MISSING
-    else:
-        check = email_check(row.raw_email)
-        email = check.email
-        if not check.ok:
-            problem = check.reason
-        elif row.certificate_type not in funnels_by_type:
-            problem = SkipReason.UNKNOWN_TYPE
-    return _Payment(
-        row=row,
-        email=email,
-        funnels=funnels_by_type.get(row.certificate_type, ()) if problem is None else (),
-        problem=problem,
-    )
-
-
-@dataclass
-class _Change:
-    entry: FunnelEntry
-    payment: _Payment | None  # None: the purchase is withdrawn
-    kind: str  # "found", "updated", "revoked"
-    replaced: int | None = None
-
-
 class _PurchaseRun:
     """The payments source of the MODX reader, and the watch-list pass."""
 
-    key = WATERMARK_KEY
+    key = Source.PAYMENTS
     clock_reasons: frozenset[str] = frozenset()
 
     def __init__(
-        self, *, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
-        lock_check: Callable[[], None] | None,
+        self, *, run: SyncRun, now: dt.datetime, chunk_size: int, lock: RunLock | None,
     ) -> None:
         self.run = run
-        self.dry_run = dry_run
+        self.dry_run = run.dry_run
         self.now = now
         self.chunk_size = chunk_size
-        self.lock_check = lock_check
+        self.lock = lock
         self.horizon = dt.timedelta(days=settings.FUNNELS_PURCHASE_RECHECK_DAYS)
         self.recheck_period = dt.timedelta(days=settings.FUNNELS_RECHECK_DAYS)
         # A dry run writes nothing, so later chunks must see what earlier ones would have
@@ -221,7 +108,7 @@ class _PurchaseRun:
     @cached_property
     def funnels_by_type(self) -> dict[int, tuple[str, ...]]:
         # Read when the first chunk needs it: a run with nothing to read does not ask.
-        return _funnels_by_type(Funnel.objects.all())
+        return funnels_by_certificate_type(Funnel.objects.all())
 
     @cached_property
     def types_known(self) -> str:
@@ -259,8 +146,8 @@ class _PurchaseRun:
             return
         with transaction.atomic():
             self._apply(ids=ids, rows=rows, watches={w.payment_id: w for w in watches})
-            if self.lock_check is not None:
-                self.lock_check()
+            if self.lock is not None:
+                self.lock.check()
 
     def entered_people(self, *, emails: Iterable[str]) -> None:
         """Paid payments of people entered by this run, already read before (so neither
@@ -269,7 +156,7 @@ class _PurchaseRun:
         if not wanted:
             return
         # Payments above the watermark are new: the reader applies them after this.
-        watermark_before = SyncState.objects.filter(key=WATERMARK_KEY).values_list(
+        watermark_before = SyncState.objects.filter(key=Source.PAYMENTS).values_list(
             "last_id", flat=True
         ).first() or 0
         for start in range(0, len(wanted), 500):
@@ -286,8 +173,8 @@ class _PurchaseRun:
                 continue
             with transaction.atomic():
                 self._apply(ids=ids, rows=rows, watches=self._watches_of(ids))
-                if self.lock_check is not None:
-                    self.lock_check()
+                if self.lock is not None:
+                    self.lock.check()
 
     # -- the MODX reader's source --------------------------------------------------------
 
@@ -322,7 +209,7 @@ class _PurchaseRun:
         }
 
     def waiting(self, row: PaymentRow) -> Waiting | None:
-        payment = _classify(row, self.funnels_by_type)
+        payment = payment_classify(row, self.funnels_by_type)
         if payment.problem is None:
             return None
         paid_at = row.paid_at
@@ -351,7 +238,7 @@ class _PurchaseRun:
         self, *, ids: list[int], rows: list[PaymentRow], watches: dict[int, PaymentWatch],
     ) -> None:
         """Decide and write one chunk; live writes join the caller's transaction."""
-        payments = {r.payment_id: _classify(r, self.funnels_by_type) for r in rows}
+        payments = {r.payment_id: payment_classify(r, self.funnels_by_type) for r in rows}
         entries = self._entries_for(payments=payments.values(), ids=ids)
         changes = self._decide(entries=entries, payments=payments, ids=set(ids))
         items = [self._change_item(c) for c in changes]
@@ -366,49 +253,19 @@ class _PurchaseRun:
                 )
             SyncRunItem.objects.bulk_create(items)
             return
-        self._write_entries(changes)
-        self._write_watches(ids=ids, payments=payments, watches=watches)
+        entries_purchase_write(changes=changes, now=self.now)
+        payment_watches_write(ids=ids, payments=payments, watches=watches, now=self.now,
+                              horizon=self.horizon)
         SyncRunItem.objects.bulk_create(items)
 
-    def _entries_for(self, *, payments: Iterable[_Payment], ids: list[int]) -> list[FunnelEntry]:
-        """One query: entries the paid payments may count for, and entries that point at
-        any payment of the chunk (their purchase may have to be withdrawn)."""
-        if not ids:
-            return []
-        emails: set[str] = set()
-        slugs: set[str] = set()
-        for payment in payments:
-            if payment.paid:
-                emails.add(payment.email)
-                slugs.update(payment.funnels)
-        # Ranges, not `payment_id IN (...)` (see _MAX_ID_RANGES; a long IN list made
-        # MariaDB scan a million entries, 1.5 s per chunk). New payments are one range;
-        # watched ones due together may lie far apart, so the ids are cut at their widest
-        # gaps rather than spanned by one range over the whole watch list. Entries in a
-        # range that point at other payments are dropped below.
-        in_ranges = Q()
-        for low, high in _id_ranges(ids, most=_MAX_ID_RANGES):
-            in_ranges |= Q(payment_id__range=(low, high))
-        # Rows another writer left in the table are never matched (funnel_entry_usable_q).
-        usable = funnel_entry_usable_q()
-        by_payment = FunnelEntry.objects.filter(in_ranges, usable).order_by().only(*_ENTRY_FIELDS)
-        if emails:
-            by_email = (
-                FunnelEntry.objects.filter(usable, email__in=sorted(emails),
-                                           funnel_type__in=sorted(slugs))
-                .order_by()
-                .only(*_ENTRY_FIELDS)
-            )
-            # UNION ALL: a plain UNION de-duplicates whole rows in a temporary table, which
-            # cost more than both reads together; duplicates are dropped by id below.
-            fetched = list(by_email.union(by_payment, all=True))
-        else:
-            fetched = list(by_payment)
-        wanted = set(ids)
-        entries = list({
-            e.id: e for e in fetched
-            if e.payment_id in wanted or (e.email in emails and e.funnel_type in slugs)
-        }.values())
+    def _entries_for(self, *, payments: Iterable[Payment], ids: list[int]) -> list[FunnelEntry]:
+        """The entries the chunk may change, as this run has left them (a dry run's plan
+        of earlier chunks laid over what is stored)."""
+        paid = [p for p in payments if p.paid]
+        entries = funnel_entries_for_payments(
+            payment_ids=ids, emails={p.email for p in paid},
+            slugs={slug for p in paid for slug in p.funnels},
+        )
         for entry in entries:
             planned = self.planned.get(entry.id)
             if planned is not None:
@@ -417,76 +274,34 @@ class _PurchaseRun:
                     entry.certificate_purchased_at,
                     entry.payment_id,
                 ) = planned
-        entries.sort(key=lambda e: e.id)
         return entries
 
     def _decide(
-        self, *, entries: list[FunnelEntry], payments: dict[int, _Payment], ids: set[int]
-    ) -> list[_Change]:
-        candidates: dict[tuple[str, str], list[_Payment]] = defaultdict(list)
-        for payment in payments.values():
-            if payment.paid:
-                for slug in payment.funnels:
-                    candidates[(payment.email, slug)].append(payment)
-
-        # An entry whose payment was re-read and no longer counts for it (refunded,
-        # cancelled, vanished, re-timed before entry) loses it, unless another paid
-        # payment of the buyer takes its place: look those up once for the chunk.
-        lost = [
-            e for e in entries
-            if e.certificate_purchased and e.payment_id in ids
-            and not (e.payment_id in payments and payments[e.payment_id].counts_for(e))
-        ]
+        self, *, entries: list[FunnelEntry], payments: dict[int, Payment], ids: set[int]
+    ) -> list[Change]:
+        # An entry losing its payment keeps a purchase if another paid payment of the buyer
+        # takes its place: those are looked up once for the chunk, by every spelling known.
+        lost = entries_losing_purchase(entries=entries, payments=payments, ids=ids)
+        others: list[Payment] = []
         if lost:
             spellings = {e.email for e in lost}
             spellings.update(
                 payments[e.payment_id].row.raw_email or ""
                 for e in lost if e.payment_id in payments
             )
-            for row in paid_payments_for_emails(emails=spellings):
-                if row.payment_id in ids:
-                    continue  # read in this chunk already: that reading is the current one
-                other = _classify(row, self.funnels_by_type)
-                if other.paid:
-                    for slug in other.funnels:
-                        candidates[(other.email, slug)].append(other)
-        lost_ids = {e.id for e in lost}
-
-        changes: list[_Change] = []
-        for entry in entries:
-            options = [p for p in candidates.get((entry.email, entry.funnel_type), ())
-                       if p.counts_for(entry)]
-            best = min(options, key=lambda p: p.key) if options else None
-            current = entry.payment_id
-            if entry.id in lost_ids:
-                if best is not None:
-                    changes.append(_Change(entry, best, "updated", replaced=current))
-                else:
-                    changes.append(_Change(entry, None, "revoked", replaced=current))
-            elif entry.certificate_purchased and current is not None:
-                if current in payments:
-                    current_key = payments[current].key
-                elif entry.certificate_purchased_at is not None:
-                    current_key = (entry.certificate_purchased_at, current)
-                else:
-                    current_key = None
-                if best is None:
-                    continue
-                if current_key is None or best.key < current_key:
-                    changes.append(_Change(entry, best, "updated", replaced=current))
-                elif best.payment_id == current and (
-                    best.row.paid_at != entry.certificate_purchased_at
-                ):
-                    changes.append(_Change(entry, best, "updated", replaced=current))
-            elif best is not None:
-                # Not purchased, or purchased by the earlier tool with no payment recorded:
-                # either way the payment we can name becomes the entry's purchase.
-                kind = "updated" if entry.certificate_purchased else "found"
-                changes.append(_Change(entry, best, kind))
+            others = [
+                payment_classify(row, self.funnels_by_type)
+                for row in paid_payments_for_emails(emails=spellings)
+                # Read in this chunk already: that reading is the current one.
+                if row.payment_id not in ids
+            ]
+        changes = purchase_changes_decide(
+            entries=entries, payments=payments, ids=ids, others=others
+        )
         for change in changes:
-            if change.kind == "found":
+            if change.kind == FOUND:
                 self.found += 1
-            elif change.kind == "revoked":
+            elif change.kind == REVOKED:
                 self.revoked += 1
             else:
                 self.updated += 1
@@ -494,7 +309,7 @@ class _PurchaseRun:
 
     # -- items ----------------------------------------------------------------------------
 
-    def _change_item(self, change: _Change) -> SyncRunItem:
+    def _change_item(self, change: Change) -> SyncRunItem:
         entry = change.entry
         if change.payment is None:
             action = (
@@ -523,7 +338,7 @@ class _PurchaseRun:
         )
 
     def _skip_items(
-        self, *, payments: dict[int, _Payment], entries: list[FunnelEntry],
+        self, *, payments: dict[int, Payment], entries: list[FunnelEntry],
         watches: dict[int, PaymentWatch],
     ) -> list[SyncRunItem]:
         """Why a payment changed nothing: said once, when it is first read or when its
@@ -536,18 +351,9 @@ class _PurchaseRun:
             watch = watches.get(payment.payment_id)
             if watch is not None and watch.paid == payment.paid:
                 continue
-            if payment.problem is not None:
-                reason = payment.problem
-            elif not payment.paid:
-                reason = payment.unpaid_reason()
-            else:
-                times = [t for slug in payment.funnels for t in entered.get((payment.email, slug), ())]
-                if not times:
-                    reason = SkipReason.NO_ENTRY
-                elif min(times) > payment.row.paid_at:
-                    reason = SkipReason.BEFORE_ENTRY
-                else:
-                    continue
+            reason = payment_skip_reason(payment, entered=entered)
+            if reason is None:
+                continue
             self.skipped[reason] += 1
             if reason in _COUNT_ONLY:
                 continue
@@ -565,125 +371,6 @@ class _PurchaseRun:
             )
         return items
 
-    # -- writes (live only) ---------------------------------------------------------------
-
-    def _write_entries(self, changes: list[_Change]) -> None:
-        """One UPDATE per batch of changed entries.
-
-        Hand-written because bulk_update builds a Django expression per row and field:
-        on 3,000 changed entries that was 8 s of Python and 5 s of MariaDB evaluating
-        searched CASEs. A simple `CASE id WHEN ...` for the three values that differ per
-        row, with the outbox columns set alike for all, does the same in a fraction.
-        """
-        if not changes:
-            return
-        connection = connections[FunnelEntry.objects.db]
-        q = connection.ops.quote_name
-        column = {name: q(FunnelEntry._meta.get_field(name).column) for name in (
-            "id", "certificate_purchased", "certificate_purchased_at", "payment_id",
-            "sync_status", "sync_revision", "sync_next_attempt_at", "updated_at",
-        )}
-        now = connection.ops.adapt_datetimefield_value(self.now)
-        max_params = connection.features.max_query_params or 10_000
-        batch = max(1, min(_UPDATE_BATCH, (max_params - 10) // 7))
-        for start in range(0, len(changes), batch):
-            part = changes[start:start + batch]
-            purchased, purchased_at, payment, ids = [], [], [], []
-            for change in part:
-                entry_id = change.entry.id
-                paid = change.payment
-                purchased += [entry_id, paid is not None]
-                purchased_at += [
-                    entry_id,
-                    connection.ops.adapt_datetimefield_value(paid.row.paid_at) if paid else None,
-                ]
-                payment += [entry_id, paid.payment_id if paid else None]
-                ids.append(entry_id)
-            whens = " ".join(["WHEN %s THEN %s"] * len(part))
-            placeholders = ", ".join(["%s"] * len(part))
-            # The outbox sends the new state; a send in flight for the old revision will
-            # not mark the entry synced (it compares revisions).
-            sql = (
-                f"UPDATE {q(FunnelEntry._meta.db_table)} SET "
-                f"{column['certificate_purchased']} = CASE {column['id']} {whens} END, "
-                f"{column['certificate_purchased_at']} = CASE {column['id']} {whens} END, "
-                f"{column['payment_id']} = CASE {column['id']} {whens} END, "
-                # A held entry stays held: the flood guard's release decides when it goes.
-                # A control entry stays control: nothing about it ever goes to Brevo.
-                f"{column['sync_status']} = CASE WHEN {column['sync_status']} IN (%s, %s) "
-                f"THEN {column['sync_status']} ELSE %s END, "
-                f"{column['sync_revision']} = {column['sync_revision']} + 1, "
-                f"{column['sync_next_attempt_at']} = %s, {column['updated_at']} = %s "
-                f"WHERE {column['id']} IN ({placeholders})"
-            )
-            params = [
-                *purchased, *purchased_at, *payment, SyncStatus.HELD, SyncStatus.CONTROL,
-                SyncStatus.PENDING, now, now,
-                *ids,
-            ]
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-
-    def _next_check(self) -> Case:
-        """When each watch read now is due again, from how long ago its watch (re)started
-        (`recheck_until - horizon`), computed by the database: one UPDATE for the chunk."""
-        whens = [
-            When(
-                recheck_until__gt=self.now - younger_than + self.horizon,
-                then=Value(self.now + every),
-            )
-            for younger_than, every in _RECHECK_STEPS
-        ]
-        return Case(
-            *whens, default=Value(self.now + _RECHECK_LATEST), output_field=DateTimeField()
-        )
-
-    def _write_watches(
-        self, *, ids: list[int], payments: dict[int, _Payment], watches: dict[int, PaymentWatch]
-    ) -> None:
-        if self.horizon <= dt.timedelta(0):
-            return
-        oldest_worth_watching = self.now - self.horizon
-        until = self.now + self.horizon
-        first_check = self.now + _RECHECK_STEPS[0][1]
-        created: list[PaymentWatch] = []
-        changed: list[PaymentWatch] = []
-        for payment_id in ids:
-            payment = payments.get(payment_id)
-            watch = watches.get(payment_id)
-            paid = payment is not None and payment.paid
-            if watch is not None:
-                if watch.paid != paid:
-                    watch.paid = paid
-                    if paid:
-                        # Refunds come after the payment: the horizon starts again.
-                        watch.recheck_until = max(watch.recheck_until, until)
-                    changed.append(watch)
-                continue
-            if payment is None or payment.problem is not None:
-                continue
-            paid_at = payment.row.paid_at
-            if paid_at is not None and paid_at < oldest_worth_watching:
-                continue  # history (a first run reads all of it): settled long ago
-            created.append(
-                PaymentWatch(
-                    payment_id=payment_id, paid=paid, first_seen_at=self.now,
-                    recheck_until=until, next_check_at=first_check,
-                )
-            )
-        if created:
-            PaymentWatch.objects.bulk_create(created)
-        if changed:
-            PaymentWatch.objects.bulk_update(changed, ["paid", "recheck_until"])
-        if watches:
-            # After the flips above: a payment that turned paid starts a new window. By
-            # primary key: exact statistics, so the database reads just these rows unless
-            # they are a fair part of the watch list (a burst), when one pass over it is
-            # cheaper and MariaDB takes that instead.
-            PaymentWatch.objects.filter(pk__in=sorted(w.pk for w in watches.values())).update(
-                next_check_at=self._next_check()
-            )
-
     def result(self, *, read: ReadResult) -> PurchaseSyncResult:
         skipped = Counter(self.skipped)
         skipped.update({k: v for k, v in read.dropped_by_reason.items() if v})
@@ -700,29 +387,9 @@ class _PurchaseRun:
         )
 
 
-def _id_ranges(ids: Iterable[int], *, most: int) -> list[tuple[int, int]]:
-    """At most `most` inclusive (low, high) ranges covering `ids`, cut at the widest gaps,
-    so that they cover as few other ids as that many ranges can. Consecutive ids are never
-    cut apart."""
-    if most < 1:
-        raise ValueError("most must be at least 1")
-    ordered = sorted(set(ids))
-    if not ordered:
-        return []
-    widest = sorted(range(1, len(ordered)), key=lambda i: ordered[i] - ordered[i - 1],
-                    reverse=True)[: most - 1]
-    cuts = sorted(i for i in widest if ordered[i] - ordered[i - 1] > 1)
-    ranges, start = [], 0
-    for cut in cuts:
-        ranges.append((ordered[start], ordered[cut - 1]))
-        start = cut
-    ranges.append((ordered[start], ordered[-1]))
-    return ranges
-
-
 def purchases_sync(
-    *, run: SyncRun, dry_run: bool, now: dt.datetime, chunk_size: int,
-    lock_check: Callable[[], None] | None = None, entered_emails: Iterable[str] = (),
+    *, run: SyncRun, now: dt.datetime, chunk_size: int,
+    lock: RunLock | None = None, entered_emails: Iterable[str] = (),
     funnels: Iterable[Funnel] | None = None,
 ) -> PurchaseSyncResult:
     """Apply new, late, waiting and changed MODX payments to funnel entries.
@@ -733,23 +400,18 @@ def purchases_sync(
     when its watch is next due: hours later, or never after the watch ends).
 
     Live: each chunk commits its entry changes, watch-list and recheck-list changes, run
-    items and the watermark together; `lock_check` (e.g. RunLock.check) runs just before
-    each commit and may raise to roll the chunk back. Dry run: reads the same, writes only
+    items and the watermark together; `lock.check()` runs just before each commit and may
+    raise to roll the chunk back. Dry run (`run.dry_run`): reads the same, writes only
     run items (`would_purchase`, skipped or waiting with a reason).
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    job = _PurchaseRun(
-        run=run, dry_run=dry_run, now=now, chunk_size=chunk_size, lock_check=lock_check
-    )
+    job = _PurchaseRun(run=run, now=now, chunk_size=chunk_size, lock=lock)
     if funnels is not None:
-        job.funnels_by_type = _funnels_by_type(funnels)
-    if not dry_run:
+        job.funnels_by_type = funnels_by_certificate_type(funnels)
+    if not run.dry_run:
         PaymentWatch.objects.filter(recheck_until__lte=now).delete()
     job.recheck_watched()
     job.entered_people(emails=entered_emails)
-    read = modx_source_read(
-        source=job, run=run, dry_run=dry_run, now=now, chunk_size=chunk_size,
-        lock_check=lock_check,
-    )
+    read = modx_source_read(source=job, run=run, now=now, chunk_size=chunk_size, lock=lock)
     return job.result(read=read)

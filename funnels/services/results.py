@@ -20,20 +20,20 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from funnels.codes import Source, WaitReason
 from funnels.emails import email_check, email_normalize
+from funnels.locks import RunLock
 from funnels.modx.times import modx_time_text
 from funnels.models import Funnel, SyncRun, SyncRunItem, SyncStatus
 from funnels.selectors.candidates import (
-    WATERMARK_KEY,
     Candidate,
     KindResolver,
-    WaitReason,
     candidates_by_ids,
     candidates_columns_by_ids,
     candidates_chunk,
     candidates_start_id,
 )
-from funnels.selectors.funnels import funnel_list_id
+from funnels.selectors.funnels import funnel_list_ids
 from funnels.services.entries import EntryPlanner, entries_write
 from funnels.services.flood_guard import FloodGuard, entries_hold_run
 from funnels.services.modx_reader import ReadResult, modx_source_read
@@ -75,17 +75,17 @@ class ResultsOutcome:
 
 
 class ResultSource:
-    key = WATERMARK_KEY
+    key = Source.RESULTS
     clock_reasons = frozenset({WaitReason.COMPLETED_IN_FUTURE})
 
     def __init__(
-        self, *, run: SyncRun, planner: EntryPlanner, guard: FloodGuard, dry_run: bool,
+        self, *, run: SyncRun, planner: EntryPlanner, guard: FloodGuard,
         now: dt.datetime, since: dt.date,
     ) -> None:
         self.run = run
         self.planner = planner
         self.guard = guard
-        self.dry_run = dry_run
+        self.dry_run = run.dry_run
         self.now = now
         self.since = since
         self.skew = dt.timedelta(minutes=settings.FUNNELS_CLOCK_SKEW_MINUTES)
@@ -121,7 +121,7 @@ class ResultSource:
         if not rows:
             return
         entries, items, outcome = self.planner.plan_chunk(
-            run=self.run, candidates=rows, dry_run=self.dry_run, now=self.now
+            run=self.run, candidates=rows, now=self.now
         )
         added = {SyncRunItem.Action.ADDED, SyncRunItem.Action.WOULD_ADD}
         # Control entries make no Brevo contact: the flood guard does not count them.
@@ -147,20 +147,20 @@ class ResultSource:
 
 
 def results_sync(
-    *, run: SyncRun, funnels: list[Funnel], dry_run: bool, now: dt.datetime, since: dt.date,
-    chunk_size: int, lock_check=None, progress=None,
+    *, run: SyncRun, funnels: list[Funnel], now: dt.datetime, since: dt.date,
+    chunk_size: int, lock: RunLock | None = None, progress=None,
+    list_ids: dict[str, int | None] | None = None,
 ) -> ResultsOutcome:
-    """Read new, late and waiting test results and enter the decidable ones."""
+    """Read new, late and waiting test results and enter the decidable ones (planned
+    only, when `run.dry_run`). `list_ids`: the run's, else read from the funnels."""
     planner = EntryPlanner(
-        funnels=funnels, list_ids={f.slug: funnel_list_id(funnel=f) for f in funnels}
+        funnels=funnels,
+        list_ids=funnel_list_ids(funnels=funnels) if list_ids is None else list_ids,
     )
     guard = FloodGuard(limit=settings.FUNNELS_MAX_NEW_CONTACTS_PER_RUN)
-    source = ResultSource(
-        run=run, planner=planner, guard=guard, dry_run=dry_run, now=now, since=since
-    )
+    source = ResultSource(run=run, planner=planner, guard=guard, now=now, since=since)
     read = modx_source_read(
-        source=source, run=run, dry_run=dry_run, now=now, chunk_size=chunk_size,
-        lock_check=lock_check,
+        source=source, run=run, now=now, chunk_size=chunk_size, lock=lock,
         progress=(
             (lambda done: progress(rows_read=done.rows_read, added=source.added,
                                    skipped=source.skipped))

@@ -32,13 +32,13 @@ from django.db import DatabaseError, OperationalError
 from django.utils import timezone
 
 from funnels.brevo.client import BrevoClient
+from funnels.codes import Source
 from funnels.brevo.errors import BrevoAuthError, BrevoError
 from funnels.brevo.factory import BrevoNotConfigured, brevo_client_build
 from funnels.locks import RunLock, RunLockBusy, RunLockLost
 from funnels.logging_filters import redact
 from funnels.models import Funnel, SyncRun
-from funnels.selectors.candidates import WATERMARK_KEY
-from funnels.selectors.funnels import funnels_all, watermark_state_get
+from funnels.selectors.funnels import funnel_list_ids, funnels_all, watermark_state_get
 from funnels.selectors.readiness import live_config_problems
 from funnels.services.flood_guard import held_entries_release
 from funnels.services.outbox import outbox_push
@@ -124,6 +124,8 @@ class _Run:
         self.brevo_client_factory = brevo_client_factory
         self.clock = clock
         self.client: BrevoClient | None = None
+        # Looked up once (funnel rows and settings) and handed to every phase.
+        self.list_ids: dict[str, int | None] = {}
         self.skipped_by_reason: Counter = Counter()
         self.waiting_by_reason: Counter = Counter()
         self.entered_emails: frozenset[str] = frozenset()
@@ -135,16 +137,16 @@ class _Run:
     def results_phase(self, funnels: list[Funnel]) -> None:
         run = self.run
         if self.since is not None:
-            state = watermark_state_get(key=WATERMARK_KEY)
+            state = watermark_state_get(key=Source.RESULTS)
             if state is not None:
                 logger.warning(
                     "run #%s: --since %s ignored: the watermark (#%s) already exists",
                     run.pk, self.since.isoformat(), state.last_id,
                 )
         outcome = results_sync(
-            run=run, funnels=funnels, dry_run=run.dry_run, now=self.now,
+            run=run, funnels=funnels, now=self.now,
             since=self.since or _default_since(now=self.now), chunk_size=self.chunk_size,
-            lock_check=self.lock.check, progress=self.results_progress,
+            lock=self.lock, progress=self.results_progress, list_ids=self.list_ids,
         )
         read = outcome.read
         run.results_read = read.rows_read
@@ -191,8 +193,8 @@ class _Run:
 
     def purchases_phase(self, funnels: list[Funnel]) -> None:
         result = purchases_sync(
-            run=self.run, dry_run=self.run.dry_run, now=self.now, chunk_size=self.chunk_size,
-            lock_check=self.lock.check, entered_emails=self.entered_emails, funnels=funnels,
+            run=self.run, now=self.now, chunk_size=self.chunk_size,
+            lock=self.lock, entered_emails=self.entered_emails, funnels=funnels,
         )
         self.run.payments_read = result.payments_read
         self.run.purchases_found = result.purchases_found
@@ -214,7 +216,7 @@ class _Run:
         """Push to Brevo; True if every due contact went through."""
         self.client = self.brevo_client_factory()
         result = outbox_push(run=self.run, client=self.client, now=self.now, lock=self.lock,
-                             clock=self.clock)
+                             clock=self.clock, list_ids=self.list_ids)
         self.run.contacts_sent = result.contacts_sent
         self.run.contacts_failed = result.contacts_failed
         if result.stopped:
@@ -287,20 +289,20 @@ def _run_locked(
         return run_record_paused(now=clock(), trigger=trigger, dry_run=dry_run)
     ping_send(event="start")
     runs_mark_crashed(now=clock())
-    # A live settings row runs dry until a first dry run completed here (copied .env).
-    effective_dry_run = run_mode_resolve(forced=dry_run)
     started = clock()
     run = SyncRun.objects.create(
         started_at=started,
         heartbeat_at=started,
         status=SyncRun.Status.RUNNING,
-        dry_run=effective_dry_run,
+        # A live settings row runs dry until a first dry run completed here (copied .env).
+        # From here on the run's row is the one place that says whether it is dry.
+        dry_run=run_mode_resolve(forced=dry_run),
         trigger=trigger,
         hostname=socket.gethostname()[:255],
         pid=os.getpid(),
         as_of=now,
     )
-    mode = "dry run" if effective_dry_run else "live"
+    mode = "dry run" if run.dry_run else "live"
     logger.info("run #%s started (%s, trigger %s, as of %s)", run.pk, mode, trigger,
                 now.isoformat(timespec="seconds"))
     state = _Run(
@@ -309,18 +311,19 @@ def _run_locked(
     )
     try:
         funnels = funnels_all()
-        if not effective_dry_run:
-            problems = live_config_problems(funnels=funnels)
+        state.list_ids = funnel_list_ids(funnels=funnels)
+        if not run.dry_run:
+            problems = live_config_problems(funnels=funnels, list_ids=state.list_ids)
             if problems:
                 raise RunConfigError("live mode needs: " + "; ".join(problems))
-        if release_held and not effective_dry_run:
+        if release_held and not run.dry_run:
             held_entries_release(now=now, source=f"run_funnels --release-held, run #{run.pk}")
         state.results_phase(funnels)
         state.purchases_phase(funnels)
         complete = True
-        if not effective_dry_run:
+        if not run.dry_run:
             complete = state.outbox_phase()
-        if run.contacts_held and not effective_dry_run:
+        if run.contacts_held and not run.dry_run:
             # Needs a person before anything else: held wins over partial.
             run.status = SyncRun.Status.HELD
         else:

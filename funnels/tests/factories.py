@@ -10,7 +10,7 @@ from django.utils import timezone
 from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem
 from funnels.modx import models as modx
 from funnels.services.entries import entries_previous_refresh
-from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
+from funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 BASE_TIME = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.timezone.utc)
 

@@ -18,7 +18,7 @@ from django.db import connections
 
 from funnels.emails import email_check
 from funnels.modx import models as modx
-from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
+from funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 # simpletest_test: Id -> LangId rows (Id 3 twice: MODX does not make it unique).
 LANG_A, LANG_B = 1, 2

@@ -22,7 +22,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from fake_brevo.server import FakeBrevo
-from funnels.emails import email_check
+from funnels.emails import email_as_typed, email_check
 from funnels.locks import RunLock
 from funnels.models import FunnelEntry, SyncRun, SyncStatus
 from funnels.modx import models as modx
@@ -41,7 +41,7 @@ from funnels.tests.sync_support import (
     OTHER_TEST,
     OTHER_TEST_2,
 )
-from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
+from funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 FUNNEL_LISTS = {"language": LANGUAGE_LIST, "non_language": OTHER_LIST}
 FUNNEL_CERT_TYPE = {
@@ -269,15 +269,10 @@ _LANGUAGE = {LANG_TEST, LANG_TEST_2}
 
 
 def _typed(rng: random.Random, email: str) -> str:
-    """The address as a person types it into the test's form."""
-    roll = rng.random()
-    if roll < 0.2:
-        return email.upper()
-    if roll < 0.35:
-        return f"  {email}\t"
-    if roll < 0.45:
-        return email.capitalize()
-    return email
+    """The address as a person types it into the test's form: more often messy than in
+    the demo, and padded with a tab."""
+    return email_as_typed(rng, email, upper=0.2, padded=0.15, capitalised=0.10,
+                          pad_after="\t")
 
 
 @dataclass

@@ -1,12 +1,13 @@
 """Shared set-up for the sync engine tests: MODX catalogue, the fake Brevo, a run helper.
 
-Imported by the test modules (fixtures included by name), not a conftest, so that other
-test packages are not affected.
+Its fixtures reach the tests through funnels/tests/conftest.py; its helpers are imported
+by name.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connections
 
 from funnels.brevo.client import BrevoClient
@@ -22,7 +24,9 @@ from funnels.models import Funnel, RuntimeSettings
 from funnels.modx import models as modx
 from funnels.services.runs import run_funnels
 from funnels.tests.factories import TestFactory, TestLanguageFactory, TestResultFactory
-from testizer_funnels.routers import modx_writes_allowed
+# One way to run manage.py in a child process (a clean environment plus `env`).
+from funnels.tests.manage_subprocess import MANAGE, manage_run  # noqa: F401 - re-exported
+from funnels.routers import modx_writes_allowed
 
 # Long enough for the log redaction filter, distinctive enough to grep for.
 API_KEY = "xkeysib-test-0123456789abcdef-SECRET"
@@ -36,7 +40,6 @@ OTHER_TEST_2 = 22  # LangId 99: no such language row
 SINCE = dt.date(2026, 10, 1)
 RECENT = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc)
 
-MANAGE = Path(settings.BASE_DIR) / "manage.py"
 
 
 class SleepRecorder:
@@ -133,6 +136,20 @@ def catalogue():
 
 
 @pytest.fixture
+def live_two_people(fake_brevo):
+    """For a run in a child process (transaction=True tests): a language and a non-language
+    result in MODX, the job switched live; both databases put back afterwards."""
+    default_rows_restore()
+    modx_catalogue()
+    modx_result("ann@example.com", LANG_TEST)
+    modx_result("bob@example.com", OTHER_TEST)
+    switched_to_live()
+    yield
+    modx_rows_delete()
+    default_rows_restore()
+
+
+@pytest.fixture
 def configured():
     """The MODX catalogue plus list ids on both funnels."""
     modx_catalogue()
@@ -191,12 +208,15 @@ def manage_popen(*args: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def manage_run(*args: str, env: dict[str, str], timeout: float = 60):
-    return subprocess.run(
-        [sys.executable, str(MANAGE), *args],
-        env=env, cwd=MANAGE.parent, capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+def run_funnels_command(*args: str) -> tuple[int, str, str]:
+    """`manage.py run_funnels ARGS` in this process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        call_command("run_funnels", *args, stdout=out, stderr=err)
+    except SystemExit as exc:
+        code = exc.code
+    return code, out.getvalue(), err.getvalue()
 
 
 def switched_to_live() -> None:

@@ -10,16 +10,8 @@ import pytest
 
 from funnels.tests.alert_support import PingReceiver, SentryReceiver, SmtpSink
 from funnels.tests.sync_support import (
-    switched_to_live,
     API_KEY,
-    LANG_TEST,
-    OTHER_TEST,
-    default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     manage_run,
-    modx_catalogue,
-    modx_result,
-    modx_rows_delete,
     subprocess_env,
 )
 
@@ -32,20 +24,8 @@ def receivers():
         yield ping, sentry, smtp
 
 
-@pytest.fixture
-def world(fake_brevo):
-    default_rows_restore()
-    modx_catalogue()
-    modx_result("ann@example.com", LANG_TEST)
-    modx_result("bob@example.com", OTHER_TEST)
-    switched_to_live()
-    yield
-    modx_rows_delete()
-    default_rows_restore()
-
-
 def test_a_failed_run_and_a_lost_database_reach_ping_sentry_and_mail_then_recovery(
-    world, fake_brevo, receivers, tmp_path
+    live_two_people, fake_brevo, receivers, tmp_path
 ):
     ping, sentry, smtp = receivers
     env = subprocess_env(
@@ -89,7 +69,7 @@ def test_a_failed_run_and_a_lost_database_reach_ping_sentry_and_mail_then_recove
     assert "Last problem: database unavailable" in smtp.bodies()[1]
 
 
-def test_without_settings_no_channel_is_tried(world, fake_brevo, tmp_path):
+def test_without_settings_no_channel_is_tried(live_two_people, fake_brevo, tmp_path):
     env = subprocess_env(fake=fake_brevo, log_file=tmp_path / "app.log",
                          FUNNELS_ALERT_STATE_FILE=str(tmp_path / "alerts.json"),
                          FUNNELS_INITIAL_LOOKBACK_DAYS="3650",

@@ -27,12 +27,8 @@ from funnels.services.runs import run_funnels
 from funnels.services.runtime import runtime_settings_get
 from funnels.tests.proof_support import assert_invariant
 from funnels.tests.sync_support import (
-    client_factory,  # noqa: F401 - fixture
     default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
-    live_settings,  # noqa: F401 - fixture
-    sleeps,  # noqa: F401 - fixture
 )
 from funnels.tests.browser_support import ARTIFACTS, drawn_pixels
 from funnels.tests.test_browser_admin import browser_page  # noqa: F401 - fixture

@@ -11,13 +11,8 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     LANG_TEST_2,
     OTHER_TEST,
-    client_factory,  # noqa: F401 - fixture
-    configured,  # noqa: F401 - fixture
-    fake_brevo,  # noqa: F401 - fixture
-    live_settings,  # noqa: F401 - fixture
     modx_result,
     run_live,
-    sleeps,  # noqa: F401 - fixture
 )
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])

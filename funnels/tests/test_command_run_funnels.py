@@ -12,15 +12,14 @@ from funnels.locks import RunLock
 from funnels.models import FunnelEntry, SyncRun
 from funnels.tests.factories import SyncRunFactory
 from funnels.tests.sync_support import (
+    run_funnels_command,
     API_KEY,
     LANG_TEST,
     LANGUAGE_LIST,
     OTHER_LIST,
     OTHER_TEST,
     default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
-    live_settings,  # noqa: F401 - fixture
     manage_popen,
     manage_run,
     modx_catalogue,
@@ -48,14 +47,7 @@ def ready(live_settings):
     return live_settings
 
 
-def _call(*args):
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    try:
-        call_command("run_funnels", *args, stdout=out, stderr=err)
-    except SystemExit as exc:
-        code = exc.code
-    return code, out.getvalue(), err.getvalue()
+_call = run_funnels_command
 
 
 def test_success_prints_one_summary_line_and_exits_0(ready, fake_brevo):

@@ -19,9 +19,7 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     LANGUAGE_LIST,
     OTHER_LIST,
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
-    live_settings,  # noqa: F401 - fixture
     modx_catalogue,
     modx_result,
 )

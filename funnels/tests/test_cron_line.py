@@ -24,7 +24,6 @@ from funnels.tests.sync_support import (
     OTHER_TEST,
     database_url,
     default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     manage_run,
     modx_catalogue,
     modx_result,

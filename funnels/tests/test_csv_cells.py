@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from funnels.csv_cells import FORMULA_PREFIXES, csv_cell, csv_row
-from funnels.services.legacy import (
+from funnels.adoption.legacy import (
     AdoptionReport,
     LegacyRow,
     legacy_groups_plan,

@@ -1,11 +1,13 @@
 """funnels.emails: what an email is, and how an internationalised domain is stored."""
 
+import random
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fake_brevo.addresses import address_valid
-from funnels.emails import domain_to_ascii, email_check
+from funnels.emails import domain_to_ascii, email_as_typed, email_check, email_normalize
 
 
 @pytest.mark.parametrize(
@@ -57,3 +59,14 @@ def test_the_fake_brevo_is_at_least_as_strict_as_our_check(local, domain, tld):
         assert ours.ok, raw
     if ours.ok:
         assert address_valid(ours.email), (raw, ours.email)
+
+
+def test_email_as_typed_is_the_same_address_once_normalised_in_the_given_shares():
+    rng = random.Random(7)
+    typed = [email_as_typed(rng, "ann.lee@example.com") for _ in range(10_000)]
+    assert {email_normalize(t) for t in typed} == {"ann.lee@example.com"}
+    assert 1_300 < typed.count("ANN.LEE@EXAMPLE.COM") < 1_700
+    assert 800 < typed.count("  ann.lee@example.com ") < 1_200
+    assert 350 < typed.count("Ann.lee@example.com") < 650
+    tabbed = email_as_typed(random.Random(1), "a@b.co", upper=0, padded=1, pad_after="\t")
+    assert tabbed == "  a@b.co\t"

@@ -10,16 +10,8 @@ import re
 import pytest
 
 from funnels.tests.sync_support import (
-    LANG_TEST,
-    OTHER_TEST,
-    default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     manage_run,
-    modx_catalogue,
-    modx_result,
-    modx_rows_delete,
     subprocess_env,
-    switched_to_live,
 )
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"], transaction=True)
@@ -27,24 +19,12 @@ pytestmark = pytest.mark.django_db(databases=["default", "modx"], transaction=Tr
 TEST_TOOLING = ("fake_brevo", "openapi_core", "yaml", "jsonschema")
 
 
-@pytest.fixture
-def world(fake_brevo):
-    default_rows_restore()
-    modx_catalogue()
-    modx_result("ann@example.com", LANG_TEST)
-    modx_result("bob@example.com", OTHER_TEST)
-    switched_to_live()
-    yield
-    modx_rows_delete()
-    default_rows_restore()
-
-
 def _imported(stderr: str) -> set[str]:
     # "import time:       123 |        456 |   package.module"
     return {m.group(1) for m in re.finditer(r"^import time:.*\|\s+(\S+)\s*$", stderr, re.M)}
 
 
-def test_a_live_run_imports_no_test_tooling(world, fake_brevo, tmp_path):
+def test_a_live_run_imports_no_test_tooling(live_two_people, fake_brevo, tmp_path):
     env = subprocess_env(fake=fake_brevo, log_file=tmp_path / "app.log",
                          FUNNELS_INITIAL_LOOKBACK_DAYS="3650", PYTHONPROFILEIMPORTTIME="1")
 
@@ -56,3 +36,5 @@ def test_a_live_run_imports_no_test_tooling(world, fake_brevo, tmp_path):
     assert "funnels.brevo.client" in modules
     loaded = sorted(m for m in modules if m.split(".")[0] in TEST_TOOLING)
     assert loaded == []
+    # Nor the one-off adoption tool, which only adopt_legacy_entries runs.
+    assert not [m for m in modules if m.startswith("funnels.adoption")]

@@ -6,11 +6,10 @@ import pytest
 from django.utils import translation
 
 from funnels import labels
+from funnels.codes import SkipReason, WaitReason
 from funnels.admin import PAYMENT_REASONS_COUNTED_ONLY
 from funnels.labels import audit_label, error_label, reason_label
-from funnels.selectors.candidates import SkipReason as ResultReason
 from funnels.services import purchases
-from funnels.services.purchases import SkipReason as PaymentReason
 
 
 def _codes(cls) -> set[str]:
@@ -18,7 +17,7 @@ def _codes(cls) -> set[str]:
 
 
 STORED_CODES = (
-    _codes(ResultReason) | _codes(PaymentReason)
+    _codes(SkipReason) | _codes(WaitReason)
     | {"brevotransienterror", "brevopermanenterror", "brevoautherror", "brevoerror",
        "brevo_stopped", "brevo_not_confirmed"}
 )

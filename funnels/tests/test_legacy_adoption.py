@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from funnels.services.legacy import (
+from funnels.adoption.legacy import (
     UNKNOWN_TEST_ID,
     LegacyOutbox,
     LegacyRow,

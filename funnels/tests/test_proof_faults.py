@@ -45,9 +45,7 @@ from funnels.tests.sync_support import (
     SINCE,
     SleepRecorder,
     default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
-    live_settings,  # noqa: F401 - fixture
     manage_popen,
     manage_run,
     modx_catalogue,

@@ -34,16 +34,12 @@ from funnels.tests.proof_support import assert_invariant
 from funnels.tests.sync_support import (
     LANG_TEST,
     OTHER_TEST,
-    client_factory,  # noqa: F401 - fixture
     default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
-    live_settings,  # noqa: F401 - fixture
     modx_catalogue,
     modx_result,
     modx_rows_delete,
     run_live,
-    sleeps,  # noqa: F401 - fixture
 )
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"], transaction=True)

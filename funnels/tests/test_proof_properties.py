@@ -27,7 +27,7 @@ from funnels.selectors.candidates import (
 )
 from funnels.services.entries import EntryPlanner
 from funnels.services.results import candidate_waiting
-from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
+from funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 # CI runs the suite twice within a time budget: enough examples to find the usual
 # mistakes, no deadline because a shared 2-core machine has slow moments.
@@ -272,7 +272,7 @@ def test_the_planner_never_adds_a_person_twice_to_a_funnel(chunks, funnel_specs,
             assert all(w is None or w.reason for w in waiting.values())
             ready = [c for c in chunk if waiting[c.result_id] is None]
             entries, items, outcome = planner.plan_chunk(
-                run=run, candidates=ready, dry_run=False, now=NOW
+                run=run, candidates=ready, now=NOW
             )
             planned += entries
             # Every decidable candidate is accounted for: added or skipped with a reason.

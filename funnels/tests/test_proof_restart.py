@@ -25,9 +25,9 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
+from funnels.codes import Source
 from funnels.demo import modx_tables_create
 from funnels.models import FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
-from funnels.selectors.candidates import WATERMARK_KEY
 from funnels.tests.private_mariadb import PrivateMariaDB, private_mariadb_available
 from funnels.tests.proof_support import (
     AS_OF_ARG,
@@ -38,7 +38,6 @@ from funnels.tests.proof_support import (
 )
 from funnels.tests.sync_support import (
     default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
     manage_popen,
     manage_run,
@@ -131,7 +130,7 @@ def _no_half_chunk(run: SyncRun, world: World) -> int:
     """Entries, plan items and the watermark of every chunk committed together: the
     crashed run's items cover exactly the results up to the watermark, and no entry
     comes from a result above it."""
-    watermark = SyncState.objects.get(key=WATERMARK_KEY).last_id
+    watermark = SyncState.objects.get(key=Source.RESULTS).last_id
     handled = set(SyncRunItem.objects.filter(run=run, source_id__isnull=False)
                   .values_list("source_id", flat=True))
     assert handled == {i for i in world.result_ids if i <= watermark}

@@ -81,17 +81,13 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     OTHER_TEST,
     OTHER_TEST_2,
-    client_factory,  # noqa: F401 - fixture
     default_rows_restore,
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
-    live_settings,  # noqa: F401 - fixture
     modx_catalogue,
     modx_rows_delete,
     run_live,
-    sleeps,  # noqa: F401 - fixture
 )
-from testizer_funnels.routers import MODX_ALIAS, modx_writes_allowed
+from funnels.routers import MODX_ALIAS, modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"], transaction=True)
 

@@ -4,7 +4,7 @@ from django.db import connections
 from funnels.models import FunnelEntry
 from funnels.modx.models import TestResult
 from funnels.tests.factories import TestResultFactory
-from testizer_funnels.routers import ModxRouter, ModxWriteRefused, modx_writes_allowed
+from funnels.routers import ModxRouter, ModxWriteRefused, modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 

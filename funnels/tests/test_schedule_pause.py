@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.core.management import call_command
 from django.urls import reverse
 
 from funnels.models import SyncRun
@@ -15,6 +13,7 @@ from funnels.selectors.health import OK, WARNING, run_health
 from funnels.services.runtime import runtime_settings_get
 from funnels.services.schedule import schedule_pause_set
 from funnels.tests.factories import SyncRunFactory
+from funnels.tests.sync_support import run_funnels_command
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 
@@ -27,14 +26,7 @@ def english(settings):
     settings.LANGUAGE_CODE = "en"
 
 
-def _call(*args):
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    try:
-        call_command("run_funnels", *args, stdout=out, stderr=err)
-    except SystemExit as exc:
-        code = exc.code
-    return code, out.getvalue(), err.getvalue()
+_call = run_funnels_command
 
 
 def test_pausing_needs_its_own_permission(django_user_model, client):

@@ -20,10 +20,9 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     OTHER_TEST,
     OTHER_TEST_2,
-    catalogue,  # noqa: F401 - fixture
     modx_result,
 )
-from testizer_funnels.routers import modx_writes_allowed
+from funnels.routers import modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 

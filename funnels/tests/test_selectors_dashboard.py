@@ -193,6 +193,8 @@ def test_no_run_at_all_is_stale(now):
         (SyncRun.Status.SUCCESS, 29, False, False),  # 15-minute schedule: up to 30 is fine
         (SyncRun.Status.SUCCESS, 31, True, False),
         (SyncRun.Status.PARTIAL, 10, False, False),  # it ran to the end
+        # As funnels_health judges it (selectors.health): a held run completed its reads.
+        (SyncRun.Status.HELD, 10, False, False),
         (SyncRun.Status.FAILED, 10, True, True),
         (SyncRun.Status.CRASHED, 10, True, True),
     ],

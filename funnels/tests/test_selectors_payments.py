@@ -9,7 +9,6 @@ from funnels.selectors.payments import (
     paid_payments_for_emails,
     payments_after,
     payments_by_ids,
-    payments_stream,
 )
 from funnels.tests.factories import (
     CertPaymentFactory,
@@ -17,7 +16,7 @@ from funnels.tests.factories import (
     CertTestFactory,
     CertUserFactory,
 )
-from testizer_funnels.routers import modx_writes_allowed
+from funnels.routers import modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 
@@ -107,11 +106,13 @@ def test_paid_payments_for_emails_returns_only_paid_rows_of_those_buyers(now):
     assert paid_payments_for_emails(emails=[]) == []
 
 
-def test_stream_reads_one_query_per_chunk_and_stops_on_a_short_chunk():
+def test_payments_after_pages_by_id_one_query_a_page():
     payments = CertPaymentFactory.create_batch(7)
     with CaptureQueriesContext(connections["modx"]) as modx_queries:
-        chunks = list(payments_stream(after_id=0, chunk_size=3))
-    assert [[r.payment_id for r in chunk] for chunk in chunks] == [
+        pages = [payments_after(after_id=0, limit=3),
+                 payments_after(after_id=payments[2].id, limit=3),
+                 payments_after(after_id=payments[5].id, limit=3)]
+    assert [[r.payment_id for r in page] for page in pages] == [
         [p.id for p in payments[0:3]], [p.id for p in payments[3:6]], [payments[6].id],
     ]
     assert len(modx_queries) == 3

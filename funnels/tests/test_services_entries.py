@@ -5,12 +5,11 @@ import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
+from funnels.codes import SkipReason, Source
 from funnels.locks import RunLockLost
 from funnels.models import Funnel, FunnelEntry, RecheckRow, SyncRun, SyncRunItem, SyncState
 from funnels.selectors.candidates import (
-    WATERMARK_KEY,
     KindResolver,
-    SkipReason,
     candidates_by_ids,
     candidates_chunk,
 )
@@ -35,7 +34,6 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     LANG_TEST_2,
     OTHER_TEST,
-    configured,  # noqa: F401 - fixture
     modx_result,
 )
 
@@ -61,20 +59,19 @@ def _planner() -> EntryPlanner:
 
 def _move(candidates, *, after_id, now):
     """The watermark move a run makes for this chunk (from the stored state, if any)."""
-    state = watermark_state_get(key=WATERMARK_KEY) or WatermarkState(
-        key=WATERMARK_KEY, last_id=after_id, stored=False
+    state = watermark_state_get(key=Source.RESULTS) or WatermarkState(
+        key=Source.RESULTS, last_id=after_id, stored=False
     )
     return watermark_after_new_rows(state=state, ids=[c.result_id for c in candidates], now=now)
 
 
-def _commit(*, run, candidates, now, move, lock, planner=None, dry_run=False):
+def _commit(*, run, candidates, now, move, lock, planner=None):
     """One chunk through the MODX reader, as a run commits it; what the source counted."""
     source = ResultSource(
-        run=run, planner=planner or _planner(), guard=FloodGuard(limit=0), dry_run=dry_run,
+        run=run, planner=planner or _planner(), guard=FloodGuard(limit=0),
         now=now, since=now.date(),
     )
-    reader = ModxReader(source=source, run=run, dry_run=dry_run, now=now, chunk_size=1000,
-                        lock_check=lock.check)
+    reader = ModxReader(source=source, run=run, now=now, chunk_size=1000, lock=lock)
     reader.commit(candidates, move=move)
     return SimpleNamespace(
         added=source.added, skipped_by_reason=source.skipped,
@@ -87,7 +84,7 @@ def _process(now, *, dry_run=False, planner=None, lock=None, after_id=0, limit=1
     run = SyncRunFactory(status=SyncRun.Status.RUNNING, dry_run=dry_run, finished_at=None)
     candidates = candidates_chunk(after_id=after_id, limit=limit, kinds=KindResolver())
     outcome = _commit(
-        run=run, candidates=candidates, now=now, planner=planner, dry_run=dry_run,
+        run=run, candidates=candidates, now=now, planner=planner,
         lock=lock or _Lock(), move=_move(candidates, after_id=after_id, now=now),
     )
     return run, outcome
@@ -339,24 +336,24 @@ def test_queries_per_chunk_do_not_grow_with_the_chunk(configured, now):
 
 def test_a_watermark_moved_by_someone_else_rolls_the_chunk_back(configured, now):
     modx_result("anna@example.com")
-    watermark_advance(key=WATERMARK_KEY, last_id=0, run=None)
+    watermark_advance(key=Source.RESULTS, last_id=0, run=None)
     run = SyncRunFactory(status=SyncRun.Status.RUNNING, finished_at=None)
     candidates = candidates_chunk(after_id=0, limit=10, kinds=KindResolver())
     move = _move(candidates, after_id=0, now=now)
-    SyncState.objects.filter(key=WATERMARK_KEY).update(last_id=7)  # another writer
+    SyncState.objects.filter(key=Source.RESULTS).update(last_id=7)  # another writer
     with pytest.raises(WatermarkMoved):
         _commit(run=run, candidates=candidates, now=now, lock=_Lock(), move=move)
     assert FunnelEntry.objects.count() == 0
     assert SyncRunItem.objects.count() == 0
-    assert SyncState.objects.get(key=WATERMARK_KEY).last_id == 7
+    assert SyncState.objects.get(key=Source.RESULTS).last_id == 7
 
 
 def test_ids_passed_without_a_row_are_kept_as_gaps_with_the_watermark(configured, now):
     first = modx_result("anna@example.com")
     modx_result("boris@example.com", id=first.id + 3)
-    watermark_advance(key=WATERMARK_KEY, last_id=first.id - 1, run=None)
+    watermark_advance(key=Source.RESULTS, last_id=first.id - 1, run=None)
     _process(now, after_id=first.id - 1)
-    state = watermark_state_get(key=WATERMARK_KEY)
+    state = watermark_state_get(key=Source.RESULTS)
     assert state.last_id == first.id + 3
     assert state.gaps == {first.id + 1: now, first.id + 2: now}
 
@@ -364,10 +361,10 @@ def test_ids_passed_without_a_row_are_kept_as_gaps_with_the_watermark(configured
 def test_a_late_row_leaves_the_gap_list_with_its_entries_or_not_at_all(configured, now):
     first = modx_result("anna@example.com")
     modx_result("boris@example.com", id=first.id + 2)
-    watermark_advance(key=WATERMARK_KEY, last_id=first.id - 1, run=None)
+    watermark_advance(key=Source.RESULTS, last_id=first.id - 1, run=None)
     _process(now, after_id=first.id - 1)
     late = modx_result("late@example.com", id=first.id + 1)
-    state = watermark_state_get(key=WATERMARK_KEY)
+    state = watermark_state_get(key=Source.RESULTS)
     candidates = candidates_by_ids(ids=sorted(state.gaps), kinds=KindResolver())
     move = watermark_after_gap_reads(state=state, read_ids=sorted(state.gaps),
                                      found_ids=[late.id], now=now, grace=dt.timedelta(hours=1))
@@ -379,10 +376,10 @@ def test_a_late_row_leaves_the_gap_list_with_its_entries_or_not_at_all(configure
     with pytest.raises(RunLockLost):
         create(_Lock(lost=True))
     assert not FunnelEntry.objects.filter(user_id=late.id).exists()
-    assert watermark_state_get(key=WATERMARK_KEY).gaps == {late.id: now}
+    assert watermark_state_get(key=Source.RESULTS).gaps == {late.id: now}
     assert create(_Lock()).added == 1
     assert FunnelEntry.objects.filter(user_id=late.id).count() == 1
-    assert watermark_state_get(key=WATERMARK_KEY).gaps == {}
+    assert watermark_state_get(key=Source.RESULTS).gaps == {}
 
 
 # --- previous_entered_at (what the reports count people by) ----------------------------

@@ -15,13 +15,8 @@ from funnels.tests.sync_support import (
     LANGUAGE_LIST,
     OTHER_LIST,
     OTHER_TEST,
-    client_factory,  # noqa: F401 - fixture
-    configured,  # noqa: F401 - fixture
-    fake_brevo,  # noqa: F401 - fixture
-    live_settings,  # noqa: F401 - fixture
     modx_result,
     run_live,
-    sleeps,  # noqa: F401 - fixture
 )
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])

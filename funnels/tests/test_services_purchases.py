@@ -6,6 +6,7 @@ import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
+from funnels.codes import SkipReason, Source
 from funnels.models import (
     Funnel,
     FunnelEntry,
@@ -22,14 +23,12 @@ from funnels.modx.models import (
     CertResult,
     CertUser,
 )
+from funnels.purchase_rules import id_ranges
 from funnels.selectors.funnels import watermark_state_get
 from funnels.services.watermarks import WatermarkMoved
 from funnels.services import purchases as purchases_module
 from funnels.services.purchases import (
-    WATERMARK_KEY,
     PurchaseSyncResult,
-    SkipReason,
-    _id_ranges,
     purchases_sync,
 )
 from funnels.tests.factories import (
@@ -40,7 +39,7 @@ from funnels.tests.factories import (
     FunnelEntryFactory,
     SyncRunFactory,
 )
-from testizer_funnels.routers import modx_writes_allowed
+from funnels.routers import modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 
@@ -67,7 +66,7 @@ def modx_update(payment, **fields):
 def sync(now, *, dry_run=False, chunk_size=100, **kwargs):
     """The result's fields, plus the run (the tests read its items)."""
     run = SyncRunFactory(dry_run=dry_run, started_at=now)
-    result = purchases_sync(run=run, dry_run=dry_run, now=now, chunk_size=chunk_size, **kwargs)
+    result = purchases_sync(run=run, now=now, chunk_size=chunk_size, **kwargs)
     assert isinstance(result, PurchaseSyncResult)
     return SimpleNamespace(**dataclasses.asdict(result), run=run)
 
@@ -456,7 +455,7 @@ def test_bad_rows_wait_or_are_skipped_with_a_reason_and_do_not_stop_the_run(now)
     reasons = {i.source_id: i.reason for i in items(result, "skipped")}
     assert reasons == {no_time.id: SkipReason.TIME_MISSING}
     assert odd_status.id not in reasons  # not paid: counted only
-    assert SyncState.objects.get(key=WATERMARK_KEY).last_id == good.id
+    assert SyncState.objects.get(key=Source.PAYMENTS).last_id == good.id
 
 
 # --- dry run -------------------------------------------------------------------------------
@@ -472,7 +471,7 @@ def test_dry_run_reads_everything_and_writes_only_run_items(now):
     result = sync(now, dry_run=True)
 
     assert FunnelEntry.objects.values().get(pk=entry.pk) == snapshot
-    assert not SyncState.objects.filter(key=WATERMARK_KEY).exists()
+    assert not SyncState.objects.filter(key=Source.PAYMENTS).exists()
     assert not PaymentWatch.objects.exists()
     assert (result.payments_read, result.purchases_found) == (3, 1)
     assert {(i.action, i.reason, i.source_id) for i in items(result)} == {
@@ -518,7 +517,7 @@ def test_watermark_is_the_last_payment_read_and_older_payments_are_not_reread(no
     FunnelEntryFactory(email="ann@example.com", entered_at=ENTERED)
     payments = [pay("ann@example.com", at=ENTERED + DAY) for _ in range(3)]
     assert sync(now, chunk_size=2).payments_read == 3
-    assert SyncState.objects.get(key=WATERMARK_KEY).last_id == payments[-1].id
+    assert SyncState.objects.get(key=Source.PAYMENTS).last_id == payments[-1].id
 
     newer = pay("bob@example.com", at=ENTERED + DAY)
     result = sync(now + dt.timedelta(minutes=15))
@@ -537,9 +536,9 @@ def test_watermark_moves_with_the_chunk_it_covers(now):
             raise RuntimeError("lock lost")
 
     with pytest.raises(RuntimeError, match="lock lost"):
-        sync(now, chunk_size=2, lock_check=lock_check)
+        sync(now, chunk_size=2, lock=SimpleNamespace(check=lock_check))
 
-    assert SyncState.objects.get(key=WATERMARK_KEY).last_id == payments[1].id
+    assert SyncState.objects.get(key=Source.PAYMENTS).last_id == payments[1].id
     assert [refreshed(e).certificate_purchased for e in buyers] == [True, True, False, False]
     assert set(PaymentWatch.objects.values_list("payment_id", flat=True)) == {
         payments[0].id, payments[1].id
@@ -557,7 +556,7 @@ def test_a_watermark_moved_by_someone_else_rolls_the_chunk_back(now, monkeypatch
 
     def read_while_another_run_moves_the_watermark(**kwargs):
         rows = read(**kwargs)
-        SyncState.objects.filter(key=WATERMARK_KEY).update(last_id=12345)
+        SyncState.objects.filter(key=Source.PAYMENTS).update(last_id=12345)
         return rows
 
     monkeypatch.setattr(
@@ -589,7 +588,7 @@ def test_queries_per_chunk_do_not_grow_with_the_rows_in_it(now, settings):
     # Both runs find the watermark, neither creates it; it sits right below the payments
     # they read, so that neither passes ids without a row (gaps, re-read by the next run).
     anchor = pay("anchor@example.com", at=ENTERED - 9 * DAY)
-    SyncState.objects.create(key=WATERMARK_KEY, last_id=anchor.id)
+    SyncState.objects.create(key=Source.PAYMENTS, last_id=anchor.id)
     few = _queries_for_one_chunk(now, buyers=3, offset=0)
     # 80 run items still fit one INSERT on SQLite (999 parameters): the batches of
     # bulk_create and bulk_update are the only thing that may add a query per chunk.
@@ -620,7 +619,7 @@ def test_entry_lookup_is_one_query_per_chunk(now, settings):
         pay(f"d{n}@example.com", at=ENTERED + DAY)
     run = SyncRunFactory(dry_run=False, started_at=now)
     with CaptureQueriesContext(connections["default"]) as ours:
-        purchases_sync(run=run, dry_run=False, now=now, chunk_size=20)
+        purchases_sync(run=run, now=now, chunk_size=20)
     entry_reads = [q for q in ours.captured_queries
                    if q["sql"].lstrip().upper().startswith(("SELECT", "(SELECT"))
                    and "funnel_entries" in q["sql"]]
@@ -762,7 +761,7 @@ def test_refunds_of_payments_far_apart_reach_their_entries_and_no_other(now):
     ([1, 2, 3, 10, 11, 50], 9, [(1, 3), (10, 11), (50, 50)]),
 ])
 def test_id_ranges_cover_every_id_and_cut_at_the_widest_gaps(ids, most, expected):
-    assert _id_ranges(ids, most=most) == expected
+    assert id_ranges(ids, most=most) == expected
 
 
 # --- a run with nothing to do ----------------------------------------------------------------
@@ -820,7 +819,7 @@ def _grow_tables(count, *, now, first_id):
         for n in ids
     ], batch_size=200)
     SyncState.objects.update_or_create(
-        key=WATERMARK_KEY, defaults={"last_id": first_id + count - 1}
+        key=Source.PAYMENTS, defaults={"last_id": first_id + count - 1}
     )
 
 
@@ -828,7 +827,7 @@ def _idle_run(now):
     run = SyncRunFactory(dry_run=False, started_at=now)
     with CaptureQueriesContext(connections["default"]) as ours, \
             CaptureQueriesContext(connections["modx"]) as modx_queries:
-        result = purchases_sync(run=run, dry_run=False, now=now, chunk_size=100)
+        result = purchases_sync(run=run, now=now, chunk_size=100)
     assert (result.payments_read, result.payments_rechecked) == (0, 0)
     return ours.captured_queries, modx_queries.captured_queries
 
@@ -861,7 +860,7 @@ def test_a_run_with_nothing_to_do_costs_the_same_few_queries_whatever_the_table_
 def payment_gap(now):
     """A run has read past a payment id whose row was not visible yet."""
     anchor = pay("anchor@example.com", at=ENTERED - 9 * DAY)
-    SyncState.objects.create(key=WATERMARK_KEY, last_id=anchor.id)
+    SyncState.objects.create(key=Source.PAYMENTS, last_id=anchor.id)
     CertPaymentFactory(id=anchor.id + 2, result__user__email="bob@example.com",
                        result__test__type=CERT_TYPE_LANGUAGE, paid_at=ENTERED + DAY)
     assert sync(now).payments_read == 1
@@ -869,7 +868,7 @@ def payment_gap(now):
 
 
 def _gaps():
-    return watermark_state_get(key=WATERMARK_KEY).gaps
+    return watermark_state_get(key=Source.PAYMENTS).gaps
 
 
 def _late_payment(payment_id, email="ann@example.com"):

@@ -22,15 +22,10 @@ from funnels.tests.sync_support import (
     LANGUAGE_LIST,
     OTHER_LIST,
     OTHER_TEST,
-    client_factory,  # noqa: F401 - fixture
-    configured,  # noqa: F401 - fixture
-    fake_brevo,  # noqa: F401 - fixture
-    live_settings,  # noqa: F401 - fixture
     modx_result,
     run_live,
-    sleeps,  # noqa: F401 - fixture
 )
-from testizer_funnels.routers import modx_writes_allowed
+from funnels.routers import modx_writes_allowed
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
 
@@ -231,15 +226,15 @@ def test_the_light_read_and_the_whole_read_give_one_fingerprint(configured, now)
         _payment(email="broken@", cert_type=9, at=None),
         CertPaymentFactory(result=modx.CertResult(id=7_000_002), paid_at=now),
     ]
-    source = ResultSource(run=None, planner=None, guard=None, dry_run=True, now=now,
-                          since=now.date())
+    dry = SyncRun(dry_run=True)
+    source = ResultSource(run=dry, planner=None, guard=None, now=now, since=now.date())
     ids = [r.pk for r in results]
     whole = {row.result_id: source.fingerprint(row)
              for row in candidates_by_ids(ids=ids, kinds=KindResolver())}
     assert source.fingerprints_by_ids(ids=ids) == whole
     assert len(set(whole.values())) == 3
 
-    buyers = _PurchaseRun(run=None, dry_run=True, now=now, chunk_size=10, lock_check=None)
+    buyers = _PurchaseRun(run=dry, now=now, chunk_size=10, lock=None)
     ids = [p.pk for p in payments]
     whole = {row.payment_id: buyers.fingerprint(row)
              for row in payments_by_ids(payment_ids=ids)}

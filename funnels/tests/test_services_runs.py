@@ -9,6 +9,7 @@ import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
+from funnels.codes import Source
 from funnels.locks import RunLock
 from funnels.models import (
     FunnelEntry,
@@ -19,7 +20,6 @@ from funnels.models import (
     SyncState,
 )
 from funnels.modx.models import CertPayment
-from funnels.selectors.candidates import WATERMARK_KEY
 from funnels.selectors.funnels import watermark_state_get
 from funnels.services import watermarks
 from funnels.services.watermarks import watermark_advance
@@ -38,13 +38,8 @@ from funnels.tests.sync_support import (
     OTHER_LIST,
     OTHER_TEST,
     RECENT,
-    client_factory,  # noqa: F401 - fixture
-    configured,  # noqa: F401 - fixture
-    fake_brevo,  # noqa: F401 - fixture
-    live_settings,  # noqa: F401 - fixture
     modx_result,
     run_live,
-    sleeps,  # noqa: F401 - fixture
 )
 from testizer_funnels.routers import modx_writes_allowed
 
@@ -463,7 +458,7 @@ def late_row(configured, live_settings, client_factory, now):
     """A live run has read past an id whose row was not visible yet (committed late): the
     next row was taken right after `anchor`, the one between them is missing."""
     anchor = modx_result("anchor@example.com", LANG_TEST)
-    watermark_advance(key=WATERMARK_KEY, last_id=anchor.id, run=None)
+    watermark_advance(key=Source.RESULTS, last_id=anchor.id, run=None)
     modx_result("early@example.com", LANG_TEST, id=anchor.id + 2)
     run = run_live(client_factory, now=now)
     assert run.entries_added == 1
@@ -475,7 +470,7 @@ def _late_commit(result_id):
 
 
 def test_an_id_read_past_without_a_row_is_kept_as_a_gap_of_the_watermark(late_row, now):
-    state = watermark_state_get(key=WATERMARK_KEY)
+    state = watermark_state_get(key=Source.RESULTS)
     assert state.last_id == late_row + 1
     assert state.gaps == {late_row: now}
 
@@ -489,7 +484,7 @@ def test_a_row_committed_late_is_entered_by_the_next_run_and_only_once(
     assert run.status == SyncRun.Status.SUCCESS, run.error
     assert (run.results_read, run.entries_added) == (1, 1)
     assert fake_brevo.list_members(OTHER_LIST) == {"late@example.com"}
-    assert watermark_state_get(key=WATERMARK_KEY).gaps == {}
+    assert watermark_state_get(key=Source.RESULTS).gaps == {}
     again = run_live(client_factory, now=later + 15 * MINUTE)
     assert (again.results_read, again.entries_added) == (0, 0)
     assert FunnelEntry.objects.filter(user_id=late_row).count() == 1
@@ -506,7 +501,7 @@ def test_a_late_row_that_cannot_be_decided_waits_and_is_said_once(
     assert again.waiting_by_reason == {}
     assert SyncRunItem.objects.filter(source_id=late_row, action="waiting").count() == 1
     assert RecheckRow.objects.filter(modx_id=late_row).exists()
-    assert not watermark_state_get(key=WATERMARK_KEY).gaps
+    assert not watermark_state_get(key=Source.RESULTS).gaps
 
 
 def test_a_late_row_that_is_skipped_is_skipped_once(late_row, client_factory, now):
@@ -526,9 +521,9 @@ def test_a_gap_still_missing_after_the_grace_period_is_dropped(
 ):
     live_settings.FUNNELS_WATERMARK_GAP_GRACE_MINUTES = 60
     run_live(client_factory, now=now + 60 * MINUTE)
-    assert watermark_state_get(key=WATERMARK_KEY).gaps == {late_row: now}
+    assert watermark_state_get(key=Source.RESULTS).gaps == {late_row: now}
     run_live(client_factory, now=now + 61 * MINUTE)
-    assert watermark_state_get(key=WATERMARK_KEY).gaps == {}
+    assert watermark_state_get(key=Source.RESULTS).gaps == {}
     assert any(
         r.levelname == "INFO" and "1 gap ids still missing after the grace period dropped"
         in r.getMessage() for r in funnels_log.records
@@ -562,16 +557,16 @@ def test_the_gap_list_is_bounded_oldest_first(
 ):
     monkeypatch.setattr(watermarks, "GAP_LIMIT", 3)
     anchor = modx_result("anchor@example.com")
-    watermark_advance(key=WATERMARK_KEY, last_id=anchor.id, run=None)
+    watermark_advance(key=Source.RESULTS, last_id=anchor.id, run=None)
     # auto_increment_increment = 2: every other id is never used.
     first = [modx_result(f"a{n}@example.com", id=anchor.id + 2 * n) for n in (1, 2, 3)]
     run_live(client_factory, now=now)
-    assert watermark_state_get(key=WATERMARK_KEY).gaps == {
+    assert watermark_state_get(key=Source.RESULTS).gaps == {
         first[0].id - 1: now, first[1].id - 1: now, first[2].id - 1: now,
     }
     second = [modx_result(f"b{n}@example.com", id=first[-1].id + 2 * n) for n in (1, 2)]
     run_live(client_factory, now=now + 15 * MINUTE)
-    assert watermark_state_get(key=WATERMARK_KEY).gaps == {
+    assert watermark_state_get(key=Source.RESULTS).gaps == {
         first[2].id - 1: now,
         second[0].id - 1: now + 15 * MINUTE,
         second[1].id - 1: now + 15 * MINUTE,

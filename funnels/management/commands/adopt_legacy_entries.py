@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from funnels.services.legacy import (
+from funnels.adoption.legacy import (
     JOB_FAILED,
     JOB_PENDING,
     JOB_SUCCESS,

@@ -8,7 +8,7 @@ database and record every migration there.
 from django.core.management.base import CommandError
 from django.core.management.commands.migrate import Command as DjangoMigrate
 
-from testizer_funnels.routers import MODX_ALIAS, is_test_database
+from funnels.routers import MODX_ALIAS, is_test_database
 
 
 class Command(DjangoMigrate):

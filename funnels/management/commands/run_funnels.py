@@ -12,12 +12,12 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
+from funnels.codes import SkipReason
 from funnels.emails import Reason as EmailReason
 from funnels.logging_filters import redact
 from funnels.models import SyncRun, SyncRunItem
 from funnels.selectors.plan import run_items_iter
 from funnels.services import alerts
-from funnels.services.purchases import SkipReason as PaymentSkipReason
 from funnels.services.runs import RunBusy, RunConfigError, run_funnels
 from funnels.services.runtime import live_needs_dry_run_first, runtime_settings_get
 
@@ -243,11 +243,6 @@ _PAYMENT_ACTIONS = frozenset({
     SyncRunItem.Action.PURCHASE, SyncRunItem.Action.WOULD_PURCHASE,
     SyncRunItem.Action.PURCHASE_REVOKED,
 })
-# Skip reasons only the purchase sync gives (email reasons are shared with results).
-_PAYMENT_REASONS = frozenset(
-    value for name, value in vars(PaymentSkipReason).items()
-    if name.isupper() and isinstance(value, str)
-)
 
 
 def _source_label(item) -> str:
@@ -255,7 +250,7 @@ def _source_label(item) -> str:
     if not item.source_id:
         return ""
     if (
-        item.action in _PAYMENT_ACTIONS or item.reason in _PAYMENT_REASONS
+        item.action in _PAYMENT_ACTIONS or item.reason in SkipReason.OF_PAYMENTS
         or (item.action == SyncRunItem.Action.SKIPPED and item.detail.startswith("paid at"))
     ):
         return _("payment #%(id)s") % {"id": item.source_id}

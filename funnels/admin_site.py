@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy as _
 
 from funnels import views
+from funnels.codes import Source
 from funnels.labels import audit_label, funnel_name_display, reason_label
 from funnels.models import Funnel
 from funnels.selectors.dashboard import (
@@ -56,7 +57,7 @@ def _held_and_waiting_context() -> dict:
         names = {slug: funnel_name_display(name)
                  for slug, name in Funnel.objects.values_list("slug", "name")}
     waiting = recheck_counts_get()
-    sources = {"payments": gettext("Payments"), "test_results": gettext("Test results")}
+    sources = {Source.PAYMENTS: gettext("Payments"), Source.RESULTS: gettext("Test results")}
     return {
         "held": held,
         "held_rows": [(names.get(slug, slug), n) for slug, n in held.by_funnel.items()],

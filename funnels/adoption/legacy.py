@@ -43,7 +43,7 @@ from funnels.models import FunnelEntry, SyncStatus
 from funnels.modx.models import TestResult
 from funnels.selectors.candidates import KIND_LANGUAGE, KIND_NON_LANGUAGE, KindResolver
 from funnels.services.entries import entries_previous_refresh
-from testizer_funnels.routers import MODX_ALIAS
+from funnels.routers import MODX_ALIAS
 
 LEGACY_TABLE = "funnel_entries"
 SET_ASIDE_TABLE = "funnel_entries_legacy"
