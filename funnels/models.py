@@ -64,6 +64,20 @@ class SyncStatus(models.TextChoices):
     HELD = "held", _("Held back (flood guard)")
 
 
+class BrevoState(models.TextChoices):
+    """A person's place in a funnel's Brevo list, as the last audit read it
+    (services/brevo_audit.py). Empty: not audited yet (or never sent)."""
+
+    IN_LIST = "in_list", _("In the list")
+    UNSUBSCRIBED = "unsubscribed_from_list", _("Unsubscribed from the list")
+    BLACKLISTED = "blacklisted", _("Blacklisted (unsubscribed from all emails)")
+    MISSING = "missing", _("Missing from the list")
+
+
+# A person's opt-out always wins: entries in these states are never sent to their list again.
+OPTED_OUT_STATES = (BrevoState.UNSUBSCRIBED, BrevoState.BLACKLISTED)
+
+
 class FunnelEntry(models.Model):
     """A person's entry into a funnel; the table keeps the earlier tool's name and columns.
 
@@ -104,6 +118,11 @@ class FunnelEntry(models.Model):
     sync_last_error = models.TextField(_("last sync error"), blank=True, default="")
     sync_next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
     synced_at = models.DateTimeField(_("synced at"), null=True, blank=True)
+    # What the Brevo audit last read for this person in this funnel's list, and when.
+    brevo_state = models.CharField(
+        _("Brevo state"), max_length=30, choices=BrevoState.choices, blank=True, default=""
+    )
+    brevo_seen_at = models.DateTimeField(_("Brevo state seen at"), null=True, blank=True)
     run = models.ForeignKey(
         "SyncRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         verbose_name=_("created by run"),
@@ -151,6 +170,8 @@ class FunnelEntry(models.Model):
                 ],
                 name="idx_fe_cohort",
             ),
+            # The audit's per-page lookups and counts, the admin filter, the drift count.
+            models.Index(fields=["funnel_type", "brevo_state", "email"], name="idx_fe_brevo"),
         ]
 
     def __str__(self) -> str:
@@ -380,3 +401,54 @@ class PaymentWatch(models.Model):
                 name="idx_watch_due",
             ),
         ]
+
+
+class BrevoAudit(models.Model):
+    """One read of the funnels' Brevo lists (services/brevo_audit.py), recorded like a run."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", _("Running")
+        SUCCESS = "success", _("Success")
+        PARTIAL = "partial", _("Stopped part-way (Brevo)")
+        FAILED = "failed", _("Failed")
+        CRASHED = "crashed", _("Crashed (found dead)")
+
+    class Kind(models.TextChoices):
+        FULL = "full", _("Full")
+        INCREMENTAL = "incremental", _("Changes only")
+
+    started_at = models.DateTimeField(_("started at"), db_index=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.RUNNING
+    )
+    # Full when every list was read whole; a list whose count disagreed is read whole
+    # inside an incremental audit too (see `lists`).
+    kind = models.CharField(_("kind"), max_length=12, choices=Kind.choices)
+    trigger = models.CharField(_("trigger"), max_length=10, default="manual")
+    modified_since = models.DateTimeField(_("changes since"), null=True, blank=True)
+    contacts_read = models.PositiveIntegerField(_("contacts read"), default=0)
+    pages = models.PositiveIntegerField(_("pages read"), default=0)
+    brevo_requests = models.PositiveIntegerField(_("Brevo requests"), default=0)
+    states_changed = models.PositiveIntegerField(_("states changed"), default=0)
+    in_list = models.PositiveIntegerField(_("in the list"), default=0)
+    unsubscribed = models.PositiveIntegerField(_("unsubscribed from the list"), default=0)
+    blacklisted = models.PositiveIntegerField(_("blacklisted"), default=0)
+    missing = models.PositiveIntegerField(_("missing from the list"), default=0)
+    # Contacts in a funnel's list that we never put there.
+    strangers = models.PositiveIntegerField(_("contacts we did not add"), default=0)
+    strangers_sample = models.JSONField(_("some of them"), default=list, blank=True)
+    # {funnel slug: {list_id, kind, brevo_count, our_count, pages, strangers, error}}
+    lists = models.JSONField(_("lists"), default=dict, blank=True)
+    error = models.TextField(_("error"), blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        verbose_name = _("Brevo audit")
+        verbose_name_plural = _("Brevo audits")
+        permissions = [
+            ("restore_missing", _("Can put people missing from their Brevo list back")),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.get_status_display()}"
