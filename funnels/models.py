@@ -62,6 +62,9 @@ class SyncStatus(models.TextChoices):
     FAILED = "failed", _("Failed")
     # Recorded, but kept from Brevo by the flood guard until somebody releases it.
     HELD = "held", _("Held back (flood guard)")
+    # Not sent, never again: the Brevo audit found the person blacklisted, or unsubscribed
+    # from this funnel's list (a person's opt-out always wins).
+    OPTED_OUT = "opted_out", _("Not sent: opted out in Brevo")
 
 
 class BrevoState(models.TextChoices):

@@ -118,9 +118,26 @@ class FunnelsAdminSite(admin.AdminSite):
             "held_limit": settings.FUNNELS_MAX_NEW_CONTACTS_PER_RUN,
             "can_release_held": request.user.has_perm(views.RELEASE_HELD_PERMISSION),
             "recheck_days": settings.FUNNELS_RECHECK_DAYS,
+            **_brevo_context(),
             **(extra_context or {}),
         }
         return super().index(request, extra_context=context)
+
+
+def _brevo_context() -> dict:
+    """The last Brevo audit and the drift it found (two queries)."""
+    from funnels.labels import funnel_name_display
+    from funnels.selectors.brevo_state import brevo_audit_latest, brevo_drift_by_funnel
+
+    audit = brevo_audit_latest()
+    drift = brevo_drift_by_funnel() if audit is not None else {}
+    return {
+        "brevo_audit": audit,
+        "brevo_drift": [
+            {"funnel": slug, "name": funnel_name_display(slug), "people": people}
+            for slug, people in sorted(drift.items())
+        ],
+    }
 
 
 site = FunnelsAdminSite(name="admin")

@@ -9,7 +9,8 @@ of that person in that funnel one of `BrevoState` and when it was read:
 - unsubscribed_from_list: the list is in the contact's listUnsubscribed;
 - in_list: on the list, neither of the above;
 - missing: a full read of the list did not find the person although Brevo once confirmed
-  them (synced_revision > 0): removed from the list, or the contact deleted.
+  them (synced_revision > 0): removed from the list, or the contact deleted. An opt-out
+  read before is kept instead (it must never look like somebody to put back).
 Contacts on a list without any entry of that funnel are strangers: counted, and the
 first STRANGERS_SAMPLE of them kept on the audit's record.
 
@@ -52,7 +53,7 @@ from funnels.brevo.errors import BrevoAuthError, BrevoError, BrevoPermanentError
 from funnels.brevo.factory import brevo_client_build
 from funnels.locks import RunLock, RunLockBusy, RunLockLost
 from funnels.logging_filters import redact
-from funnels.models import BrevoAudit, BrevoState, Funnel, FunnelEntry
+from funnels.models import OPTED_OUT_STATES, BrevoAudit, BrevoState, Funnel, FunnelEntry
 from funnels.selectors.funnels import funnel_entry_usable_q, funnel_list_id, funnels_all
 
 logger = logging.getLogger("funnels.brevo_audit")
@@ -218,10 +219,12 @@ class _Audit:
 
     def _mark_missing(self, funnel: Funnel, seen: set[str]) -> int:
         """After a whole read: everyone Brevo once confirmed and the read did not find."""
+        # An opt-out read earlier stays: someone who unsubscribed and was then removed
+        # from the list (or deleted) must never look like somebody to put back.
         confirmed = set(
             FunnelEntry.objects.filter(funnel_entry_usable_q(), funnel_type=funnel.slug,
                                        synced_revision__gt=0)
-            .exclude(brevo_state=BrevoState.MISSING)
+            .exclude(brevo_state__in=(BrevoState.MISSING, *OPTED_OUT_STATES))
             .order_by().values_list("email", flat=True).distinct()
         )
         gone = sorted(confirmed - seen)
@@ -230,7 +233,7 @@ class _Audit:
                 FunnelEntry.objects.filter(
                     funnel_entry_usable_q(), funnel_type=funnel.slug,
                     email__in=gone[start : start + _UPDATE_CHUNK],
-                ).update(brevo_state=BrevoState.MISSING, brevo_seen_at=self.now)
+                ).exclude(brevo_state__in=OPTED_OUT_STATES).update(brevo_state=BrevoState.MISSING, brevo_seen_at=self.now)
                 self.lock.check()
         return len(gone)
 

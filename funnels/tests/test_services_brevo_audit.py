@@ -246,6 +246,7 @@ def test_a_dead_audit_is_closed_as_crashed(client_factory, clock):
 
 
 def test_the_command_exit_codes(live_settings, fake_brevo, clock):
+    live_settings.LANGUAGE_CODE = "en"
     out = io.StringIO()
     call_command("audit_brevo", "--as-of", "2026-11-20T04:00", stdout=out)
     assert "audit #" in out.getvalue() and "success" in out.getvalue()

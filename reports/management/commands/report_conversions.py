@@ -11,13 +11,14 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from reports.formatters import report_csv, report_json, report_table
+from reports.formatters import opt_outs_table, report_csv, report_json, report_table
 from reports.selectors import (
     DEFAULT_WINDOW_DAYS,
     GROUP_BY_CHOICES,
     GROUP_BY_FUNNEL,
     ReportError,
     conversion_report,
+    opt_out_counts,
 )
 
 FORMATS = {"table": report_table, "csv": report_csv, "json": report_json}
@@ -138,3 +139,7 @@ class Command(BaseCommand):
         except ReportError as error:
             raise CommandError(str(error), returncode=USAGE_ERROR) from None
         self.stdout.write(FORMATS[options["format"]](report), ending="")
+        if options["format"] == "table":
+            self.stdout.write(opt_outs_table(opt_out_counts(
+                date_from=report.date_from, date_to=report.date_to, funnels=report.funnels,
+            )), ending="")
