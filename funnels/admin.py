@@ -39,7 +39,8 @@ from funnels.emails import email_check, email_normalize
 from funnels.labels import error_label, funnel_name_display, reason_is_payment, reason_label
 from funnels.logging_filters import redact
 from funnels.models import (
-    BrevoAudit, Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus,
+    BrevoAudit, Funnel, FunnelEntry, ProofCheck, ProofDifference, SyncRun, SyncRunItem,
+    SyncState, SyncStatus,
 )
 from funnels.modx.models import CERT_TYPE_LANGUAGE, CERT_TYPE_NON_LANGUAGE
 from funnels.services.brevo_repair import RESTORE_PERMISSION, brevo_missing_restore
@@ -884,3 +885,47 @@ class BrevoAuditAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 site.register(BrevoAudit, BrevoAuditAdmin)
+
+
+# --- The proof that nobody is lost ---------------------------------------------------
+
+
+class ProofCheckAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_title = _("Proofs that nobody is lost")
+    view_title = _("Proof that nobody is lost")
+    list_display = ["started_at", "status", "results_read", "entries_read", "differences"]
+    list_per_page = 50
+    show_facets = admin.ShowFacets.NEVER
+    fieldsets = [(None, {"fields": ["started_at", "finished_at", "status", "window_from",
+                                    "window_to", "results_read", "entries_read",
+                                    "counts_shown", "error"]})]
+
+    @admin.display(description=_("differences"))
+    def differences(self, obj: ProofCheck) -> int:
+        return obj.differences_total
+
+    @admin.display(description=_("differences by class"))
+    def counts_shown(self, obj: ProofCheck):
+        labels = dict(ProofDifference.Kind.choices)
+        url = reverse("admin:funnels_proofdifference_changelist")
+        return format_html_join(
+            format_html("<br>"), '<a href="{}?proof__id__exact={}&amp;kind__exact={}">{}</a>: {}',
+            ((url, obj.pk, kind, labels.get(kind, kind), n)
+             for kind, n in (obj.counts or {}).items()),
+        ) or EMPTY
+
+
+class ProofDifferenceAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_title = _("Differences found by the proof")
+    view_title = _("Difference")
+    list_display = ["kind", "email", "funnel_type", "test_id", "modx_id", "explanation"]
+    list_filter = ["kind", "proof"]
+    search_fields = ["email"]
+    list_per_page = 100
+    show_facets = admin.ShowFacets.NEVER
+    fieldsets = [(None, {"fields": ["proof", "kind", "email", "funnel_type", "test_id",
+                                    "modx_id", "entry", "explanation"]})]
+
+
+site.register(ProofCheck, ProofCheckAdmin)
+site.register(ProofDifference, ProofDifferenceAdmin)

@@ -455,3 +455,69 @@ class BrevoAudit(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.get_status_display()}"
+
+
+class ProofCheck(models.Model):
+    """The daily proof that nobody is lost (services/nobody_lost.py): MODX, our table and
+    Brevo compared over the last FUNNELS_RECHECK_DAYS; one row per check."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", _("Running")
+        SUCCESS = "success", _("Success")
+        FAILED = "failed", _("Failed")
+
+    started_at = models.DateTimeField(_("started at"), db_index=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.RUNNING
+    )
+    window_from = models.DateTimeField(_("from"))
+    window_to = models.DateTimeField(_("to"))
+    results_read = models.PositiveIntegerField(_("test results read"), default=0)
+    entries_read = models.PositiveIntegerField(_("entries read"), default=0)
+    # {difference class: count}; all zero (or empty) is the goal, every day.
+    counts = models.JSONField(_("differences by class"), default=dict, blank=True)
+    error = models.TextField(_("error"), blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        verbose_name = _("proof that nobody is lost")
+        verbose_name_plural = _("proofs that nobody is lost")
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.get_status_display()}"
+
+    @property
+    def differences_total(self) -> int:
+        return sum((self.counts or {}).values())
+
+
+class ProofDifference(models.Model):
+    """One difference a proof found, with the person's explanation (explain_funnel's)."""
+
+    class Kind(models.TextChoices):
+        SHOULD_BE_IN = "should_be_in", _("Should be in the funnel, is not")
+        SHOULD_NOT_BE_IN = "should_not_be_in", _("Is in the funnel, should not be")
+        NOT_SENT = "not_sent", _("In our table, never confirmed by Brevo")
+        MISSING_IN_BREVO = "missing_in_brevo", _("In our table, missing in Brevo")
+        BUYER_NOT_MARKED = "buyer_not_marked", _("Buyer not marked")
+        MARKED_NOT_BUYER = "marked_not_buyer", _("Marked as a buyer, no paid certificate")
+
+    proof = models.ForeignKey(ProofCheck, on_delete=models.CASCADE, related_name="differences")
+    kind = models.CharField(_("class"), max_length=20, choices=Kind.choices)
+    email = models.CharField(_("email"), max_length=255)
+    funnel_type = models.CharField(_("funnel"), max_length=50)
+    test_id = models.IntegerField(_("test id"), null=True, blank=True)
+    modx_id = models.BigIntegerField(_("MODX row id"), null=True, blank=True)
+    entry = models.ForeignKey(
+        FunnelEntry, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    explanation = models.TextField(_("explanation"), blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = _("difference")
+        verbose_name_plural = _("differences")
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.funnel_type}"

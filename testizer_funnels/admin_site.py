@@ -125,13 +125,21 @@ class FunnelsAdminSite(admin.AdminSite):
 
 
 def _brevo_context() -> dict:
-    """The last Brevo audit and the drift it found (two queries)."""
+    """The last Brevo audit, the drift it found and the last proof (three queries)."""
     from funnels.labels import funnel_name_display
     from funnels.selectors.brevo_state import brevo_audit_latest, brevo_drift_by_funnel
 
+    from funnels.models import ProofCheck, ProofDifference
+
     audit = brevo_audit_latest()
     drift = brevo_drift_by_funnel() if audit is not None else {}
+    proof = ProofCheck.objects.order_by("-started_at", "-id").first()
     return {
+        "proof": proof,
+        "proof_rows": [
+            {"kind": kind, "label": label, "n": (proof.counts or {}).get(kind, 0)}
+            for kind, label in ProofDifference.Kind.choices
+        ] if proof is not None else [],
         "brevo_audit": audit,
         "brevo_drift": [
             {"funnel": slug, "name": funnel_name_display(slug), "people": people}

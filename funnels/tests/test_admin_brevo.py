@@ -111,3 +111,25 @@ def test_the_dashboard_shows_the_drift(admin_client, people):
     assert '?brevo=drift&amp;funnel=language' in block
     assert 'data-funnel="language">1<' in block
     assert 'data-funnel="non_language">1<' in block
+
+
+@pytest.mark.django_db(databases=["default", "modx"])
+def test_the_dashboard_and_pages_show_the_proof(admin_client):
+    from funnels.models import ProofCheck, ProofDifference
+
+    proof = ProofCheck.objects.create(
+        started_at=T, finished_at=T, status="success", window_from=T - dt.timedelta(days=30),
+        window_to=T, counts={kind: 0 for kind in ProofDifference.Kind.values} | {
+            "should_be_in": 1},
+    )
+    ProofDifference.objects.create(proof=proof, kind="should_be_in", email="lost@example.com",
+                                   funnel_type="language", explanation="not in it: why")
+    html = admin_client.get(reverse("admin:index")).content.decode()
+    block = html[html.index('id="funnels-proof"'):]
+    assert 'data-kind="should_be_in">1<' in block
+    assert 'data-kind="buyer_not_marked">0<' in block
+    listing = admin_client.get(reverse("admin:funnels_proofdifference_changelist"),
+                               {"proof__id__exact": proof.pk, "kind__exact": "should_be_in"})
+    assert "lost@example.com" in listing.content.decode()
+    page = admin_client.get(reverse("admin:funnels_proofcheck_change", args=[proof.pk]))
+    assert "Should be in the funnel, is not</a>: 1" in page.content.decode()

@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy
 from funnels.brevo.factory import BrevoNotConfigured
 from funnels.models import BrevoAudit
 from funnels.services.brevo_audit import AuditBusy, brevo_audit_run
+from funnels.services.nobody_lost import ProofBusy, nobody_lost_check
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -53,6 +54,23 @@ def summary_line(audit: BrevoAudit) -> str:
     return line
 
 
+def proof_line(proof) -> str:
+    found = {kind: n for kind, n in (proof.counts or {}).items() if n}
+    line = _(
+        "proof #%(id)s %(status)s: %(results)s test results and %(entries)s entries of the "
+        "last %(days)s days compared, %(n)s differences"
+    ) % {
+        "id": proof.pk, "status": proof.status, "results": proof.results_read,
+        "entries": proof.entries_read, "n": sum(found.values()),
+        "days": (proof.window_to - proof.window_from).days + 1,
+    }
+    if found:
+        line += " (" + ", ".join(f"{k} {n}" for k, n in sorted(found.items())) + ")"
+    if proof.error:
+        line += " - " + _("error: %(e)s") % {"e": proof.error}
+    return line
+
+
 def _parse_as_of(value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
@@ -76,15 +94,18 @@ class Command(BaseCommand):
             help=gettext_lazy("the time the audit acts as of (ISO 8601); default: now"),
         )
         parser.add_argument(
+            "--no-proof", action="store_true",
+            help=gettext_lazy("skip the proof that nobody is lost that follows the audit"),
+        )
+        parser.add_argument(
             "--trigger", choices=["cron", "manual"], default="manual",
             help=gettext_lazy("who started the audit (recorded on it)"),
         )
 
-    def handle(self, *args, full, as_of, trigger, **options):
+    def handle(self, *args, full, as_of, trigger, no_proof=False, **options):
+        now = as_of or timezone.now()
         try:
-            audit = brevo_audit_run(
-                now=as_of or timezone.now(), full=True if full else None, trigger=trigger
-            )
+            audit = brevo_audit_run(now=now, full=True if full else None, trigger=trigger)
         except AuditBusy as exc:
             self.stderr.write(str(exc))
             sys.exit(EXIT_BUSY)
@@ -92,6 +113,14 @@ class Command(BaseCommand):
             self.stderr.write(_("configuration error: %(e)s") % {"e": exc})
             sys.exit(EXIT_CONFIG)
         self.stdout.write(summary_line(audit))
+        if not no_proof:
+            # After the audit, so that it compares with Brevo as it is today.
+            try:
+                proof = nobody_lost_check(now=now)
+            except ProofBusy as exc:
+                self.stderr.write(str(exc))
+            else:
+                self.stdout.write(proof_line(proof))
         code = EXIT_BY_STATUS.get(audit.status, EXIT_FAILED)
         if code != EXIT_OK:
             sys.exit(code)
