@@ -428,7 +428,10 @@ class BrevoAudit(models.Model):
     # Full when every list was read whole; a list whose count disagreed is read whole
     # inside an incremental audit too (see `lists`).
     kind = models.CharField(_("kind"), max_length=12, choices=Kind.choices)
-    trigger = models.CharField(_("trigger"), max_length=10, default="manual")
+    trigger = models.CharField(
+        _("trigger"), max_length=10, choices=SyncRun.Trigger.choices,
+        default=SyncRun.Trigger.MANUAL,
+    )
     modified_since = models.DateTimeField(_("changes since"), null=True, blank=True)
     contacts_read = models.PositiveIntegerField(_("contacts read"), default=0)
     pages = models.PositiveIntegerField(_("pages read"), default=0)

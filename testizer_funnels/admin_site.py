@@ -129,10 +129,14 @@ def _brevo_context() -> dict:
     from funnels.labels import funnel_name_display
     from funnels.selectors.brevo_state import brevo_audit_latest, brevo_drift_by_funnel
 
-    from funnels.models import ProofCheck, ProofDifference
+    from funnels.models import Funnel, ProofCheck, ProofDifference
 
     audit = brevo_audit_latest()
     drift = brevo_drift_by_funnel() if audit is not None else {}
+    names = (
+        dict(Funnel.objects.filter(slug__in=list(drift)).values_list("slug", "name"))
+        if drift else {}
+    )
     proof = ProofCheck.objects.order_by("-started_at", "-id").first()
     return {
         "proof": proof,
@@ -142,7 +146,8 @@ def _brevo_context() -> dict:
         ] if proof is not None else [],
         "brevo_audit": audit,
         "brevo_drift": [
-            {"funnel": slug, "name": funnel_name_display(slug), "people": people}
+            {"funnel": slug, "name": funnel_name_display(names.get(slug, slug)),
+             "people": people}
             for slug, people in sorted(drift.items())
         ],
     }

@@ -20,7 +20,7 @@ def _codes(cls) -> set[str]:
 STORED_CODES = (
     _codes(ResultReason) | _codes(PaymentReason)
     | {"brevotransienterror", "brevopermanenterror", "brevoautherror", "brevoerror",
-       "brevo_stopped", "brevo_not_confirmed"}
+       "brevo_stopped", "brevo_not_confirmed", "brevo_opted_out"}
 )
 
 
