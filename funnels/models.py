@@ -122,8 +122,11 @@ class FunnelEntry(models.Model):
     sync_next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
     synced_at = models.DateTimeField(_("synced at"), null=True, blank=True)
     # What the Brevo audit last read for this person in this funnel's list, and when.
+    # A database default too: a writer that only knows the earlier tool's columns (the
+    # benchmark's loader, the earlier tool's cron) still inserts.
     brevo_state = models.CharField(
-        _("Brevo state"), max_length=30, choices=BrevoState.choices, blank=True, default=""
+        _("Brevo state"), max_length=30, choices=BrevoState.choices, blank=True, default="",
+        db_default="",
     )
     brevo_seen_at = models.DateTimeField(_("Brevo state seen at"), null=True, blank=True)
     run = models.ForeignKey(
