@@ -26,6 +26,12 @@ Incremental or full, per list:
   changed: two requests per list (the size and one empty page).
 Every contact our run sends is touched (modifiedAt), so an incremental read sees people
 synced since the last audit too.
+Known limits: a removal and a new stranger on the same day leave the size unchanged, so
+the removal waits for the weekly full read; someone found unsubscribed and later removed
+from the list keeps their opt-out (it must never look like somebody to put back), so they
+still count as a member and that list is read whole every day until the numbers agree
+again; a contact deleted while a full read pages through the list shifts the pages behind
+it and can hide one person until the next read.
 
 Shares the run lock: never at the same time as run_funnels (both write funnel_entries,
 and a run adding people while a full read is under way would look like missing people).

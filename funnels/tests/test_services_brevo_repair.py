@@ -12,6 +12,7 @@ from django.contrib.auth.models import Permission
 
 from funnels.models import BrevoState, FunnelEntry, SyncRun, SyncRunItem, SyncStatus
 from funnels.selectors.brevo_state import brevo_drift_by_funnel, brevo_opted_out
+from funnels.services.brevo_audit import brevo_audit_run
 from funnels.services.brevo_repair import brevo_missing_restore
 from funnels.services.outbox import outbox_push
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
@@ -21,6 +22,7 @@ from funnels.tests.sync_support import (
     client_factory,  # noqa: F401 - fixture
     fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
+    live_settings,  # noqa: F401 - fixture
     sleeps,  # noqa: F401 - fixture
 )
 from funnels.tests.test_services_brevo_audit import T1, Clock, audit, states, synced
@@ -154,3 +156,32 @@ def test_the_repair_leaves_opted_out_people_alone(client_factory, fake_brevo, cl
     assert (result.requeued, result.opted_out) == (0, 1)
     assert not LogEntry.objects.exists()
     assert FunnelEntry.objects.filter(sync_status=SyncStatus.PENDING).count() == 0
+
+
+@pytest.mark.django_db(databases=["default", "modx"])
+def test_a_run_never_re_adds_someone_who_unsubscribed_even_on_re_entry(
+    client_factory, fake_brevo, live_settings, now
+):
+    from funnels.models import Funnel
+    from funnels.tests.sync_support import (
+        LANG_TEST, LANG_TEST_2, modx_catalogue, modx_result, run_live,
+    )
+
+    modx_catalogue()
+    Funnel.objects.filter(slug="language").update(reentry=Funnel.Reentry.PER_TEST)
+    modx_result("una@example.com", LANG_TEST, completed_at=now - dt.timedelta(hours=3))
+    run_live(client_factory, now=now - dt.timedelta(hours=2))
+    assert fake_brevo.list_members(LANGUAGE_LIST) == {"una@example.com"}
+    fake_brevo.unsubscribe_from_list(email="una@example.com", list_id=LANGUAGE_LIST)
+    brevo_audit_run(now=now - dt.timedelta(hours=1), client=client_factory())
+    before = fake_brevo.request_count
+
+    modx_result("una@example.com", LANG_TEST_2, completed_at=now - dt.timedelta(minutes=30))
+    run = run_live(client_factory, now=now)
+
+    assert run.status == "success"
+    again = FunnelEntry.objects.get(email="una@example.com", test_id=LANG_TEST_2)
+    assert again.sync_status == SyncStatus.OPTED_OUT
+    assert "una" not in str([e.body for e in writes_since(fake_brevo, before)])
+    assert fake_brevo.contact("una@example.com")["listUnsubscribed"] == [LANGUAGE_LIST]
+    assert SyncRunItem.objects.filter(run=run, reason="brevo_opted_out").count() == 1
