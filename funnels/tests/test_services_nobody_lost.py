@@ -33,6 +33,7 @@ from funnels.tests.sync_support import (
     modx_result,
     run_live,
     sleeps,  # noqa: F401 - fixture
+    switched_to_live,
 )
 
 pytestmark = pytest.mark.django_db(databases=["default", "modx"])
@@ -133,8 +134,14 @@ def test_the_audit_command_runs_the_proof_after_the_audit(configured, live_setti
     modx_result("lost@example.com", LANG_TEST)
     out = io.StringIO()
     call_command("audit_brevo", "--as-of", now.isoformat(), stdout=out)
+    assert out.getvalue().splitlines()[1] == "proof skipped: the job runs in dry run"
+    assert not ProofCheck.objects.exists()
+
+    switched_to_live()
+    out = io.StringIO()
+    call_command("audit_brevo", "--as-of", now.isoformat(), stdout=out)
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("audit #") and " success (full)" in lines[0]
+    assert lines[0].startswith("audit #") and " success (incremental)" in lines[0]
     assert re.match(r"proof #\d+ success: 1 test results and 0 entries of the last "
                                "30 days compared, 1 differences \(should_be_in 1\)", lines[1])
     health = io.StringIO()
