@@ -17,7 +17,6 @@ from funnels.services.outbox import outbox_push
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
 from funnels.tests.sync_support import (
     LANGUAGE_LIST,
-    OTHER_LIST,
     client_factory,  # noqa: F401 - fixture
     fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
