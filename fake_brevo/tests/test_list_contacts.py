@@ -179,3 +179,20 @@ def test_http_controls(fake: FakeBrevo) -> None:
     assert fake.contact("c@example.com") is None
     assert fake.list_members(8) == set()
     assert fake.list_members(7) == {"a@example.com", "b@example.com"}
+
+
+def test_the_client_waits_out_a_429_and_checks_its_arguments(fake: FakeBrevo) -> None:
+    slept: list[float] = []
+    client = BrevoClient(base_url=fake.base_url, api_key=KEY, max_retries=2,
+                         requests_per_second=0, sleep=slept.append)
+    fake.seed_contact(email="r@example.com", list_ids=[7])
+    fake.faults.add("429", count=1, path_prefix="/contacts/lists/7/contacts", reset=2)
+
+    page = client.list_contacts_page(list_id=7)
+
+    assert [c["email"] for c in page.contacts] == ["r@example.com"]
+    assert slept == [2.0]
+    for bad in ({"limit": 0}, {"limit": 501}, {"offset": -1},
+                {"modified_since": datetime(2026, 3, 2, 9, 0)}):
+        with pytest.raises(ValueError):
+            client.list_contacts_page(list_id=7, **bad)
