@@ -529,7 +529,52 @@ def _action_setup_watermarks(params: Mapping[str, Any]) -> Callable[[], dict[str
     return action
 
 
+def _action_audit_brevo(params: Mapping[str, Any]) -> Callable[[], dict[str, Any]]:
+    """One Brevo audit (services.brevo_audit), full or as scheduled, without the proof.
+
+    `history_missing`: the pre-filled entries (ids up to it) were never sent to this fake
+    Brevo; they are recorded as found missing by an earlier audit (not measured), so the
+    full read measures reading Brevo's lists, not concluding a million absences."""
+    from funnels.models import BrevoState, FunnelEntry
+    from funnels.services.brevo_audit import brevo_audit_run
+
+    if params.get("history_missing"):
+        FunnelEntry.objects.filter(id__lte=int(params["history_missing"])).update(
+            brevo_state=BrevoState.MISSING
+        )
+    now = _as_of(params)
+
+    def action() -> dict[str, Any]:
+        audit = brevo_audit_run(now=now, full=True if params.get("full") else None,
+                                trigger="manual")
+        return {
+            "status": audit.status, "kind": audit.kind, "contacts_read": audit.contacts_read,
+            "pages": audit.pages, "audit_requests": audit.brevo_requests,
+            "states_changed": audit.states_changed, "strangers": audit.strangers,
+            "lists": audit.lists, "error": audit.error[:500],
+        }
+
+    return action
+
+
+def _action_nobody_lost(params: Mapping[str, Any]) -> Callable[[], dict[str, Any]]:
+    """The daily proof that nobody is lost (services.nobody_lost) over its whole window."""
+    from funnels.services.nobody_lost import nobody_lost_check
+
+    now = _as_of(params)
+
+    def action() -> dict[str, Any]:
+        proof = nobody_lost_check(now=now)
+        return {"status": proof.status, "results_read": proof.results_read,
+                "entries_read": proof.entries_read, "counts": proof.counts,
+                "error": proof.error[:500]}
+
+    return action
+
+
 ACTIONS: dict[str, Callable[[Mapping[str, Any]], Callable[[], dict[str, Any]]]] = {
+    "audit_brevo": _action_audit_brevo,
+    "nobody_lost": _action_nobody_lost,
     "run_funnels": _action_run_funnels,
     "purchases": _action_purchases,
     "report_command": _action_report_command,

@@ -73,6 +73,9 @@ TITLES = {
     "purchases_push": "3b. Next run: push the purchase updates to Brevo",
     "report_command": "4a. report_conversions, one year, {entries:,} entries",
     "report_page": "4b. Admin report page, one year, {entries:,} entries",
+    "audit_full": "5a. Brevo audit, every list read whole ({backfill:,}+ contacts)",
+    "audit_idle": "5b. Brevo audit the next day, nothing changed in Brevo",
+    "proof": "5c. Proof that nobody is lost, last FUNNELS_RECHECK_DAYS, {entries:,} entries",
 }
 
 
@@ -255,6 +258,24 @@ def _target(result: ScenarioResult | None, name: str, scale: Scale,
         add("< 5 s", f"{result.seconds:.2f} s", result.seconds < 5)
     elif name in {"report_command", "report_page"}:
         add("< 1 s", f"{result.seconds:.3f} s", result.seconds < 1)
+    elif name == "audit_full":
+        add("< 60 s at Brevo's 10 requests/s", f"{result.seconds:.1f} s "
+            f"({result.detail.get('contacts_read')} contacts, {result.detail.get('pages')} "
+            "pages)", result.seconds < 60 and result.detail.get("status") == "success")
+    elif name == "audit_idle":
+        lists = len(result.detail.get("lists") or {}) or 1
+        requests = result.detail.get("audit_requests") or 0
+        add("nothing changed: 2 requests per list (the size and one page of changes)",
+            f"{requests} requests for {lists} lists, {result.detail.get('states_changed')} "
+            "states changed", requests <= 2 * lists and result.detail.get("kind") ==
+            "incremental")
+    elif name == "proof":
+        counts = result.detail.get("counts") or {}
+        add("completes (its cost is what is published)",
+            f"{result.seconds:.1f} s, {result.detail.get('results_read')} results and "
+            f"{result.detail.get('entries_read')} entries compared, differences "
+            f"{ {k: v for k, v in counts.items() if v} or 0}",
+            result.detail.get("status") == "success")
     add(f"peak memory < {MB_LIMIT} MB", f"{result.peak_rss_mb:.0f} MB",
         result.peak_rss_mb < MB_LIMIT)
     return targets
@@ -419,6 +440,14 @@ def bench_run(
             "action": "report_page", "path": report_path, "profile": True,
             "query": {"from_date": year_from.isoformat(), "to_date": year_to.isoformat()},
         }, brevo=False)
+        # What Brevo really holds, read back: every list whole, then the next day's audit
+        # with nothing changed; then the proof that nobody is lost, which follows it.
+        run("audit_full", {"action": "audit_brevo", "full": True,
+                           "as_of": cron(9).isoformat(), "history_missing": scale.entries})
+        run("audit_idle", {"action": "audit_brevo", "as_of": (cron(9) + dt.timedelta(days=1))
+                           .isoformat()})
+        run("proof", {"action": "nobody_lost",
+                      "as_of": (cron(9) + dt.timedelta(days=1)).isoformat()}, brevo=False)
     finally:
         fake.stop()
 

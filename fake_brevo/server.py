@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +46,7 @@ FAULT_KINDS = frozenset(
 API_PREFIX = "/v3"
 CONTROL_PREFIX = "/__fake__"
 LIST_ADD_MAX = 150
+LIST_CONTACTS_MAX = 500
 MAX_BODY_BYTES = 10 * 1024 * 1024
 # Bodies above this are refused without being read, so a runaway client cannot
 # make the fake buffer arbitrary amounts of memory.
@@ -55,6 +56,20 @@ _DEFAULT_SLOW_SECONDS = 5.0
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _parse_moment(value: str) -> datetime | None:
+    """An ISO date-time as Brevo takes it in ``modifiedSince`` (``Z`` or an offset);
+    None when it is not one, or has no zone (Brevo asks for one)."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def _is_int(value: Any) -> bool:
@@ -331,6 +346,7 @@ class FakeBrevo:
         lists: Iterable[int] | None = None,
         attribute_types: Mapping[str, str] | None = None,
         log_limit: int = 20_000,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         if not ipaddress.ip_address(socket.gethostbyname(host)).is_loopback:
             raise ValueError("the fake only listens on loopback addresses")
@@ -347,6 +363,9 @@ class FakeBrevo:
         self._initial_lists = sorted(set(lists or ()))
         self._attribute_types = dict(attribute_types) if attribute_types is not None else None
         self.faults = FaultPlan()
+        # modifiedAt and modifiedSince are compared on this clock, so a test that pins
+        # time can pin the fake's too (set_clock).
+        self._clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
         self._log: deque[LoggedRequest] = deque(maxlen=log_limit)
         self._server: _Server | None = None
@@ -458,6 +477,63 @@ class FakeBrevo:
     def set_latency(self, seconds: float) -> None:
         with self._lock:
             self._latency = max(0.0, float(seconds))
+
+    def set_clock(self, clock: Callable[[], datetime]) -> None:
+        """Use ``clock`` (aware datetimes) for modifiedAt and modifiedSince from now on."""
+        with self._lock:
+            self._clock = clock
+
+    def _stamp(self) -> str:
+        return _iso(self._clock())
+
+    # What people and marketers do in Brevo's own interface, which the audit must see.
+    # Each touches modifiedAt as Brevo does, so an incremental read finds the change.
+
+    def unsubscribe_from_list(self, *, email: str, list_id: int) -> None:
+        """The person used the list's unsubscribe link: still a contact, still in the
+        list's listIds, with the list in listUnsubscribed."""
+        with self._lock:
+            record = self._require(email)
+            record["listUnsubscribed"].add(int(list_id))
+            record["modifiedAt"] = self._stamp()
+
+    def blacklist(self, *, email: str) -> None:
+        """Unsubscribed from everything (or a hard bounce): emailBlacklisted."""
+        with self._lock:
+            record = self._require(email)
+            record["emailBlacklisted"] = True
+            record["modifiedAt"] = self._stamp()
+
+    def delete_contact(self, *, email: str) -> None:
+        with self._lock:
+            record = self._require(email)
+            del self._contacts[record["email"]]
+            del self._email_by_id[record["id"]]
+
+    def empty_list(self, *, list_id: int) -> int:
+        """A marketer removed every contact from the list by hand; returns how many."""
+        with self._lock:
+            removed = 0
+            stamp = self._stamp()
+            for record in self._contacts.values():
+                if list_id in record["listIds"]:
+                    record["listIds"].discard(list_id)
+                    record["modifiedAt"] = stamp
+                    removed += 1
+            return removed
+
+    def remove_from_list(self, *, email: str, list_id: int) -> None:
+        with self._lock:
+            record = self._require(email)
+            record["listIds"].discard(int(list_id))
+            record["modifiedAt"] = self._stamp()
+
+    def _require(self, email: str) -> dict[str, Any]:
+        self._advance_imports()
+        record = self._contacts.get(email.lower())
+        if record is None:
+            raise KeyError(f"no contact {email!r}")
+        return record
 
     @property
     def contacts(self) -> dict[str, dict[str, Any]]:
@@ -717,6 +793,24 @@ class FakeBrevo:
                 list_ids=body.get("listIds") or [],
             )
             return _Outcome(201, {"id": contact_id})
+        people = re.match(r"^contacts/(?P<email>[^/]+)(?:/(?P<what>unsubscribe|blacklist))?$", name)
+        if people and method in ("POST", "DELETE"):
+            email = unquote(people["email"])
+            try:
+                if method == "DELETE" and people["what"] is None:
+                    self.delete_contact(email=email)
+                elif method == "POST" and people["what"] == "unsubscribe":
+                    self.unsubscribe_from_list(email=email, list_id=int(body["listId"]))
+                elif method == "POST" and people["what"] == "blacklist":
+                    self.blacklist(email=email)
+                else:
+                    return _Outcome(404, {"error": f"no control endpoint {method} {path}"})
+            except KeyError as exc:
+                return _Outcome(404, {"error": str(exc)})
+            return _Outcome(200, {"ok": True})
+        emptied = re.match(r"^lists/(?P<list_id>\d+)/empty$", name)
+        if emptied and method == "POST":
+            return _Outcome(200, {"removed": self.empty_list(list_id=int(emptied["list_id"]))})
         if name == "requests" and method == "GET":
             since = int((parse_qs(query).get("since") or ["0"])[0])
             return _Outcome(
@@ -873,6 +967,8 @@ class FakeBrevo:
             return self._get_process_op(int(params["processId"]))
         if name == "getList":
             return self._get_list_op(int(params["listId"]))
+        if name == "getContactsFromList":
+            return self._list_contacts_op(int(params["listId"]), query)
         return _Outcome(405, _error("method_not_allowed", "Method not allowed"))
 
     # ------------------------------------------------------ state changes
@@ -881,6 +977,7 @@ class FakeBrevo:
     def _public_contact(self, record: dict[str, Any]) -> dict[str, Any]:
         public = copy.deepcopy(record)
         public["listIds"] = sorted(record["listIds"])
+        public["listUnsubscribed"] = sorted(record["listUnsubscribed"])
         return public
 
     def _clean_attributes(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
@@ -922,7 +1019,7 @@ class FakeBrevo:
         self, email: str, attributes: dict[str, Any], list_ids: list[int]
     ) -> dict[str, Any]:
         self._known_lists(list_ids)
-        now = _now_iso()
+        now = self._stamp()
         key = email.lower()
         contact_id = self._next_contact_id
         record: dict[str, Any] = {
@@ -934,6 +1031,7 @@ class FakeBrevo:
             "modifiedAt": now,
             "attributes": self._clean_attributes(attributes),
             "listIds": set(list_ids),
+            "listUnsubscribed": set(),
         }
         self._next_contact_id += 1
         self._contacts[key] = record
@@ -988,9 +1086,16 @@ class FakeBrevo:
             )
         existing["attributes"].update(self._clean_attributes(attributes))
         existing["listIds"].update(list_ids)
+        self._resubscribe(existing, list_ids)
         self._apply_blacklist_flags(existing, body)
-        existing["modifiedAt"] = _now_iso()
+        existing["modifiedAt"] = self._stamp()
         return _Outcome(204)
+
+    @staticmethod
+    def _resubscribe(record: dict[str, Any], list_ids: Iterable[int]) -> None:
+        # Assumed, and the harm the funnels must never cause: naming a list again for a
+        # contact who unsubscribed from it subscribes them to it again.
+        record["listUnsubscribed"].difference_update(list_ids)
 
     @staticmethod
     def _apply_blacklist_flags(record: dict[str, Any], body: Mapping[str, Any]) -> None:
@@ -1044,9 +1149,10 @@ class FakeBrevo:
             self._email_by_id[record["id"]] = new_key
         record["attributes"].update(self._clean_attributes(attributes))
         record["listIds"].update(list_ids)
+        self._resubscribe(record, list_ids)
         record["listIds"].difference_update(unlink_ids)
         self._apply_blacklist_flags(record, body)
-        record["modifiedAt"] = _now_iso()
+        record["modifiedAt"] = self._stamp()
         return _Outcome(204)
 
     def _delete_contact_op(self, identifier: str, query: str) -> _Outcome:
@@ -1094,7 +1200,7 @@ class FakeBrevo:
                 failure.append(item)
                 continue
             record["listIds"].add(list_id)
-            record["modifiedAt"] = _now_iso()
+            record["modifiedAt"] = self._stamp()
             success.append(item)
         if not success:
             return _Outcome(
@@ -1185,7 +1291,8 @@ class FakeBrevo:
                         record, attributes, erase_empty=process["empty_attributes"]
                     )
                 record["listIds"].update(process["list_ids"])
-                record["modifiedAt"] = _now_iso()
+                self._resubscribe(record, process["list_ids"])
+                record["modifiedAt"] = self._stamp()
             if process["email_blacklist"]:
                 record["emailBlacklisted"] = True
             process["imported"] += 1
@@ -1221,9 +1328,42 @@ class FakeBrevo:
         members = sum(1 for c in self._contacts.values() if list_id in c["listIds"])
         return _Outcome(200, {
             "id": list_id, "name": stored.get("name", f"List {list_id}"), "folderId": 1,
-            "createdAt": _now_iso(), "totalBlacklisted": 0, "totalSubscribers": members,
+            "createdAt": self._stamp(), "totalBlacklisted": 0, "totalSubscribers": members,
             "uniqueSubscribers": members,
         })
+
+    def _list_contacts_op(self, list_id: int, query: str) -> _Outcome:
+        if not self._known_lists([list_id]):
+            return _Outcome(404, _error("document_not_found", "List ID does not exist"))
+        params = {key: values[-1] for key, values in parse_qs(query).items()}
+        try:
+            limit = int(params.get("limit", "50"))
+            offset = int(params.get("offset", "0"))
+        except ValueError:
+            return _Outcome(400, _error("invalid_parameter", "limit and offset must be integers"))
+        if not 0 <= limit <= LIST_CONTACTS_MAX or offset < 0:
+            return _Outcome(
+                400, _error("out_of_range", f"limit must be 0..{LIST_CONTACTS_MAX}, offset >= 0")
+            )
+        sort = params.get("sort", "desc")
+        if sort not in ("asc", "desc"):
+            return _Outcome(400, _error("invalid_parameter", "sort must be asc or desc"))
+        since = None
+        if "modifiedSince" in params:
+            since = _parse_moment(params["modifiedSince"])
+            if since is None:
+                return _Outcome(400, _error("invalid_parameter", "modifiedSince is not a date-time"))
+        members = [c for c in self._contacts.values() if list_id in c["listIds"]]
+        if since is not None:
+            members = [
+                c for c in members if (_parse_moment(c["modifiedAt"]) or since) > since
+            ]
+        # "Order of record creation": the id grows with creation.
+        members.sort(key=lambda c: c["id"], reverse=sort == "desc")
+        page = members[offset : offset + limit]
+        return _Outcome(
+            200, {"contacts": [self._public_contact(c) for c in page], "count": len(members)}
+        )
 
     def _get_process_op(self, process_id: int) -> _Outcome:
         process = self._processes.get(process_id)
@@ -1243,6 +1383,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/v3/contacts/import$"), "importContacts"),
     ("POST", re.compile(r"^/v3/contacts/lists/(?P<listId>\d+)/contacts/add$"), "addContactToList"),
     ("GET", re.compile(r"^/v3/contacts/lists/(?P<listId>\d+)$"), "getList"),
+    ("GET", re.compile(r"^/v3/contacts/lists/(?P<listId>\d+)/contacts$"), "getContactsFromList"),
     ("GET", re.compile(r"^/v3/contacts/(?P<identifier>[^/]+)$"), "getContactInfo"),
     ("PUT", re.compile(r"^/v3/contacts/(?P<identifier>[^/]+)$"), "updateContact"),
     ("DELETE", re.compile(r"^/v3/contacts/(?P<identifier>[^/]+)$"), "deleteContact"),

@@ -25,6 +25,7 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext, gettext_lazy as _, ngettext
 
 from funnels.admin_filters import (
+    BrevoStateFilter,
     FunnelFilter,
     PurchasedFilter,
     UsableFilter,
@@ -37,12 +38,16 @@ from funnels.brevo.attributes import AttributeNames
 from funnels.emails import email_check, email_normalize
 from funnels.labels import error_label, funnel_name_display, reason_is_payment, reason_label
 from funnels.logging_filters import redact
-from funnels.models import Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncState, SyncStatus
+from funnels.models import (
+    BrevoAudit, Funnel, FunnelEntry, ProofCheck, ProofDifference, SyncRun, SyncRunItem,
+    SyncState, SyncStatus,
+)
 from funnels.modx.models import CERT_TYPE_LANGUAGE, CERT_TYPE_NON_LANGUAGE
 from funnels.selectors.funnels import funnel_attribute_names
 from funnels.services.control_groups import MAX_CONTROL_SHARE, funnel_control_share_set
 from funnels.selectors.drilldown import DateLink, date_drilldown_get
 from funnels.selectors.run_items import run_items_page_get
+from funnels.services.brevo_repair import RESTORE_PERMISSION, brevo_missing_restore
 from funnels.services.sync_retry import entries_retry_sync
 from funnels.admin_site import duration_format, site
 
@@ -197,7 +202,7 @@ class FunnelEntryAdmin(TitledAdminMixin, ReadOnlyAdminMixin, CountFreePagination
         "purchase",
     ]
     list_display_links = ["email_shown"]
-    list_filter = [FunnelFilter, SyncStateFilter, PurchasedFilter, UsableFilter]
+    list_filter = [FunnelFilter, SyncStateFilter, BrevoStateFilter, PurchasedFilter, UsableFilter]
     date_hierarchy = "entered_at"
     search_fields = ["email"]
     search_help_text = _(
@@ -207,7 +212,7 @@ class FunnelEntryAdmin(TitledAdminMixin, ReadOnlyAdminMixin, CountFreePagination
     list_per_page = 100
     # Facet counts would be a COUNT per filter choice over the whole table.
     show_facets = admin.ShowFacets.NEVER
-    actions = ["retry_brevo_sync"]
+    actions = ["retry_brevo_sync", "restore_missing_in_brevo"]
     fieldsets = [
         (None, {"fields": ["email", "funnel_type", "test_id", "user_id", "entered_at",
                            "test_completed_at", "run_link"]}),
@@ -215,7 +220,7 @@ class FunnelEntryAdmin(TitledAdminMixin, ReadOnlyAdminMixin, CountFreePagination
                                        "payment_id"]}),
         (_("Brevo"), {"fields": ["sync_status", "sync_attempts", "sync_error",
                                  "sync_next_attempt_at", "synced_at", "sync_revision",
-                                 "synced_revision"]}),
+                                 "synced_revision", "brevo_state", "brevo_seen_at"]}),
         # Control groups: the group the entry was assigned in, and its funnel's start.
         (_("Control group"), {"fields": ["experiment_group", "control_period",
                                          "funnel_started_at"]}),
@@ -328,6 +333,43 @@ class FunnelEntryAdmin(TitledAdminMixin, ReadOnlyAdminMixin, CountFreePagination
         else:
             self.message_user(
                 request, gettext("None of the selected entries had failed."), messages.WARNING
+            )
+
+
+    def has_restore_missing_permission(self, request) -> bool:
+        return request.user.has_perm(RESTORE_PERMISSION)
+
+    @admin.action(
+        description=_("Put the selected people missing in Brevo back in their list"),
+        permissions=["restore_missing"],
+    )
+    def restore_missing_in_brevo(self, request, queryset):
+        ids = list(queryset.order_by().values_list("id", flat=True))
+        result = brevo_missing_restore(entry_ids=ids, now=timezone.now(), user=request.user)
+        if result.requeued:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d entry will be put back in its Brevo list by the next run.",
+                    "%(count)d entries will be put back in their Brevo lists by the next run.",
+                    result.requeued,
+                ) % {"count": result.requeued},
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request, gettext("None of the selected entries is missing in Brevo."),
+                messages.WARNING,
+            )
+        if result.opted_out:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d entry left alone: the person unsubscribed or is blacklisted.",
+                    "%(count)d entries left alone: the people unsubscribed or are blacklisted.",
+                    result.opted_out,
+                ) % {"count": result.opted_out},
+                messages.INFO,
             )
 
 
@@ -800,3 +842,96 @@ class SyncStateAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 site.register(SyncState, SyncStateAdmin)
+
+
+# --- Brevo audits --------------------------------------------------------------------
+
+
+class BrevoAuditAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_title = _("Brevo audits")
+    view_title = _("Brevo audit")
+    list_display = ["started_at", "status", "kind", "contacts_read", "states_changed",
+                    "unsubscribed", "blacklisted", "missing", "strangers"]
+    list_filter = ["status", "kind"]
+    list_per_page = 50
+    show_facets = admin.ShowFacets.NEVER
+    fieldsets = [
+        (None, {"fields": ["started_at", "finished_at", "status", "kind", "trigger",
+                           "modified_since", "error"]}),
+        (_("What was read"), {"fields": ["contacts_read", "pages", "brevo_requests",
+                                         "states_changed", "lists_shown"]}),
+        (_("People per state after the audit"), {"fields": ["in_list", "unsubscribed",
+                                                            "blacklisted", "missing"]}),
+        (_("Contacts we did not add"), {"fields": ["strangers", "strangers_shown"]}),
+    ]
+
+    @admin.display(description=_("lists"))
+    def lists_shown(self, obj: BrevoAudit):
+        rows = [
+            (gettext("%(funnel)s: list %(list)s, %(kind)s, %(n)s contacts read%(error)s") % {
+                "funnel": slug, "list": item.get("list_id"),
+                "kind": BrevoAudit.Kind(item.get("kind", "incremental")).label,
+                "n": item.get("contacts", 0),
+                "error": f" ({item['error']})" if item.get("error") else "",
+            },)
+            for slug, item in (obj.lists or {}).items()
+        ]
+        return format_html_join(format_html("<br>"), "{}", rows) if rows else EMPTY
+
+    @admin.display(description=_("some of them"))
+    def strangers_shown(self, obj: BrevoAudit):
+        sample = obj.strangers_sample or []
+        if not sample:
+            return EMPTY
+        return format_html_join(
+            format_html("<br>"), "{} ({})",
+            ((item.get("email", ""), item.get("funnel", ""))
+             for item in sample),
+        )
+
+
+site.register(BrevoAudit, BrevoAuditAdmin)
+
+
+# --- The proof that nobody is lost ---------------------------------------------------
+
+
+class ProofCheckAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_title = _("Proofs that nobody is lost")
+    view_title = _("Proof that nobody is lost")
+    list_display = ["started_at", "status", "results_read", "entries_read", "differences"]
+    list_per_page = 50
+    show_facets = admin.ShowFacets.NEVER
+    fieldsets = [(None, {"fields": ["started_at", "finished_at", "status", "window_from",
+                                    "window_to", "results_read", "entries_read",
+                                    "counts_shown", "error"]})]
+
+    @admin.display(description=_("differences"))
+    def differences(self, obj: ProofCheck) -> int:
+        return obj.differences_total
+
+    @admin.display(description=_("differences by class"))
+    def counts_shown(self, obj: ProofCheck):
+        labels = dict(ProofDifference.Kind.choices)
+        url = reverse("admin:funnels_proofdifference_changelist")
+        return format_html_join(
+            format_html("<br>"), '<a href="{}?proof__id__exact={}&amp;kind__exact={}">{}</a>: {}',
+            ((url, obj.pk, kind, labels.get(kind, kind), n)
+             for kind, n in (obj.counts or {}).items()),
+        ) or EMPTY
+
+
+class ProofDifferenceAdmin(TitledAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_title = _("Differences found by the proof")
+    view_title = _("Difference")
+    list_display = ["kind", "email", "funnel_type", "test_id", "modx_id", "explanation"]
+    list_filter = ["kind", "proof"]
+    search_fields = ["email"]
+    list_per_page = 100
+    show_facets = admin.ShowFacets.NEVER
+    fieldsets = [(None, {"fields": ["proof", "kind", "email", "funnel_type", "test_id",
+                                    "modx_id", "entry", "explanation"]})]
+
+
+site.register(ProofCheck, ProofCheckAdmin)
+site.register(ProofDifference, ProofDifferenceAdmin)

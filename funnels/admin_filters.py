@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
 from funnels.labels import funnel_name_display
-from funnels.models import Funnel, SyncRun, SyncStatus
+from funnels.models import BrevoState, Funnel, SyncRun, SyncStatus
 from funnels.selectors.funnels import funnel_entry_usable_q
 
 
@@ -38,6 +38,34 @@ class SyncStateFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         if self.value() in SyncStatus.values:
             return queryset.filter(sync_status=self.value())
+        return queryset
+
+
+class BrevoStateFilter(admin.SimpleListFilter):
+    """What the last Brevo audit read for the person in the funnel's list."""
+
+    title = _("Brevo state")
+    parameter_name = "brevo"
+    NOT_AUDITED = "none"
+    DRIFT = "drift"
+
+    def lookups(self, request, model_admin):
+        return [
+            *BrevoState.choices,
+            (self.DRIFT, _("Synced here, missing in Brevo")),
+            (self.NOT_AUDITED, _("Not audited yet")),
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value in BrevoState.values:
+            return queryset.filter(brevo_state=value)
+        if value == self.DRIFT:
+            from funnels.selectors.brevo_state import brevo_drift_q
+
+            return queryset.filter(brevo_drift_q())
+        if value == self.NOT_AUDITED:
+            return queryset.filter(brevo_state="")
         return queryset
 
 

@@ -119,9 +119,39 @@ class FunnelsAdminSite(admin.AdminSite):
             "held_limit": settings.FUNNELS_MAX_NEW_CONTACTS_PER_RUN,
             "can_release_held": request.user.has_perm(views.RELEASE_HELD_PERMISSION),
             "recheck_days": settings.FUNNELS_RECHECK_DAYS,
+            **_brevo_context(),
             **(extra_context or {}),
         }
         return super().index(request, extra_context=context)
+
+
+def _brevo_context() -> dict:
+    """The last Brevo audit, the drift it found and the last proof (three queries)."""
+    from funnels.labels import funnel_name_display
+    from funnels.selectors.brevo_state import brevo_audit_latest, brevo_drift_by_funnel
+
+    from funnels.models import Funnel, ProofCheck, ProofDifference
+
+    audit = brevo_audit_latest()
+    drift = brevo_drift_by_funnel() if audit is not None else {}
+    names = (
+        dict(Funnel.objects.filter(slug__in=list(drift)).values_list("slug", "name"))
+        if drift else {}
+    )
+    proof = ProofCheck.objects.order_by("-started_at", "-id").first()
+    return {
+        "proof": proof,
+        "proof_rows": [
+            {"kind": kind, "label": label, "n": (proof.counts or {}).get(kind, 0)}
+            for kind, label in ProofDifference.Kind.choices
+        ] if proof is not None else [],
+        "brevo_audit": audit,
+        "brevo_drift": [
+            {"funnel": slug, "name": funnel_name_display(names.get(slug, slug)),
+             "people": people}
+            for slug, people in sorted(drift.items())
+        ],
+    }
 
 
 site = FunnelsAdminSite(name="admin")

@@ -56,6 +56,8 @@ REASONS: dict[str, Promise] = {
     "document_not_found": _("Brevo: the list does not exist"),
     "process_timeout": _("Brevo did not finish the import in time"),
     "process_failed": _("Brevo could not finish the import"),
+    # Entries the outbox does not send because the person opted out in Brevo.
+    "brevo_opted_out": _("not sent: unsubscribed or blacklisted in Brevo"),
     # Contacts a run did not get through and left for the next one (SyncRunItem deferred).
     "brevo_stopped": _("not tried: sending stopped after repeated Brevo failures"),
     "brevo_not_confirmed": _("not confirmed by Brevo"),

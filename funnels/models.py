@@ -103,6 +103,9 @@ class SyncStatus(models.TextChoices):
     # In the funnel's control group: recorded, purchases tracked, never sent to Brevo.
     # No writer ever moves a row out of it (the outbox only reads pending and failed).
     CONTROL = "control", _("Not sent (control group)")
+    # Not sent, never again: the Brevo audit found the person blacklisted, or unsubscribed
+    # from this funnel's list (a person's opt-out always wins).
+    OPTED_OUT = "opted_out", _("Not sent: opted out in Brevo")
 
 
 class ExperimentGroup(models.TextChoices):
@@ -136,6 +139,20 @@ class ControlPeriod(models.Model):
 
     def __str__(self) -> str:
         return f"{self.funnel_id}#{self.number}: {self.share}%"
+
+
+class BrevoState(models.TextChoices):
+    """A person's place in a funnel's Brevo list, as the last audit read it
+    (services/brevo_audit.py). Empty: not audited yet (or never sent)."""
+
+    IN_LIST = "in_list", _("In the list")
+    UNSUBSCRIBED = "unsubscribed_from_list", _("Unsubscribed from the list")
+    BLACKLISTED = "blacklisted", _("Blacklisted (unsubscribed from all emails)")
+    MISSING = "missing", _("Missing from the list")
+
+
+# A person's opt-out always wins: entries in these states are never sent to their list again.
+OPTED_OUT_STATES = (BrevoState.UNSUBSCRIBED, BrevoState.BLACKLISTED)
 
 
 class FunnelEntry(models.Model):
@@ -191,6 +208,14 @@ class FunnelEntry(models.Model):
         _("control period"), default=0, db_default=0
     )
     funnel_started_at = models.DateTimeField(_("funnel started at"), null=True, blank=True)
+    # What the Brevo audit last read for this person in this funnel's list, and when.
+    # A database default too: a writer that only knows the earlier tool's columns (the
+    # benchmark's loader, the earlier tool's cron) still inserts.
+    brevo_state = models.CharField(
+        _("Brevo state"), max_length=30, choices=BrevoState.choices, blank=True, default="",
+        db_default="",
+    )
+    brevo_seen_at = models.DateTimeField(_("Brevo state seen at"), null=True, blank=True)
     run = models.ForeignKey(
         "SyncRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         verbose_name=_("created by run"),
@@ -248,6 +273,8 @@ class FunnelEntry(models.Model):
                 ],
                 name="idx_fe_lift",
             ),
+            # The audit's per-page lookups and counts, the admin filter, the drift count.
+            models.Index(fields=["funnel_type", "brevo_state", "email"], name="idx_fe_brevo"),
         ]
 
     def __str__(self) -> str:
@@ -477,3 +504,123 @@ class PaymentWatch(models.Model):
                 name="idx_watch_due",
             ),
         ]
+
+
+class BrevoAudit(models.Model):
+    """One read of the funnels' Brevo lists (services/brevo_audit.py), recorded like a run."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", _("Running")
+        SUCCESS = "success", _("Success")
+        PARTIAL = "partial", _("Stopped part-way (Brevo)")
+        FAILED = "failed", _("Failed")
+        CRASHED = "crashed", _("Crashed (found dead)")
+
+    class Kind(models.TextChoices):
+        FULL = "full", _("Full")
+        INCREMENTAL = "incremental", _("Changes only")
+
+    started_at = models.DateTimeField(_("started at"), db_index=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.RUNNING
+    )
+    # Full when every list was read whole; a list whose count disagreed is read whole
+    # inside an incremental audit too (see `lists`).
+    kind = models.CharField(_("kind"), max_length=12, choices=Kind.choices)
+    trigger = models.CharField(
+        _("trigger"), max_length=10, choices=SyncRun.Trigger.choices,
+        default=SyncRun.Trigger.MANUAL,
+    )
+    modified_since = models.DateTimeField(_("changes since"), null=True, blank=True)
+    contacts_read = models.PositiveIntegerField(_("contacts read"), default=0)
+    pages = models.PositiveIntegerField(_("pages read"), default=0)
+    brevo_requests = models.PositiveIntegerField(_("Brevo requests"), default=0)
+    states_changed = models.PositiveIntegerField(_("states changed"), default=0)
+    in_list = models.PositiveIntegerField(_("in the list"), default=0)
+    unsubscribed = models.PositiveIntegerField(_("unsubscribed from the list"), default=0)
+    blacklisted = models.PositiveIntegerField(_("blacklisted"), default=0)
+    missing = models.PositiveIntegerField(_("missing from the list"), default=0)
+    # Contacts in a funnel's list that we never put there.
+    strangers = models.PositiveIntegerField(_("contacts we did not add"), default=0)
+    strangers_sample = models.JSONField(_("some of them"), default=list, blank=True)
+    # {funnel slug: {list_id, kind, brevo_count, our_count, pages, strangers, error}}
+    lists = models.JSONField(_("lists"), default=dict, blank=True)
+    error = models.TextField(_("error"), blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        verbose_name = _("Brevo audit")
+        verbose_name_plural = _("Brevo audits")
+        permissions = [
+            ("restore_missing", _("Can put people missing from their Brevo list back")),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.get_status_display()}"
+
+
+class ProofCheck(models.Model):
+    """The daily proof that nobody is lost (services/nobody_lost.py): MODX, our table and
+    Brevo compared over the last FUNNELS_RECHECK_DAYS; one row per check."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", _("Running")
+        SUCCESS = "success", _("Success")
+        FAILED = "failed", _("Failed")
+
+    started_at = models.DateTimeField(_("started at"), db_index=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.RUNNING
+    )
+    window_from = models.DateTimeField(_("from"))
+    window_to = models.DateTimeField(_("to"))
+    results_read = models.PositiveIntegerField(_("test results read"), default=0)
+    entries_read = models.PositiveIntegerField(_("entries read"), default=0)
+    # {difference class: count}; all zero (or empty) is the goal, every day.
+    counts = models.JSONField(_("differences by class"), default=dict, blank=True)
+    error = models.TextField(_("error"), blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        verbose_name = _("proof that nobody is lost")
+        verbose_name_plural = _("proofs that nobody is lost")
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.get_status_display()}"
+
+    @property
+    def differences_total(self) -> int:
+        return sum((self.counts or {}).values())
+
+
+class ProofDifference(models.Model):
+    """One difference a proof found, with the person's explanation (explain_funnel's)."""
+
+    class Kind(models.TextChoices):
+        SHOULD_BE_IN = "should_be_in", _("Should be in the funnel, is not")
+        SHOULD_NOT_BE_IN = "should_not_be_in", _("Is in the funnel, should not be")
+        NOT_SENT = "not_sent", _("In our table, never confirmed by Brevo")
+        MISSING_IN_BREVO = "missing_in_brevo", _("In our table, missing in Brevo")
+        BUYER_NOT_MARKED = "buyer_not_marked", _("Buyer not marked")
+        MARKED_NOT_BUYER = "marked_not_buyer", _("Marked as a buyer, no paid certificate")
+
+    proof = models.ForeignKey(ProofCheck, on_delete=models.CASCADE, related_name="differences")
+    kind = models.CharField(_("class"), max_length=20, choices=Kind.choices)
+    email = models.CharField(_("email"), max_length=255)
+    funnel_type = models.CharField(_("funnel"), max_length=50)
+    test_id = models.IntegerField(_("test id"), null=True, blank=True)
+    modx_id = models.BigIntegerField(_("MODX row id"), null=True, blank=True)
+    entry = models.ForeignKey(
+        FunnelEntry, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    explanation = models.TextField(_("explanation"), blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = _("difference")
+        verbose_name_plural = _("differences")
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.funnel_type}"

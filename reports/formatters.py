@@ -318,3 +318,32 @@ def report_chart_data(
             "axis": _("Days after entry"),
         },
     }
+
+
+# --- Opt-outs beside the conversions ------------------------------------------------------
+
+
+def opt_outs_table(rows: list) -> str:
+    """The opt-out block under the conversion table (reports.selectors.opt_out_counts)."""
+    header = [_("Funnel"), _("Entered"), _("Unsubscribed"), _("Blacklisted"),
+              _("Opt-out rate")]
+    lines = [
+        [row.funnel, str(row.entered), str(row.unsubscribed), str(row.blacklisted),
+         rate_display(row.rate)]
+        for row in rows
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
+
+    def render(cells: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    text = [
+        "",
+        _("Opt-outs as the last Brevo audit read them (people who entered in the period):"),
+        render(header), "  ".join("-" * width for width in widths),
+        *[render(line) for line in lines],
+    ]
+    return "\n".join(text) + "\n"

@@ -613,3 +613,59 @@ def _window_open_from(*, as_of, zone, window_days, date_from, date_to) -> dt.dat
     if open_from > date_to:
         return None
     return max(open_from, date_from)
+
+
+# --- Opt-outs beside the conversions (what the Brevo audit read) ------------------------
+
+
+@dataclass(frozen=True)
+class OptOutRow:
+    """People of a funnel who entered in the period, and how many of them the last Brevo
+    audit found unsubscribed from the funnel's list or blacklisted: reach a funnel costs,
+    which the conversions do not show."""
+
+    funnel: str
+    entered: int
+    unsubscribed: int
+    blacklisted: int
+
+    @property
+    def rate(self) -> float | None:
+        if not self.entered:
+            return None
+        return (self.unsubscribed + self.blacklisted) / self.entered
+
+
+def opt_out_counts(
+    *, date_from: dt.date, date_to: dt.date, funnels: Sequence[str],
+    tz: dt.tzinfo | str | None = None,
+) -> list[OptOutRow]:
+    """One query, grouped by funnel and Brevo state, over the period's entries (people
+    counted once per funnel and state, on idx_fe_report's leading columns)."""
+    from django.db.models import Count
+
+    from funnels.models import BrevoState
+
+    zone = _zone(tz)
+    start = local_midnight(day=date_from, zone=zone)
+    end = local_midnight(day=date_to + dt.timedelta(days=1), zone=zone)
+    rows = (
+        FunnelEntry.objects.filter(
+            funnel_type__in=list(funnels), entered_at__gte=start, entered_at__lt=end
+        )
+        .values("funnel_type", "brevo_state")
+        .annotate(people=Count("email", distinct=True))
+        .order_by()
+    )
+    by_funnel: dict[str, Counter] = defaultdict(Counter)
+    for row in rows:
+        by_funnel[row["funnel_type"]][row["brevo_state"]] += row["people"]
+    return [
+        OptOutRow(
+            funnel=slug,
+            entered=sum(by_funnel[slug].values()),
+            unsubscribed=by_funnel[slug][BrevoState.UNSUBSCRIBED],
+            blacklisted=by_funnel[slug][BrevoState.BLACKLISTED],
+        )
+        for slug in funnels
+    ]

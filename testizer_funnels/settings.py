@@ -253,6 +253,12 @@ FUNNELS_PURCHASE_RECHECK_DAYS = cfg.int("FUNNELS_PURCHASE_RECHECK_DAYS", 30, min
 FUNNELS_WATERMARK_GAP_GRACE_MINUTES = cfg.int(
     "FUNNELS_WATERMARK_GAP_GRACE_MINUTES", 60, minimum=0
 )
+# The Brevo audit (audit_brevo): a whole read of every list at least this often, and the
+# hour (TIME_ZONE) of its daily cron line, placed between two run slots.
+BREVO_AUDIT_FULL_EVERY_DAYS = cfg.int("BREVO_AUDIT_FULL_EVERY_DAYS", 7, minimum=1)
+BREVO_AUDIT_HOUR = cfg.int("BREVO_AUDIT_HOUR", 3, minimum=0)
+if BREVO_AUDIT_HOUR > 23:
+    raise ConfigError(f"BREVO_AUDIT_HOUR={BREVO_AUDIT_HOUR} must be an hour, 0 to 23")
 FUNNELS_PING_URL = cfg.str("FUNNELS_PING_URL", "")
 # The key of the control-group hash (funnels/services/control_groups.py). Unset: derived
 # from SECRET_KEY, so changing SECRET_KEY reshuffles who is in control from then on.
@@ -289,6 +295,15 @@ CRONJOBS = [
         f"*/{FUNNELS_SCHEDULE_MINUTES} * * * *",
         "django.core.management.call_command",
         ["run_funnels"],
+        {"trigger": "cron"},
+        f">> {shlex.quote(str(CRON_LOG_FILE))} 2>&1",
+    ),
+    # Daily, half-way between two run slots: it shares the run lock, so it never runs at
+    # the same time as a run (one still going makes it exit 3, and the next day reads on).
+    (
+        f"{max(1, FUNNELS_SCHEDULE_MINUTES // 2) % 60} {BREVO_AUDIT_HOUR} * * *",
+        "django.core.management.call_command",
+        ["audit_brevo"],
         {"trigger": "cron"},
         f">> {shlex.quote(str(CRON_LOG_FILE))} 2>&1",
     ),

@@ -70,6 +70,7 @@ def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
     assert set(scenarios) == {
         "backfill", "steady_0_after_backfill", "steady_0", "steady_new", "recheck_fill",
         "recheck_idle", "purchases", "purchases_push", "report_command", "report_page",
+        "audit_full", "audit_idle", "proof",
     }
     assert not [name for name, s in scenarios.items() if "error" in s]
     expected = _expected_backfill()

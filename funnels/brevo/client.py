@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -28,10 +30,15 @@ from funnels.brevo.errors import (
 )
 from funnels.brevo.masking import mask_email, mask_emails_in_text
 
-__all__ = ["BrevoClient", "RateLimitInfo", "IMPORT_MAX_BODY_BYTES"]
+__all__ = [
+    "BrevoClient", "ListContactsPage", "RateLimitInfo", "LIST_CONTACTS_MAX",
+    "IMPORT_MAX_BODY_BYTES",
+]
 
 logger = logging.getLogger("funnels.brevo")
 
+# GET /contacts/lists/{id}/contacts returns at most this many a page.
+LIST_CONTACTS_MAX = 500
 # Brevo refuses JSON import bodies above 10 MB; keep a margin for its own parsing.
 IMPORT_MAX_BODY_BYTES = int(9.5 * 1024 * 1024)
 DEFAULT_USER_AGENT = "testizer-funnels/1.0 (+brevo-client)"
@@ -61,6 +68,14 @@ class RateLimitInfo:
     remaining: int | None
     reset: float | None
     observed_at: float
+
+
+@dataclass(frozen=True)
+class ListContactsPage:
+    """A page of a list's contacts as Brevo sent them, and how many match in all."""
+
+    contacts: list[dict[str, Any]]
+    count: int
 
 
 @dataclass(frozen=True)
@@ -256,6 +271,47 @@ class BrevoClient:
         if not isinstance(reply.data, dict):
             raise BrevoPermanentError("GET /contacts/lists/{id} answered without a JSON object")
         return reply.data
+
+    def list_contacts_page(
+        self,
+        *,
+        list_id: int,
+        offset: int = 0,
+        limit: int = LIST_CONTACTS_MAX,
+        modified_since: datetime | None = None,
+    ) -> ListContactsPage:
+        """One page of a list's contacts, oldest first (``sort=asc``: a contact created
+        while the pages are read lands after them instead of shifting them), with the
+        number of contacts that match; ``modified_since`` (aware) keeps those modified
+        after it. None-free: an unknown list raises BrevoPermanentError (404)."""
+        if not 1 <= limit <= LIST_CONTACTS_MAX:
+            raise ValueError(f"limit must be 1..{LIST_CONTACTS_MAX}")
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        params: dict[str, Any] = {"limit": limit, "offset": offset, "sort": "asc"}
+        if modified_since is not None:
+            if modified_since.tzinfo is None:
+                raise ValueError("modified_since must be aware")
+            params["modifiedSince"] = (
+                modified_since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+                + f"{modified_since.astimezone(UTC).microsecond // 1000:03d}Z"
+            )
+        path = f"/contacts/lists/{int(list_id)}/contacts?{urlencode(params)}"
+        reply = self._request(
+            "GET", path, log_path="/contacts/lists/{id}/contacts",
+            subject=f"list {int(list_id)}",
+        )
+        data = reply.data
+        if (
+            not isinstance(data, Mapping)
+            or not isinstance(data.get("contacts"), list)
+            or not isinstance(data.get("count"), int)
+        ):
+            raise BrevoPermanentError(
+                "GET /contacts/lists/{id}/contacts answered without contacts and count",
+                status=reply.status,
+            )
+        return ListContactsPage(contacts=list(data["contacts"]), count=int(data["count"]))
 
     # ------------------------------------------------------------ internals
 

@@ -89,9 +89,17 @@ def _entry_line(entry: FunnelEntry) -> str:
         brevo = _("never sent to Brevo: control group of period %(period)s") % {
             "period": entry.control_period
         }
+    elif entry.sync_status == SyncStatus.OPTED_OUT:
+        brevo = _("not sent: the person opted out in Brevo")
     else:
         brevo = _("waiting to be sent to Brevo")
     line += "; " + brevo
+    if entry.brevo_state:
+        line += "; " + _("Brevo audit: %(state)s (read %(when)s)") % {
+            "state": entry.get_brevo_state_display(), "when": _when(entry.brevo_seen_at),
+        }
+    elif entry.synced_revision:
+        line += "; " + _("Brevo audit: not read yet")
     if entry.certificate_purchased:
         line += "; " + _("certificate bought %(when)s") % {
             "when": _when(entry.certificate_purchased_at)

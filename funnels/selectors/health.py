@@ -71,6 +71,32 @@ def schedule_pause_health(*, now: datetime) -> Health | None:
     )
 
 
+def proof_health() -> Health | None:
+    """WARNING when the latest daily proof (services/nobody_lost.py) found a difference of
+    any class: the goal is zero, every day."""
+    from funnels.models import ProofCheck, ProofDifference
+
+    proof = (
+        ProofCheck.objects.exclude(status=ProofCheck.Status.RUNNING)
+        .order_by("-started_at", "-id").first()
+    )
+    if proof is None:
+        return None
+    if proof.status == ProofCheck.Status.FAILED:
+        return Health(WARNING, _("the proof that nobody is lost #%(id)s failed: %(e)s")
+                      % {"id": proof.pk, "e": proof.error[:200]})
+    found = {kind: n for kind, n in (proof.counts or {}).items() if n}
+    if not found:
+        return None
+    labels = dict(ProofDifference.Kind.choices)
+    return Health(
+        WARNING,
+        _("the proof that nobody is lost #%(id)s found %(n)s differences: %(classes)s")
+        % {"id": proof.pk, "n": sum(found.values()),
+           "classes": ", ".join(f"{labels.get(k, k)} {n}" for k, n in sorted(found.items()))},
+    )
+
+
 def run_health(*, now: datetime, schedule_minutes: int | None = None) -> Health:
     """CRITICAL while the flood guard holds contacts back (a person must decide) or when no
     run completed within twice the schedule; WARNING when one of the last RECENT_RUNS runs
@@ -140,6 +166,9 @@ def run_health(*, now: datetime, schedule_minutes: int | None = None) -> Health:
               "Funnel entries, filter \"Not usable\"; is the earlier tool's cron still "
               "running?") % {"n": unusable},
         )
+    proof = proof_health()
+    if proof is not None:
+        return proof
     return Health(
         OK,
         _("last run #%(id)s completed %(m)s min ago (%(mode)s)")

@@ -88,6 +88,7 @@ from funnels.brevo.errors import (
 from funnels.brevo.masking import mask_email
 from funnels.locks import RunLock
 from funnels.models import FunnelEntry, SyncRun, SyncRunItem, SyncStatus
+from funnels.selectors.brevo_state import brevo_opted_out
 from funnels.selectors.funnels import funnel_attribute_names, funnel_list_ids
 from funnels.selectors.outbox import DueEntry, PersonEntry, outbox_due_chunk, outbox_people
 from funnels.services.entry_sync import entries_defer, entries_mark_failed, entries_mark_synced
@@ -527,6 +528,7 @@ def outbox_push(
         if not rows:
             break
         after_id = rows[-1].id
+        rows = _without_opted_out(rows, run=run, clock=clock)
         routable = [row for row in rows if list_ids.get(row.funnel_type)]
         unroutable = [row for row in rows if not list_ids.get(row.funnel_type)]
         for contact in (
@@ -545,6 +547,30 @@ def outbox_push(
     if pusher.result.had_failures:
         _record_left_for_later(run=run, stopped=pusher.stopped)
     return pusher.result
+
+
+def _without_opted_out(rows: list[DueEntry], *, run: SyncRun,
+                       clock: Callable[[], datetime]) -> list[DueEntry]:
+    """A person's opt-out always wins: entries of people the Brevo audit found blacklisted,
+    or unsubscribed from that funnel's list, are never sent (naming the list again would
+    subscribe them again). They leave the outbox as `opted_out`, one run item each."""
+    opted_out = brevo_opted_out(emails=(row.email for row in rows))
+    keep = [r for r in rows if not opted_out.covers(email=r.email, funnel_type=r.funnel_type)]
+    if len(keep) == len(rows):
+        return rows
+    stamp = clock()
+    with transaction.atomic():
+        for row in rows:
+            if opted_out.covers(email=row.email, funnel_type=row.funnel_type):
+                FunnelEntry.objects.filter(id=row.id, sync_revision=row.sync_revision).update(
+                    sync_status=SyncStatus.OPTED_OUT, sync_next_attempt_at=None,
+                    updated_at=stamp,
+                )
+                SyncRunItem.objects.create(
+                    run=run, action=SyncRunItem.Action.SKIPPED, reason="brevo_opted_out",
+                    email=row.email, funnel_type=row.funnel_type, entry_id=row.id,
+                )
+    return keep
 
 
 def _record_left_for_later(*, run: SyncRun, stopped: bool) -> int:

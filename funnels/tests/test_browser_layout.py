@@ -8,11 +8,21 @@ page. Screenshots go to test-artifacts/layout-*.png.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import pytest
 
-from funnels.models import Funnel, SyncRun, SyncRunItem, SyncStatus
+from funnels.models import (
+    BrevoAudit,
+    BrevoState,
+    Funnel,
+    ProofCheck,
+    ProofDifference,
+    SyncRun,
+    SyncRunItem,
+    SyncStatus,
+)
 from funnels.services.runtime import runtime_settings_get
 from funnels.tests.browser_support import ARTIFACTS, chromium_launched
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory, SyncRunItemFactory
@@ -64,6 +74,33 @@ def operator_data(settings, django_user_model):
                        email=entry.email, entry=entry, detail="will retry: read timed out")
     SyncRunItemFactory(run=run, action=SyncRunItem.Action.DEFERRED, reason="brevo_stopped",
                        email=entry.email, entry=entry)
+    # What the Brevo audit and the proof show: drift, strangers, one difference per class.
+    when = run.started_at
+    for n, state in enumerate(BrevoState.values):
+        FunnelEntryFactory(email=f"brevo{n}.with.a.long.name@example-domain.com",
+                           sync_status=SyncStatus.SYNCED, synced_revision=1, brevo_state=state,
+                           brevo_seen_at=when, entered_at=when - dt.timedelta(days=1))
+    run.audit = BrevoAudit.objects.create(
+        started_at=when, finished_at=when, status="success", kind="incremental",
+        contacts_read=100_000, pages=200, unsubscribed=1234, blacklisted=56, missing=7,
+        strangers=2, strangers_sample=[
+            {"funnel": "language", "email": "somebody.we.never.added@example-domain.com"},
+            {"funnel": "non_language", "email": "another.stranger@example-domain.com"}],
+        lists={"language": {"list_id": 1, "kind": "full", "contacts": 99_000, "error": ""},
+               "non_language": {"list_id": 2, "kind": "incremental", "contacts": 1000,
+                                "error": ""}},
+    )
+    proof = ProofCheck.objects.create(
+        started_at=when, finished_at=when, status="success", window_from=when, window_to=when,
+        results_read=31_000, entries_read=30_500,
+        counts={kind: 1 for kind in ProofDifference.Kind.values},
+    )
+    for kind in ProofDifference.Kind.values:
+        ProofDifference.objects.create(
+            proof=proof, kind=kind, email="someone.long.address@example-domain.com",
+            funnel_type="language", test_id=101, modx_id=1234567,
+            explanation="не в воронке: тест другого вида (тест 21: не языковой)",
+        )
     return run
 
 
@@ -82,6 +119,9 @@ def _pages(run) -> dict[str, tuple[str, list[str]]]:
         "funnel": (f"/admin/funnels/funnel/{Funnel.objects.get(slug='language').pk}/change/",
                    []),
         "report": ("/admin/reports/", []),
+        "entries-brevo": ("/admin/funnels/funnelentry/?brevo=drift", []),
+        "audit": (f"/admin/funnels/brevoaudit/{run.audit.pk}/change/", []),
+        "differences": ("/admin/funnels/proofdifference/", []),
     }
 
 

@@ -165,3 +165,21 @@ def test_a_payment_waiting_for_a_recheck_is_listed(
     assert lines["language"].startswith("in it since")
     assert lines["waiting"].startswith(f"payment #{payment.id} waits for a recheck")
     assert "no funnel sells this certificate type" in lines["waiting"]
+
+
+def test_the_brevo_state_as_last_seen(configured):
+    from funnels.models import FunnelEntry
+    from funnels.tests.factories import FunnelEntryFactory
+
+    modx_result("una@example.com", LANG_TEST)
+    FunnelEntryFactory(email="una@example.com", test_id=LANG_TEST, sync_status="synced",
+                       synced_revision=1, synced_at=dt.datetime(2026, 11, 20, tzinfo=dt.UTC))
+    lines, _ = _explain("una@example.com")
+    assert lines["language"].endswith("; Brevo audit: not read yet")
+
+    FunnelEntry.objects.update(brevo_state="unsubscribed_from_list",
+                               brevo_seen_at=dt.datetime(2026, 11, 21, 0, 7, tzinfo=dt.UTC))
+    lines, _ = _explain("una@example.com")
+    assert lines["language"].endswith(
+        "; Brevo audit: Unsubscribed from the list (read 2026-11-21 03:07 MSK)"
+    )

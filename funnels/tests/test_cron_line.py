@@ -75,11 +75,15 @@ class CronSetup:
         values = {**self.values, **changes}
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
 
-    def install(self) -> str:
-        """`manage.py crontab add` as the operator runs it; the command part of the line."""
+    def install(self, job: int = 0) -> str:
+        """`manage.py crontab add` as the operator runs it; the command part of the line of
+        CRONJOBS entry `job` (0 run_funnels, 1 audit_brevo)."""
         done = manage_run("crontab", "add", env={"TESTIZER_ENV_FILE": str(self.env_file)})
         assert done.returncode == 0, done.stdout + done.stderr
-        [line] = [l for l in (self.dir / "table").read_text().splitlines() if l.strip()]
+        lines = [l for l in (self.dir / "table").read_text().splitlines() if l.strip()]
+        # One line per CRONJOBS entry, in its order: run_funnels first, then audit_brevo.
+        assert len(lines) == len(settings.CRONJOBS), lines
+        line = lines[job]
         match = re.fullmatch(r"(\S+\s+){5}(?P<command>.+?)\s+# django-cronjobs for \S+", line)
         assert match, line
         return match["command"]
@@ -188,3 +192,19 @@ def test_a_line_left_from_an_older_schedule_says_so_in_one_line(cron):
     assert code == 78
     assert lines == [f"configuration error: no job with hash '{'0' * 32}' in CRONJOBS; "
                      "run `manage.py crontab add` again"]
+
+
+def test_the_daily_audit_line_runs_the_audit_then_the_proof(cron, fake_brevo):
+    command = cron.install(job=1)
+    _live()  # in a dry run the proof is skipped (nobody is entered)
+    code, lines = cron.run(command)
+    assert code == 0, lines
+    assert re.fullmatch(r"audit #\d+ success \(full\): .*", lines[0]), lines
+    assert re.fullmatch(r"proof #\d+ success: .*", lines[1]), lines
+    assert len(lines) == 2 and "Traceback" not in "".join(lines)
+
+    fake_brevo.faults.add("500", count=None)
+    cron.write_env(BREVO_MAX_RETRIES="0")
+    code, lines = cron.run(command)
+    assert code == 4, lines
+    assert lines[0].startswith("audit #") and " partial " in lines[0]

@@ -19,7 +19,7 @@ def _codes(cls) -> set[str]:
 STORED_CODES = (
     _codes(SkipReason) | _codes(WaitReason)
     | {"brevotransienterror", "brevopermanenterror", "brevoautherror", "brevoerror",
-       "brevo_stopped", "brevo_not_confirmed"}
+       "brevo_stopped", "brevo_not_confirmed", "brevo_opted_out"}
 )
 
 

@@ -121,12 +121,27 @@ def objects(django_user_model):
                        email="not-an-email")
     entry = FunnelEntryFactory(sync_status=SyncStatus.FAILED, sync_last_error="503")
     return {
+        **_audit_and_proof_objects(),
         "funnels.funnelentry": entry,
         "funnels.syncrun": run,
         "funnels.funnel": funnel_get("language"),
         "funnels.syncstate": SyncState.objects.create(key="test_results", last_id=1),
         "auth.user": django_user_model.objects.create_user("someone", password="pw-x-123456"),
         "auth.group": Group.objects.create(name="operators"),
+    }
+
+
+def _audit_and_proof_objects() -> dict:
+    from funnels.models import BrevoAudit, ProofCheck, ProofDifference
+
+    moment = SyncRun.objects.order_by("id").values_list("started_at", flat=True).first()
+    proof = ProofCheck.objects.create(started_at=moment, window_from=moment, window_to=moment)
+    return {
+        "funnels.brevoaudit": BrevoAudit.objects.create(started_at=moment, kind="full"),
+        "funnels.proofcheck": proof,
+        "funnels.proofdifference": ProofDifference.objects.create(
+            proof=proof, kind="should_be_in", email="lost@example.com", funnel_type="language"
+        ),
     }
 
 
@@ -389,6 +404,7 @@ def test_no_secret_reaches_a_log_an_output_a_page_or_a_run_record(
         "funnels.syncstate": SyncState.objects.first(),
         "auth.user": admin,
         "auth.group": Group.objects.create(name="ops"),
+        **_audit_and_proof_objects(),
     }
     for run in SyncRun.objects.all():
         texts[f"page run #{run.pk}"] = client.get(

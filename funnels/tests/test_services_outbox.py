@@ -434,5 +434,7 @@ def test_the_people_of_a_chunk_are_read_in_one_query(run, client_factory, fake_b
         _push(run, client_factory(), now, batch_size=4)
     people_reads = [q["sql"] for q in queries.captured_queries
                     if q["sql"].startswith("SELECT") and "funnel_entries" in q["sql"]
-                    and re.search(r"email[`\"]? IN \(", q["sql"].split("WHERE")[1])]
+                    and re.search(r"email[`\"]? IN \(", q["sql"].split("WHERE")[1])
+                    # the opt-out check (selectors/brevo_state.py) is one more per chunk
+                    and "brevo_state" not in q["sql"]]
     assert len(people_reads) == 2  # two chunks of due entries (4 + 2)

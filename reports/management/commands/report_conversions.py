@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from reports.formatters import report_csv, report_json, report_table
+from reports.formatters import opt_outs_table, report_csv, report_json, report_table
 from reports.lift_format import lift_csv
 from reports.selectors import (
     DEFAULT_WINDOW_DAYS,
@@ -21,6 +21,7 @@ from reports.selectors import (
     ORIGIN_COMPLETION,
     ReportError,
     conversion_report,
+    opt_out_counts,
 )
 
 FORMATS = {
@@ -164,3 +165,7 @@ class Command(BaseCommand):
         except ReportError as error:
             raise CommandError(str(error), returncode=USAGE_ERROR) from None
         self.stdout.write(FORMATS[options["format"]](report), ending="")
+        if options["format"] == "table":
+            self.stdout.write(opt_outs_table(opt_out_counts(
+                date_from=report.date_from, date_to=report.date_to, funnels=report.funnels,
+            )), ending="")

@@ -1,0 +1,379 @@
+"""Read the funnels' Brevo lists back and record, per entry, what Brevo holds.
+
+The job writes to Brevo and used to never read back: people unsubscribe from a list or
+from everything, get deleted, or a marketer empties a list by hand, and `funnel_entries`
+kept saying "synced". An audit reads each funnel's list through
+GET /contacts/lists/{id}/contacts (500 a page, oldest first) and stores on every entry
+of that person in that funnel one of `BrevoState` and when it was read:
+- blacklisted: the contact's emailBlacklisted (all emails, whatever the list);
+- unsubscribed_from_list: the list is in the contact's listUnsubscribed;
+- in_list: on the list, neither of the above;
+- missing: a full read of the list did not find the person although Brevo once confirmed
+  them (synced_revision > 0): removed from the list, or the contact deleted. An opt-out
+  read before is kept instead (it must never look like somebody to put back).
+Contacts on a list without any entry of that funnel are strangers: counted, and the
+first STRANGERS_SAMPLE of them kept on the audit's record.
+
+Incremental or full, per list:
+- no audit completed yet, a full one older than BREVO_AUDIT_FULL_EVERY_DAYS, or `full=True`:
+  the whole list (ceil(n / 500) pages, 100,000 contacts = 200 pages, ~22 s at 9 req/s);
+- otherwise the contacts modified since the last completed audit started (minus
+  MODIFIED_SINCE_MARGIN for clocks that differ), then the list's size (GET
+  /contacts/lists/{id}, totalSubscribers) is compared with what we now believe is in it
+  (people in_list/unsubscribed/blacklisted + the strangers of the last read): a removal
+  or a deletion changes no contact still in the list, so modifiedSince cannot show it,
+  but the size does; when the two disagree the list is read whole at once. Nothing
+  changed: two requests per list (the size and one empty page).
+Every contact our run sends is touched (modifiedAt), so an incremental read sees people
+synced since the last audit too.
+Known limits: a removal and a new stranger on the same day leave the size unchanged, so
+the removal waits for the weekly full read; someone found unsubscribed and later removed
+from the list keeps their opt-out (it must never look like somebody to put back), so they
+still count as a member and that list is read whole every day until the numbers agree
+again; a contact deleted while a full read pages through the list shifts the pages behind
+it and can hide one person until the next read.
+
+Shares the run lock: never at the same time as run_funnels (both write funnel_entries,
+and a run adding people while a full read is under way would look like missing people).
+
+Faults: the client retries 429 (waiting for Brevo's reset) and 5xx as for the runs. When
+it gives up, the audit stops and ends `partial`: what the pages already read said is
+stored (it is true), `missing` is only ever concluded from a full read that finished, and
+the next audit reads from the last *completed* one, so nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from funnels.brevo.client import LIST_CONTACTS_MAX, BrevoClient
+from funnels.brevo.errors import BrevoAuthError, BrevoError, BrevoPermanentError
+from funnels.brevo.factory import brevo_client_build
+from funnels.locks import RunLock, RunLockBusy, RunLockLost
+from funnels.logging_filters import redact
+from funnels.models import OPTED_OUT_STATES, BrevoAudit, BrevoState, Funnel, FunnelEntry
+from funnels.selectors.funnels import funnel_entry_usable_q, funnel_list_id, funnels_all
+
+logger = logging.getLogger("funnels.brevo_audit")
+
+STRANGERS_SAMPLE = 50
+MODIFIED_SINCE_MARGIN = timedelta(minutes=10)
+_UPDATE_CHUNK = 1000
+# Where a person is still a member of the list, in Brevo's count.
+_MEMBER_STATES = (BrevoState.IN_LIST, BrevoState.UNSUBSCRIBED, BrevoState.BLACKLISTED)
+
+
+class AuditBusy(Exception):
+    """A run or another audit holds the run lock (exit code 3)."""
+
+
+class _Stop(Exception):
+    """Brevo gave up on us (the client's retries are spent): end the audit partial."""
+
+
+def contact_state(*, contact: dict, list_id: int) -> str:
+    """One contact of a list page as a BrevoState; an opt-out wins over membership."""
+    if contact.get("emailBlacklisted") is True:
+        return BrevoState.BLACKLISTED
+    if list_id in (contact.get("listUnsubscribed") or ()):
+        return BrevoState.UNSUBSCRIBED
+    return BrevoState.IN_LIST
+
+
+@dataclass
+class _ListResult:
+    list_id: int
+    kind: str = BrevoAudit.Kind.INCREMENTAL
+    brevo_count: int | None = None
+    our_count: int | None = None
+    pages: int = 0
+    contacts: int = 0
+    changed: int = 0
+    strangers: int = 0
+    sample: list[str] = field(default_factory=list)
+    error: str = ""
+
+    def as_json(self) -> dict:
+        return {
+            "list_id": self.list_id, "kind": self.kind, "brevo_count": self.brevo_count,
+            "our_count": self.our_count, "pages": self.pages, "contacts": self.contacts,
+            "changed": self.changed, "strangers": self.strangers, "error": self.error,
+        }
+
+
+class _Audit:
+    def __init__(
+        self, *, audit: BrevoAudit, client: BrevoClient, lock: RunLock, now: datetime,
+        previous: BrevoAudit | None, force_full: bool | None,
+    ) -> None:
+        self.audit = audit
+        self.client = client
+        self.lock = lock
+        self.now = now
+        self.previous = previous
+        self.force_full = force_full
+
+    # -- one list ---------------------------------------------------------------------
+
+    def funnel(self, funnel: Funnel, list_id: int) -> _ListResult:
+        result = _ListResult(list_id=list_id)
+        full = self._full_due(funnel)
+        if not full:
+            since = self.audit.modified_since
+            self._read(funnel, result, modified_since=since)
+            info = self._call(lambda: self.client.get_list(list_id=list_id))
+            if info is None:
+                raise BrevoPermanentError(f"list {list_id} does not exist", status=404)
+            result.brevo_count = int(info.get("totalSubscribers") or 0)
+            result.our_count = self._our_count(funnel) + self._known_strangers(funnel)
+            if result.brevo_count == result.our_count:
+                return result
+            logger.info(
+                "brevo audit: list %s holds %s contacts, we expect %s: reading it whole",
+                list_id, result.brevo_count, result.our_count,
+            )
+        result.kind = BrevoAudit.Kind.FULL
+        result.strangers = 0
+        result.sample = []
+        seen = self._read(funnel, result, modified_since=None)
+        result.changed += self._mark_missing(funnel, seen)
+        result.our_count = self._our_count(funnel) + result.strangers
+        if result.brevo_count is None:
+            result.brevo_count = result.our_count
+        return result
+
+    def _full_due(self, funnel: Funnel) -> bool:
+        if self.force_full is True or self.previous is None:
+            return True
+        if self.force_full is False:
+            return False
+        last_full = (
+            BrevoAudit.objects.filter(status=BrevoAudit.Status.SUCCESS, kind=BrevoAudit.Kind.FULL)
+            .order_by("-started_at").values_list("started_at", flat=True).first()
+        )
+        every = timedelta(days=settings.BREVO_AUDIT_FULL_EVERY_DAYS)
+        return last_full is None or self.now - last_full >= every
+
+    def _known_strangers(self, funnel: Funnel) -> int:
+        # The last completed read of this list counted them; an incremental read that
+        # met a new one makes the counts disagree, which reads the list whole again.
+        lists = self.previous.lists if self.previous is not None else {}
+        return int((lists.get(funnel.slug) or {}).get("strangers") or 0)
+
+    def _our_count(self, funnel: Funnel) -> int:
+        return (
+            FunnelEntry.objects.filter(
+                funnel_entry_usable_q(), funnel_type=funnel.slug, brevo_state__in=_MEMBER_STATES
+            ).values("email").distinct().count()
+        )
+
+    def _read(self, funnel: Funnel, result: _ListResult, *,
+              modified_since: datetime | None) -> set[str]:
+        seen: set[str] = set()
+        offset = 0
+        while True:
+            page = self._call(lambda: self.client.list_contacts_page(
+                list_id=result.list_id, offset=offset, limit=LIST_CONTACTS_MAX,
+                modified_since=modified_since,
+            ))
+            result.pages += 1
+            self.audit.pages += 1
+            contacts = [c for c in page.contacts if isinstance(c.get("email"), str)]
+            result.contacts += len(contacts)
+            self.audit.contacts_read += len(contacts)
+            if contacts:
+                seen.update(self._store_page(funnel, result, contacts))
+            offset += len(page.contacts)
+            if not page.contacts or offset >= page.count:
+                return seen
+
+    def _store_page(self, funnel: Funnel, result: _ListResult, contacts: list[dict]) -> set[str]:
+        states = {
+            c["email"].strip().lower(): contact_state(contact=c, list_id=result.list_id)
+            for c in contacts
+        }
+        with transaction.atomic():
+            ours = dict(
+                FunnelEntry.objects.filter(
+                    funnel_entry_usable_q(), funnel_type=funnel.slug, email__in=list(states)
+                ).order_by().values_list("email", "brevo_state")
+            )
+            by_state: dict[str, list[str]] = {}
+            for email, state in states.items():
+                if email not in ours:
+                    result.strangers += 1
+                    if len(result.sample) < STRANGERS_SAMPLE:
+                        result.sample.append(email)
+                    continue
+                if ours[email] != state:
+                    result.changed += 1
+                by_state.setdefault(state, []).append(email)
+            for state, emails in by_state.items():
+                FunnelEntry.objects.filter(
+                    funnel_entry_usable_q(), funnel_type=funnel.slug, email__in=emails
+                ).update(brevo_state=state, brevo_seen_at=self.now)
+            self.lock.check()
+        return set(ours)
+
+    def _mark_missing(self, funnel: Funnel, seen: set[str]) -> int:
+        """After a whole read: everyone Brevo once confirmed and the read did not find."""
+        # An opt-out read earlier stays: someone who unsubscribed and was then removed
+        # from the list (or deleted) must never look like somebody to put back.
+        confirmed = set(
+            FunnelEntry.objects.filter(funnel_entry_usable_q(), funnel_type=funnel.slug,
+                                       synced_revision__gt=0)
+            .exclude(brevo_state__in=(BrevoState.MISSING, *OPTED_OUT_STATES))
+            .order_by().values_list("email", flat=True).distinct()
+        )
+        gone = sorted(confirmed - seen)
+        for start in range(0, len(gone), _UPDATE_CHUNK):
+            with transaction.atomic():
+                FunnelEntry.objects.filter(
+                    funnel_entry_usable_q(), funnel_type=funnel.slug,
+                    email__in=gone[start : start + _UPDATE_CHUNK],
+                ).exclude(brevo_state__in=OPTED_OUT_STATES).update(brevo_state=BrevoState.MISSING, brevo_seen_at=self.now)
+                self.lock.check()
+        return len(gone)
+
+    def _call(self, call: Callable):
+        try:
+            return call()
+        except BrevoAuthError:
+            raise
+        except BrevoPermanentError:
+            raise
+        except BrevoError as exc:
+            raise _Stop(str(exc)) from exc
+
+
+def _states_totals() -> dict[str, int]:
+    """People per state, over all funnels (a person in two funnels counts in each)."""
+    rows = (
+        FunnelEntry.objects.filter(funnel_entry_usable_q()).exclude(brevo_state="")
+        .values("brevo_state").annotate(n=Count("email", distinct=True)).order_by()
+    )
+    return {row["brevo_state"]: row["n"] for row in rows}
+
+
+def audits_mark_crashed(*, now: datetime) -> int:
+    """Close audits left running by a dead process; call only while holding the lock."""
+    return BrevoAudit.objects.filter(status=BrevoAudit.Status.RUNNING).update(
+        status=BrevoAudit.Status.CRASHED, finished_at=now,
+        error=f"found dead at the next start ({now.isoformat(timespec='seconds')})",
+    )
+
+
+def brevo_audit_run(
+    *,
+    now: datetime,
+    full: bool | None = None,
+    trigger: str = "manual",
+    client: BrevoClient | None = None,
+    lock: RunLock | None = None,
+    clock: Callable[[], datetime] = timezone.now,
+) -> BrevoAudit:
+    """Audit every funnel's Brevo list once (see the module docstring).
+
+    `full`: True reads every list whole, False never unless nothing was audited before,
+    None decides per list (weekly, or when the counts disagree). Raises AuditBusy when a
+    run or another audit holds the lock.
+    """
+    lock = lock or RunLock()
+    try:
+        lock.acquire(now=clock())
+    except RunLockBusy as exc:
+        raise AuditBusy(f"a run or an audit holds the lock: {exc}") from None
+    try:
+        return _audit_locked(now=now, full=full, trigger=trigger, client=client, lock=lock,
+                             clock=clock)
+    finally:
+        lock.release()
+
+
+def _audit_locked(
+    *, now: datetime, full: bool | None, trigger: str, client: BrevoClient | None,
+    lock: RunLock, clock: Callable[[], datetime],
+) -> BrevoAudit:
+    client = client or brevo_client_build()
+    audits_mark_crashed(now=clock())
+    previous = (
+        BrevoAudit.objects.filter(status=BrevoAudit.Status.SUCCESS).order_by("-started_at").first()
+    )
+    audit = BrevoAudit.objects.create(
+        started_at=now, kind=BrevoAudit.Kind.INCREMENTAL, trigger=trigger[:10],
+        modified_since=(previous.started_at - MODIFIED_SINCE_MARGIN) if previous else None,
+    )
+    requests_before = client.request_count
+    state = _Audit(audit=audit, client=client, lock=lock, now=now, previous=previous,
+                   force_full=full)
+    results: dict[str, _ListResult] = {}
+    errors: list[str] = []
+    status = BrevoAudit.Status.SUCCESS
+    try:
+        for funnel in funnels_all():
+            list_id = funnel_list_id(funnel=funnel)
+            if not list_id:
+                continue
+            try:
+                results[funnel.slug] = state.funnel(funnel, list_id)
+            except BrevoPermanentError as exc:
+                # About this list (it does not exist, Brevo refused the read): the others go on.
+                errors.append(f"{funnel.slug} (list {list_id}): {exc}")
+                results[funnel.slug] = _ListResult(list_id=list_id, error=str(exc)[:500])
+                status = BrevoAudit.Status.PARTIAL
+    except _Stop as exc:
+        errors.append(f"Brevo stopped the audit: {exc}")
+        status = BrevoAudit.Status.PARTIAL
+    except BrevoAuthError:
+        errors.append("Brevo rejected the API key (401)")
+        status = BrevoAudit.Status.FAILED
+    except RunLockLost as exc:
+        errors.append(f"{exc}: audit stopped")
+        status = BrevoAudit.Status.FAILED
+    except Exception as exc:
+        logger.exception("brevo audit #%s failed unexpectedly", audit.pk)
+        errors.append(f"unexpected error: {type(exc).__name__}: {exc}")
+        status = BrevoAudit.Status.FAILED
+    _finish(audit, results=results, status=status, errors=errors,
+            requests=client.request_count - requests_before, clock=clock)
+    return audit
+
+
+def _finish(
+    audit: BrevoAudit, *, results: dict[str, _ListResult], status: str, errors: Iterable[str],
+    requests: int, clock: Callable[[], datetime],
+) -> None:
+    lists = {slug: r.as_json() for slug, r in results.items()}
+    audit.lists = lists
+    if results and all(r.kind == BrevoAudit.Kind.FULL for r in results.values()):
+        audit.kind = BrevoAudit.Kind.FULL
+    audit.states_changed = sum(r.changed for r in results.values())
+    audit.strangers = sum(r.strangers for r in results.values())
+    audit.strangers_sample = [
+        {"funnel": slug, "email": email} for slug, r in results.items() for email in r.sample
+    ][:STRANGERS_SAMPLE]
+    totals = _states_totals()
+    audit.in_list = totals.get(BrevoState.IN_LIST, 0)
+    audit.unsubscribed = totals.get(BrevoState.UNSUBSCRIBED, 0)
+    audit.blacklisted = totals.get(BrevoState.BLACKLISTED, 0)
+    audit.missing = totals.get(BrevoState.MISSING, 0)
+    audit.brevo_requests = requests
+    audit.status = status
+    audit.error = redact("; ".join(errors))[:5000]
+    audit.finished_at = clock()
+    audit.save()
+    log = logger.info if status == BrevoAudit.Status.SUCCESS else logger.warning
+    log(
+        "brevo audit #%s %s (%s): %s contacts read in %s pages, %s states changed, "
+        "%s strangers, %s Brevo requests%s",
+        audit.pk, status, audit.kind, audit.contacts_read, audit.pages, audit.states_changed,
+        audit.strangers, requests, f"; {audit.error}" if audit.error else "",
+    )
