@@ -59,7 +59,14 @@ from funnels.brevo.errors import BrevoAuthError, BrevoError, BrevoPermanentError
 from funnels.brevo.factory import brevo_client_build
 from funnels.locks import RunLock, RunLockBusy, RunLockLost
 from funnels.logging_filters import redact
-from funnels.models import OPTED_OUT_STATES, BrevoAudit, BrevoState, Funnel, FunnelEntry
+from funnels.models import (
+    OPTED_OUT_STATES,
+    BrevoAudit,
+    BrevoState,
+    Funnel,
+    FunnelEntry,
+    SyncStatus,
+)
 from funnels.selectors.funnels import funnel_entry_usable_q, funnel_list_id, funnels_all
 
 logger = logging.getLogger("funnels.brevo_audit")
@@ -201,10 +208,12 @@ class _Audit:
             for c in contacts
         }
         with transaction.atomic():
+            # Control entries are held out by design: they have no place in Brevo to read.
             ours = dict(
                 FunnelEntry.objects.filter(
                     funnel_entry_usable_q(), funnel_type=funnel.slug, email__in=list(states)
-                ).order_by().values_list("email", "brevo_state")
+                ).exclude(sync_status=SyncStatus.CONTROL)
+                .order_by().values_list("email", "brevo_state")
             )
             by_state: dict[str, list[str]] = {}
             for email, state in states.items():
@@ -219,7 +228,9 @@ class _Audit:
             for state, emails in by_state.items():
                 FunnelEntry.objects.filter(
                     funnel_entry_usable_q(), funnel_type=funnel.slug, email__in=emails
-                ).update(brevo_state=state, brevo_seen_at=self.now)
+                ).exclude(sync_status=SyncStatus.CONTROL).update(
+                    brevo_state=state, brevo_seen_at=self.now
+                )
             self.lock.check()
         return set(ours)
 
@@ -239,7 +250,9 @@ class _Audit:
                 FunnelEntry.objects.filter(
                     funnel_entry_usable_q(), funnel_type=funnel.slug,
                     email__in=gone[start : start + _UPDATE_CHUNK],
-                ).exclude(brevo_state__in=OPTED_OUT_STATES).update(brevo_state=BrevoState.MISSING, brevo_seen_at=self.now)
+                ).exclude(brevo_state__in=OPTED_OUT_STATES).exclude(
+                    sync_status=SyncStatus.CONTROL
+                ).update(brevo_state=BrevoState.MISSING, brevo_seen_at=self.now)
                 self.lock.check()
         return len(gone)
 

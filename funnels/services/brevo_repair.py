@@ -39,6 +39,9 @@ def brevo_missing_restore(*, entry_ids: Iterable[int], now: datetime, user) -> R
     rows = list(
         FunnelEntry.objects.filter(
             funnel_entry_usable_q(), id__in=list(entry_ids), brevo_state=BrevoState.MISSING,
+            # Only what we hold as in Brevo: never a control entry (held out by design),
+            # a held one (the flood guard decides) or one already on its way.
+            sync_status=SyncStatus.SYNCED,
         ).order_by("id").values_list("id", "email", "funnel_type")
     )
     opted_out = brevo_opted_out(emails=(email for _, email, _ in rows))

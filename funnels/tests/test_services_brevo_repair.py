@@ -185,3 +185,40 @@ def test_a_run_never_re_adds_someone_who_unsubscribed_even_on_re_entry(
     assert "una" not in str([e.body for e in writes_since(fake_brevo, before)])
     assert fake_brevo.contact("una@example.com")["listUnsubscribed"] == [LANGUAGE_LIST]
     assert SyncRunItem.objects.filter(run=run, reason="brevo_opted_out").count() == 1
+
+
+def test_a_control_entry_is_never_marked_missing_nor_put_back(
+    client_factory, fake_brevo, clock, operator
+):
+    """Anna was sent to Brevo from one test, and is in the control group for a later one:
+    that entry is absent from Brevo by design. Her list emptied by hand, the audit marks
+    only the entry Brevo had, and the repair puts back only that one."""
+    from funnels.models import ExperimentGroup
+
+    client = client_factory()
+    anna, = synced(client, "anna")
+    held_out = FunnelEntryFactory(
+        email="anna@example.com", funnel_type="language", test_id=(anna.test_id or 0) + 1,
+        sync_status=SyncStatus.CONTROL, experiment_group=ExperimentGroup.CONTROL,
+        control_period=1,
+    )
+    audit(client, T1)
+    clock.moment = T1 + dt.timedelta(hours=3)
+    assert fake_brevo.empty_list(list_id=LANGUAGE_LIST) == 1
+
+    audit(client, T1 + dt.timedelta(days=1))
+
+    anna.refresh_from_db()
+    held_out.refresh_from_db()
+    assert (anna.brevo_state, held_out.brevo_state) == (BrevoState.MISSING, "")
+    # Even marked missing (by hand, or by an audit before this rule), it stays held out.
+    FunnelEntry.objects.filter(id=held_out.id).update(brevo_state=BrevoState.MISSING)
+    result = brevo_missing_restore(entry_ids=[anna.id, held_out.id],
+                                   now=T1 + dt.timedelta(days=1, hours=1), user=operator)
+    assert result.requeued == 1
+    held_out.refresh_from_db()
+    assert held_out.sync_status == SyncStatus.CONTROL
+    push(client, T1 + dt.timedelta(days=1, hours=2))
+    assert fake_brevo.list_members(LANGUAGE_LIST) == {"anna@example.com"}
+    held_out.refresh_from_db()
+    assert (held_out.sync_status, held_out.synced_revision) == (SyncStatus.CONTROL, 0)
