@@ -794,6 +794,46 @@ class BenchData:
                 self._utc_naive(self.watch_next_check(payment_id=payment_id, seen=seen)),
             )
 
+    # The report scenarios run with a control group, as a site measuring its lift does:
+    # both funnels hold out this share of the people entered in the last CONTROL_DAYS.
+    CONTROL_SHARE = 10
+    CONTROL_DAYS = 180
+
+    def control_group_load(self, *, server: Server, database: str) -> dict[str, int]:
+        """Period 1 of both funnels starts CONTROL_DAYS before `now` with CONTROL_SHARE %
+        held out: every entry entered since is in period 1, one in ten (by id) in control,
+        never sent, its funnel started when it was assigned. Run after the scenarios that
+        push to Brevo (they would hold new people out too), before the reports."""
+        scratch_name_check(database)
+        start = self._utc_naive(self.now - timedelta(days=self.CONTROL_DAYS))
+        conn = server.connect(database)
+        try:
+            cursor = conn.cursor()
+            cursor.execute(
+                "UPDATE funnel_entries SET control_period = 1, "
+                "experiment_group = IF(id %% 10 = 0, 'control', 'treatment'), "
+                "sync_status = IF(id %% 10 = 0, 'control', sync_status), "
+                "synced_revision = IF(id %% 10 = 0, 0, synced_revision), "
+                "synced_at = IF(id %% 10 = 0, NULL, synced_at), "
+                "funnel_started_at = IF(id %% 10 = 0, entered_at, funnel_started_at) "
+                "WHERE entered_at >= %s",
+                [start],
+            )
+            moved = cursor.rowcount
+            cursor.execute("UPDATE funnels_funnel SET control_share = %s, control_period = 1",
+                           [self.CONTROL_SHARE])
+            cursor.execute(
+                "INSERT INTO funnels_controlperiod (funnel_id, number, share, started_at) "
+                "SELECT id, 1, %s, %s FROM funnels_funnel",
+                [self.CONTROL_SHARE, start],
+            )
+            cursor.execute("SELECT COUNT(*) FROM funnel_entries WHERE experiment_group = "
+                           "'control'")
+            control = cursor.fetchone()[0]
+        finally:
+            conn.close()
+        return {"period_1_entries": moved, "control_entries": control}
+
     def entries_load(self, *, server: Server, database: str, method: str = "auto") -> LoadReport:
         scratch_name_check(database)
         conn = server.connect(database, local_infile=True)

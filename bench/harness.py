@@ -477,7 +477,8 @@ def _action_report_command(params: Mapping[str, Any]) -> Callable[[], dict[str, 
         out = io.StringIO()
         call_command("report_conversions", *params.get("args", []), stdout=out, stderr=out)
         text = out.getvalue()
-        return {"output": text.strip()[-3000:], "output_chars": len(text)}
+        # The head holds the period and the totals; the lift, when there is one, follows.
+        return {"output": text.strip()[:3000], "output_chars": len(text)}
 
     return action
 
