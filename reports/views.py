@@ -97,10 +97,7 @@ def conversions(request):
         if not report.totals.entered:
             first_entry = first_entry_day(funnel=report.funnel)
         else:
-            opt_outs = opt_out_counts(
-                date_from=report.date_from, date_to=report.date_to, funnels=report.funnels,
-                tz=report.time_zone,
-            )
+            opt_outs = opt_out_counts(report=report)
     context = {
         **admin_site.each_context(request),
         "title": _("Conversion report"),

@@ -45,6 +45,7 @@ the next audit reads from the last *completed* one, so nothing is skipped.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -268,12 +269,20 @@ class _Audit:
 
 
 def _states_totals() -> dict[str, int]:
-    """People per state, over all funnels (a person in two funnels counts in each)."""
-    rows = (
-        FunnelEntry.objects.filter(funnel_entry_usable_q()).exclude(brevo_state="")
-        .values("brevo_state").annotate(n=Count("email", distinct=True)).order_by()
-    )
-    return {row["brevo_state"]: row["n"] for row in rows}
+    """People per state, over all funnels (a person in two funnels counts in each).
+
+    Grouped by funnel and state, the count reads idx_fe_brevo (funnel, state, email) alone,
+    in its order; the usable-row filter is left out because only the audit writes a state,
+    and it writes usable rows only. With the filter, and one group per state across
+    funnels, it was a sort of a million rows: 80 s on the benchmark's data."""
+    totals: Counter = Counter()
+    for row in (
+        FunnelEntry.objects.exclude(brevo_state="")
+        .values("funnel_type", "brevo_state").annotate(n=Count("email", distinct=True))
+        .order_by()
+    ):
+        totals[row["brevo_state"]] += row["n"]
+    return dict(totals)
 
 
 def audits_mark_crashed(*, now: datetime) -> int:

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.utils import translation
 
 from funnels.models import BrevoState, FunnelEntry
-from reports.selectors import opt_out_counts
+from reports.selectors import conversion_report, opt_out_counts
 from reports.tests.helpers import entry, utc
 
 pytestmark = pytest.mark.django_db
@@ -37,9 +37,10 @@ def people(funnels):
 
 
 def test_counts_per_funnel(people, django_assert_num_queries):
+    report = conversion_report(date_from=dt.date(2026, 11, 1), date_to=dt.date(2026, 11, 30),
+                               group_by="day")
     with django_assert_num_queries(1):
-        rows = opt_out_counts(date_from=dt.date(2026, 11, 1), date_to=dt.date(2026, 11, 30),
-                              funnels=["language", "non_language"])
+        rows = opt_out_counts(report=report)
     language, other = rows
     assert (language.entered, language.unsubscribed, language.blacklisted) == (4, 1, 1)
     assert language.rate == 0.5

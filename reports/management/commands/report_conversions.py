@@ -166,6 +166,4 @@ class Command(BaseCommand):
             raise CommandError(str(error), returncode=USAGE_ERROR) from None
         self.stdout.write(FORMATS[options["format"]](report), ending="")
         if options["format"] == "table":
-            self.stdout.write(opt_outs_table(opt_out_counts(
-                date_from=report.date_from, date_to=report.date_to, funnels=report.funnels,
-            )), ending="")
+            self.stdout.write(opt_outs_table(opt_out_counts(report=report)), ending="")
