@@ -9,8 +9,6 @@ from funnels.models import ExperimentGroup, Funnel, FunnelEntry
 from funnels.services.control_groups import control_group_of, funnel_control_share_set
 from funnels.tests.sync_support import (
     LANG_TEST,
-    fake_brevo,  # noqa: F401 - fixture
-    live_settings,  # noqa: F401 - fixture
     modx_result,
 )
 from funnels.tests.test_command_run_funnels import AS_OF, _call, ready  # noqa: F401

@@ -17,11 +17,7 @@ from funnels.services.outbox import outbox_push
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
 from funnels.tests.sync_support import (
     LANGUAGE_LIST,
-    client_factory,  # noqa: F401 - fixture
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
-    live_settings,  # noqa: F401 - fixture
-    sleeps,  # noqa: F401 - fixture
 )
 
 pytestmark = pytest.mark.django_db

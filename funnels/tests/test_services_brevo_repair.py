@@ -19,11 +19,7 @@ from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
 from funnels.tests.sync_support import (
     LANGUAGE_LIST,
     OTHER_LIST,
-    client_factory,  # noqa: F401 - fixture
-    fake_brevo,  # noqa: F401 - fixture
     funnels_configure,
-    live_settings,  # noqa: F401 - fixture
-    sleeps,  # noqa: F401 - fixture
 )
 from funnels.tests.test_services_brevo_audit import T1, Clock, audit, states, synced
 

@@ -26,13 +26,8 @@ from funnels.tests.sync_support import (
     LANG_TEST,
     OTHER_TEST,
     RECENT,
-    client_factory,  # noqa: F401 - fixture
-    configured,  # noqa: F401 - fixture
-    fake_brevo,  # noqa: F401 - fixture
-    live_settings,  # noqa: F401 - fixture
     modx_result,
     run_live,
-    sleeps,  # noqa: F401 - fixture
     switched_to_live,
 )
 

@@ -18,9 +18,7 @@ from funnels.tests.sync_support import (
     API_KEY,
     LANGUAGE_LIST,
     OTHER_LIST,
-    client_factory,  # noqa: F401 - fixture
     funnels_configure,
-    sleeps,  # noqa: F401 - fixture
 )
 
 pytestmark = pytest.mark.django_db
