@@ -245,11 +245,6 @@ class FunnelEntry(models.Model):
             # right after a run marked many rows synced, when InnoDB's statistics make the
             # optimiser give up on idx_fe_outbox).
             models.Index(fields=["sync_status", "id"], name="idx_fe_due"),
-            # Reports: cohorts by funnel and entry time, conversion read from the index.
-            models.Index(
-                fields=["funnel_type", "entered_at", "certificate_purchased_at", "email"],
-                name="idx_fe_report",
-            ),
             models.Index(fields=["entered_at"], name="idx_fe_entered"),
             models.Index(fields=["payment_id"], name="idx_fe_payment"),
             # Dashboard: purchases today / this week.

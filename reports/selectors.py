@@ -145,7 +145,7 @@ def funnel_names_list() -> list[tuple[str, str]]:
 
 def first_entry_day(*, funnel: str | None = None) -> dt.date | None:
     """The local day of the first entry (of a funnel), for a period that has none: one
-    index look-up (idx_fe_entered, or idx_fe_report with a funnel)."""
+    index look-up (idx_fe_entered, or idx_fe_cohort with a funnel)."""
     entries = FunnelEntry.objects.all()
     if funnel:
         entries = entries.filter(funnel_type=funnel)
