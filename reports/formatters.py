@@ -77,9 +77,10 @@ def rate_change_points(report: ConversionReport) -> float | None:
 # --- JSON --------------------------------------------------------------------------------
 
 
-def report_data(report: ConversionReport) -> dict[str, Any]:
-    """The JSON document (see docs/reports.md for the shape)."""
-    return {
+def report_data(report: ConversionReport, *, opt_outs: list | None = None) -> dict[str, Any]:
+    """The JSON document (see docs/reports.md for the shape). `opt_outs`
+    (reports.selectors.opt_out_counts) adds what the last Brevo audit read."""
+    data = {
         "period": {
             "from": report.date_from.isoformat(),
             "to": report.date_to.isoformat(),
@@ -108,10 +109,13 @@ def report_data(report: ConversionReport) -> dict[str, Any]:
         # Control groups: origin, bought before the funnel started, the lift.
         **lift_data(report.lift),
     }
+    if opt_outs is not None:
+        data["opt_outs"] = [opt_out_data(row) for row in opt_outs]
+    return data
 
 
-def report_json(report: ConversionReport) -> str:
-    return json.dumps(report_data(report), ensure_ascii=False, indent=2) + "\n"
+def report_json(report: ConversionReport, *, opt_outs: list | None = None) -> str:
+    return json.dumps(report_data(report, opt_outs=opt_outs), ensure_ascii=False, indent=2) + "\n"
 
 
 # --- CSV ---------------------------------------------------------------------------------
@@ -321,6 +325,27 @@ def report_chart_data(
 
 
 # --- Opt-outs beside the conversions ------------------------------------------------------
+
+
+OPT_OUT_CSV_COLUMNS = ["funnel", "entered", "unsubscribed", "blacklisted", "opt_out_rate"]
+
+
+def opt_out_data(row) -> dict[str, Any]:
+    return {
+        "funnel": row.funnel, "entered": row.entered, "unsubscribed": row.unsubscribed,
+        "blacklisted": row.blacklisted, "opt_out_rate": rate_value(row.rate),
+    }
+
+
+def opt_outs_csv(rows: list) -> str:
+    """The opt-out block as CSV, the columns of its JSON; UTF-8 with a BOM like the rest."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(OPT_OUT_CSV_COLUMNS)
+    for row in rows:
+        data = opt_out_data(row)
+        writer.writerow([csv_cell(data[column]) for column in OPT_OUT_CSV_COLUMNS])
+    return CSV_BOM + out.getvalue()
 
 
 def opt_outs_table(rows: list) -> str:

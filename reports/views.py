@@ -13,6 +13,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET
 
 from reports.formatters import (
+    opt_outs_csv,
     report_chart_data,
     report_csv,
     report_csv_people,
@@ -70,6 +71,15 @@ def conversions(request):
                 f'attachment; filename="lift_{report.date_from}_{report.date_to}.csv"'
             )
             return response
+        if request.GET.get("format") == "csv_opt_outs":
+            response = HttpResponse(
+                opt_outs_csv(opt_out_counts(report=report)),
+                content_type="text/csv; charset=utf-8",
+            )
+            response["Content-Disposition"] = (
+                f'attachment; filename="opt_outs_{report.date_from}_{report.date_to}.csv"'
+            )
+            return response
         if request.GET.get("format") == "csv_people":
             response = HttpResponse(
                 report_csv_people(report, funnel_names=funnel_names),
@@ -81,7 +91,7 @@ def conversions(request):
             )
             return response
 
-    csv_query = csv_people_query = csv_lift_query = None
+    csv_query = csv_people_query = csv_lift_query = csv_opt_outs_query = None
     opt_outs = None
     first_entry = None
     if report is not None:
@@ -94,6 +104,8 @@ def conversions(request):
         csv_people_query = query.urlencode()
         query["format"] = "csv_lift"
         csv_lift_query = query.urlencode()
+        query["format"] = "csv_opt_outs"
+        csv_opt_outs_query = query.urlencode()
         if not report.totals.entered:
             first_entry = first_entry_day(funnel=report.funnel)
         else:
@@ -103,7 +115,7 @@ def conversions(request):
         "title": _("Conversion report"),
         "form": form,
         "report": report,
-        "data": report_data(report) if report else None,
+        "data": report_data(report, opt_outs=opt_outs or []) if report else None,
         "chart_data": (
             {**report_chart_data(report, funnel_names=funnel_names),
              "lift": lift_chart_data(report.lift, funnel_names=funnel_names)}
@@ -122,5 +134,6 @@ def conversions(request):
         "first_entry": first_entry,
         # What the Brevo audit read, beside the conversions (its own block and query).
         "opt_outs": opt_outs,
+        "csv_opt_outs_query": csv_opt_outs_query,
     }
     return render(request, "reports/conversions.html", context)

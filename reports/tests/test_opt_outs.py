@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import re
 
 import pytest
@@ -65,3 +66,45 @@ def test_the_page_shows_them(admin_client, people):
     block = body[body.index('id="report-opt-outs"'):]
     assert re.search(r'data-field="unsubscribed">1<', block)
     assert re.search(r'data-field="blacklisted">1<', block)
+
+
+def test_the_json_holds_them(people):
+    out = io.StringIO()
+    call_command("report_conversions", "--from-date", "2026-11-01", "--to-date", "2026-11-30",
+                 "--format", "json", stdout=out)
+    data = json.loads(out.getvalue())
+    assert data["opt_outs"] == [
+        {"funnel": "language", "entered": 4, "unsubscribed": 1, "blacklisted": 1,
+         "opt_out_rate": 0.5},
+        {"funnel": "non_language", "entered": 1, "unsubscribed": 0, "blacklisted": 0,
+         "opt_out_rate": 0.0},
+    ]
+
+
+def test_the_csv_of_the_command_and_of_the_page_agree(admin_client, people):
+    out = io.StringIO()
+    call_command("report_conversions", "--from-date", "2026-11-01", "--to-date", "2026-11-30",
+                 "--format", "csv_opt_outs", stdout=out)
+    command_csv = out.getvalue()
+    lines = command_csv.lstrip("\ufeff").splitlines()
+    assert lines == [
+        "funnel,entered,unsubscribed,blacklisted,opt_out_rate",
+        "language,4,1,1,0.5",
+        "non_language,1,0,0,0.0",
+    ]
+    response = admin_client.get("/admin/reports/", {
+        "from_date": "2026-11-01", "to_date": "2026-11-30", "format": "csv_opt_outs",
+    })
+    assert response["Content-Disposition"] == (
+        'attachment; filename="opt_outs_2026-11-01_2026-11-30.csv"'
+    )
+    assert response.content.decode() == command_csv
+
+
+def test_the_page_links_its_csv(admin_client, people):
+    response = admin_client.get("/admin/reports/", {"from_date": "2026-11-01",
+                                                    "to_date": "2026-11-30"})
+    body = response.content.decode()
+    link = re.search(r'id="report-csv-opt-outs" href="\?([^"]+)"', body)
+    assert link and "format=csv_opt_outs" in link.group(1)
+    assert "from_date=2026-11-01" in link.group(1).replace("&amp;", "&")

@@ -11,7 +11,13 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from reports.formatters import opt_outs_table, report_csv, report_json, report_table
+from reports.formatters import (
+    opt_outs_csv,
+    opt_outs_table,
+    report_csv,
+    report_json,
+    report_table,
+)
 from reports.lift_format import lift_csv
 from reports.selectors import (
     DEFAULT_WINDOW_DAYS,
@@ -25,8 +31,11 @@ from reports.selectors import (
 )
 
 FORMATS = {
-    "table": report_table, "csv": report_csv, "json": report_json,
+    "table": report_table, "csv": report_csv,
+    # The JSON and the opt-outs' CSV also hold what the last Brevo audit read.
+    "json": lambda report: report_json(report, opt_outs=opt_out_counts(report=report)),
     "csv_lift": lambda report: lift_csv(report.lift),
+    "csv_opt_outs": lambda report: opt_outs_csv(opt_out_counts(report=report)),
 }
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Exit code for bad input, the same as argparse uses for its own errors.
@@ -73,6 +82,10 @@ Formats:
          numbers, lift in points with its 95 % interval, relative lift, incremental
          purchases, sample-ratio check, "not_enough" reasons, days until a 2-point
          lift is detectable, and the cumulative "curve" by day).
+         Its "opt_outs" (by funnel: entered, unsubscribed, blacklisted,
+         opt_out_rate) are what the last Brevo audit read of the period's people.
+  csv_opt_outs  those opt-outs as CSV: funnel,entered,unsubscribed,blacklisted,
+         opt_out_rate
   csv_lift  the lift as CSV: one line per funnel, period and day of the curve:
          funnel,period,control_share,day,treatment_entered,treatment_converted,
          treatment_rate,control_entered,control_converted,control_rate,lift_points,
