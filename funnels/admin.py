@@ -214,7 +214,7 @@ class FunnelEntryAdmin(TitledAdminMixin, ReadOnlyAdminMixin, CountFreePagination
     show_facets = admin.ShowFacets.NEVER
     actions = ["retry_brevo_sync", "restore_missing_in_brevo"]
     fieldsets = [
-        (None, {"fields": ["email", "funnel_type", "test_id", "user_id", "entered_at",
+        (None, {"fields": ["email", "funnel_shown", "test_id", "user_id", "entered_at",
                            "test_completed_at", "run_link"]}),
         (_("Certificate"), {"fields": ["certificate_purchased", "certificate_purchased_at",
                                        "payment_id"]}),
@@ -252,6 +252,12 @@ class FunnelEntryAdmin(TitledAdminMixin, ReadOnlyAdminMixin, CountFreePagination
     @admin.display(description=_("email"), ordering=None)
     def email_shown(self, obj: FunnelEntry) -> str:
         return email_display(obj.email)
+
+    @admin.display(description=_("funnel"))
+    def funnel_shown(self, obj: FunnelEntry):
+        # The name people gave the funnel, and the slug the records and commands use.
+        name = funnel_name_display(getattr(obj, "funnel_name", None) or obj.funnel_type)
+        return format_html('{} <span class="quiet">({})</span>', name, obj.funnel_type)
 
     @admin.display(description=_("funnel · test"))
     def funnel_test(self, obj: FunnelEntry):

@@ -305,6 +305,16 @@ def test_entry_page_shows_the_sync_error_and_links_the_run(admin_client):
     assert reverse("admin:funnels_syncrun_change", args=[run.pk]) in html
 
 
+def test_entry_page_names_its_funnel(admin_client):
+    Funnel.objects.filter(slug="language").update(name="Английский и немецкий")
+    entry = FunnelEntryFactory(funnel_type="language")
+    html = admin_client.get(reverse("admin:funnels_funnelentry_change", args=[entry.pk])
+                            ).content.decode()
+    field = html[html.index("field-funnel_shown"):]
+    field = field[:field.index("</div>", field.index("readonly"))]
+    assert "Английский и немецкий" in field and "(language)" in field
+
+
 def test_retry_action_requeues_only_failed_entries(admin_client, pinned_time):
     failed = FunnelEntryFactory(sync_status=SyncStatus.FAILED, sync_attempts=6, sync_revision=2)
     synced = FunnelEntryFactory(sync_status=SyncStatus.SYNCED)

@@ -17,6 +17,7 @@ from funnels.models import (
     BrevoAudit,
     BrevoState,
     Funnel,
+    FunnelEntry,
     ProofCheck,
     ProofDifference,
     SyncRun,
@@ -115,6 +116,8 @@ def _pages(run) -> dict[str, tuple[str, list[str]]]:
         "run": (f"/admin/funnels/syncrun/{run.pk}/change/", []),
         "entries": ("/admin/funnels/funnelentry/",
                     ["th.column-email_shown", "th.column-sync_state", "th.column-purchase"]),
+        "entry": ("/admin/funnels/funnelentry/%d/change/" % FunnelEntry.objects.get(
+            email="ivan.ivanovich.petrov-vodkin@xn--e1afmkfd.xn--p1ai").pk, []),
         "funnels": ("/admin/funnels/funnel/", []),
         "funnel": (f"/admin/funnels/funnel/{Funnel.objects.get(slug='language').pk}/change/",
                    []),
