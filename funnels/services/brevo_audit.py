@@ -221,8 +221,8 @@ class _Audit:
                 offset += len(page.lists)
                 missing = len(wanted) - len(sizes)
                 pages_left = -(-(page.count - offset) // LISTS_MAX) if page.lists else 0
-                # Page on only while that costs fewer requests than asking for each list
-                # not found yet: an account with hundreds of lists is not read through.
+                # Page on only while that costs no more requests than asking for each
+                # list not found yet: an account with hundreds of lists is not read through.
                 if not missing or pages_left <= 0 or pages_left > missing:
                     break
         except BrevoPermanentError as exc:

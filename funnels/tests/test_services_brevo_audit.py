@@ -16,7 +16,10 @@ from funnels.models import BrevoAudit, BrevoState, FunnelEntry, SyncRun
 from funnels.services.brevo_audit import AuditBusy, brevo_audit_run
 from funnels.services.outbox import outbox_push
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
+from fake_brevo.server import FakeBrevo
+from funnels.brevo.client import BrevoClient
 from funnels.tests.sync_support import (
+    API_KEY,
     LANGUAGE_LIST,
     OTHER_LIST,
     funnels_configure,
@@ -210,6 +213,31 @@ def test_a_list_past_the_first_page_of_lists(client_factory, fake_brevo, clock, 
     assert again.status == BrevoAudit.Status.SUCCESS
     assert again.lists["language"]["kind"] == "incremental"
     assert again.lists["language"]["brevo_count"] == 5
+
+
+def test_a_list_brevo_does_not_have_is_left_out_of_the_changes(clock):
+    """An operator gave the language funnel a list id the account does not have: that list
+    fails alone, and the changes are asked of the lists that exist only."""
+    with FakeBrevo(api_key=API_KEY, requests_per_second=None, process_requests_per_hour=None,
+                   lists=[LANGUAGE_LIST, OTHER_LIST]) as fake:
+        client = BrevoClient(base_url=fake.base_url, api_key=API_KEY, max_retries=0,
+                             requests_per_second=0)
+        synced(client, "oleg", funnel="non_language")
+        audit(client, T1)
+        funnels_configure(language_list=99)
+        before = fake.request_count
+
+        broken = audit(client, T1 + dt.timedelta(days=1))
+
+        sent = [(e.operation, e.status, e.query) for e in fake.requests_log if e.seq > before]
+    assert [(op, status) for op, status, _query in sent] == [
+        ("getLists", 200), ("getList", 404), ("getContacts", 200),
+    ]
+    assert f"listIds={OTHER_LIST}&limit" in sent[2][2]
+    assert broken.status == BrevoAudit.Status.PARTIAL
+    assert "language (list 99)" in broken.error and "does not exist" in broken.error
+    assert broken.lists["non_language"]["error"] == ""
+    assert broken.lists["non_language"]["kind"] == "incremental"
 
 
 def test_a_weekly_full_read_and_a_forced_one(client_factory, clock):
