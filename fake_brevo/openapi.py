@@ -383,7 +383,9 @@ def validate_exchange(
         BREVO_HOST_URL,
         method,
         path,
-        args=dict(parse_qsl(query)),
+        # Pairs, not a dict: an array parameter (listIds=1&listIds=2, the description's
+        # form style) keeps every value.
+        args=parse_qsl(query),
         headers=headers,
         data=data,
         content_type="application/json",

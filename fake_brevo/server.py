@@ -47,6 +47,9 @@ API_PREFIX = "/v3"
 CONTROL_PREFIX = "/__fake__"
 LIST_ADD_MAX = 150
 LIST_CONTACTS_MAX = 500
+# GET /contacts and GET /contacts/lists: the description's maximum limits.
+CONTACTS_MAX = 1000
+LISTS_MAX = 50
 MAX_BODY_BYTES = 10 * 1024 * 1024
 # Bodies above this are refused without being read, so a runaway client cannot
 # make the fake buffer arbitrary amounts of memory.
@@ -70,6 +73,30 @@ def _parse_moment(value: str) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else None
+
+
+def _after(stamp: str, since: datetime | None) -> bool:
+    """A contact's stored time is after `since` (no bound: always)."""
+    return since is None or (_parse_moment(stamp) or since) > since
+
+
+def _paging(query: str, *, default_limit: int, max_limit: int) -> tuple[int, int, str] | _Outcome:
+    """limit, offset and sort of a listing as Brevo takes them (sort: order of record
+    creation, descending unless asked), or the 400 Brevo answers."""
+    params = {key: values[-1] for key, values in parse_qs(query).items()}
+    try:
+        limit = int(params.get("limit", str(default_limit)))
+        offset = int(params.get("offset", "0"))
+    except ValueError:
+        return _Outcome(400, _error("invalid_parameter", "limit and offset must be integers"))
+    if not 0 <= limit <= max_limit or offset < 0:
+        return _Outcome(
+            400, _error("out_of_range", f"limit must be 0..{max_limit}, offset >= 0")
+        )
+    sort = params.get("sort", "desc")
+    if sort not in ("asc", "desc"):
+        return _Outcome(400, _error("invalid_parameter", "sort must be asc or desc"))
+    return limit, offset, sort
 
 
 def _is_int(value: Any) -> bool:
@@ -113,8 +140,13 @@ class Fault:
     reset: float = 1.0
     seconds: float = _DEFAULT_SLOW_SECONDS
     message: str | None = None
+    # The description's operationId (getContacts): a prefix cannot single out
+    # GET /contacts among the /contacts/... paths.
+    operation: str | None = None
 
-    def matches(self, method: str, path: str, emails: set[str]) -> bool:
+    def matches(
+        self, method: str, path: str, emails: set[str], operation: str | None = None
+    ) -> bool:
         if self.remaining is not None and self.remaining <= 0:
             return False
         if self.kind == "import_failed":
@@ -125,6 +157,8 @@ class Fault:
         if self.path_prefix is not None and not path.startswith(self.path_prefix):
             return False
         if self.email is not None and self.email.lower() not in emails:
+            return False
+        if self.operation is not None and self.operation != operation:
             return False
         return True
 
@@ -147,11 +181,13 @@ class FaultPlan:
         reset: float = 1.0,
         seconds: float = _DEFAULT_SLOW_SECONDS,
         message: str | None = None,
+        operation: str | None = None,
     ) -> Fault:
         """Arm ``kind`` for the next ``count`` matching requests (None: forever).
 
         ``path_prefix`` is relative to ``/v3`` (``/contacts/import``) or
-        absolute; ``email`` restricts the fault to requests about that contact.
+        absolute; ``email`` restricts the fault to requests about that contact;
+        ``operation`` to one operationId of the description (``getContacts``).
         """
         kind = str(kind)
         if kind not in FAULT_KINDS:
@@ -169,6 +205,7 @@ class FaultPlan:
             reset=float(reset),
             seconds=float(seconds),
             message=message,
+            operation=operation,
         )
         with self._lock:
             self._faults.append(fault)
@@ -182,10 +219,12 @@ class FaultPlan:
         with self._lock:
             return [asdict(fault) for fault in self._faults]
 
-    def take(self, method: str, path: str, emails: set[str]) -> Fault | None:
+    def take(
+        self, method: str, path: str, emails: set[str], operation: str | None = None
+    ) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.matches(method, path, emails):
+                if fault.matches(method, path, emails, operation):
                     if fault.remaining is not None:
                         fault.remaining -= 1
                         if fault.remaining <= 0:
@@ -772,7 +811,8 @@ class FakeBrevo:
         if name == "faults" and method == "POST":
             options = {
                 k: body[k]
-                for k in ("count", "path_prefix", "method", "email", "reset", "seconds", "message")
+                for k in ("count", "path_prefix", "method", "email", "reset", "seconds", "message",
+                          "operation")
                 if k in body
             }
             try:
@@ -846,7 +886,7 @@ class FakeBrevo:
                 operation=operation,
             )
 
-        fault = self.faults.take(method, path, _emails_in(path, body))
+        fault = self.faults.take(method, path, _emails_in(path, body), operation)
         fail_import = False
         drop_after = False
         if fault is not None:
@@ -969,6 +1009,10 @@ class FakeBrevo:
             return self._get_list_op(int(params["listId"]))
         if name == "getContactsFromList":
             return self._list_contacts_op(int(params["listId"]), query)
+        if name == "getContacts":
+            return self._contacts_op(query)
+        if name == "getLists":
+            return self._lists_op(query)
         return _Outcome(405, _error("method_not_allowed", "Method not allowed"))
 
     # ------------------------------------------------------ state changes
@@ -1320,44 +1364,93 @@ class FakeBrevo:
     def _public_process(self, process: dict[str, Any]) -> dict[str, Any]:
         return {"id": process["id"], "status": process["status"], "name": process["name"]}
 
+    def _list_summary(self, list_id: int) -> dict[str, Any]:
+        stored = self._lists[list_id]
+        members = sum(1 for c in self._contacts.values() if list_id in c["listIds"])
+        return {
+            "id": list_id, "name": stored.get("name", f"List {list_id}"), "folderId": 1,
+            "totalBlacklisted": 0, "totalSubscribers": members, "uniqueSubscribers": members,
+        }
+
     def _get_list_op(self, list_id: int) -> _Outcome:
         # Without a fixed set of lists (strict_lists off) every list exists, as for writes.
         if not self._known_lists([list_id]):
             return _Outcome(404, _error("document_not_found", "List ID does not exist"))
-        stored = self._lists[list_id]
-        members = sum(1 for c in self._contacts.values() if list_id in c["listIds"])
-        return _Outcome(200, {
-            "id": list_id, "name": stored.get("name", f"List {list_id}"), "folderId": 1,
-            "createdAt": self._stamp(), "totalBlacklisted": 0, "totalSubscribers": members,
-            "uniqueSubscribers": members,
-        })
+        return _Outcome(200, {**self._list_summary(list_id), "createdAt": self._stamp()})
+
+    def _lists_op(self, query: str) -> _Outcome:
+        """GET /contacts/lists: every list the fake knows (those created by use too, when
+        the lists are not fixed), in creation order (the id grows with creation), with
+        the same sizes as GET /contacts/lists/{id}; count is all lists, not the page."""
+        paging = _paging(query, default_limit=10, max_limit=LISTS_MAX)
+        if isinstance(paging, _Outcome):
+            return paging
+        limit, offset, sort = paging
+        ids = sorted(self._lists, reverse=sort == "desc")
+        page = ids[offset : offset + limit]
+        return _Outcome(
+            200, {"lists": [self._list_summary(i) for i in page], "count": len(ids)}
+        )
+
+    def _contacts_op(self, query: str) -> _Outcome:
+        """GET /contacts: the account's contacts, filtered by listIds (a contact in any
+        of them: the parameter is an array, sent listIds=1&listIds=2 per the description's
+        form style), modifiedSince and createdSince; count is the number that match.
+        segmentId and filter are not implemented and refused, so that no test can pass on
+        a filter the fake ignored; a list the account does not have is refused too (400,
+        the error this operation declares)."""
+        paging = _paging(query, default_limit=50, max_limit=CONTACTS_MAX)
+        if isinstance(paging, _Outcome):
+            return paging
+        limit, offset, sort = paging
+        values = parse_qs(query)
+        for unsupported in ("segmentId", "filter"):
+            if unsupported in values:
+                return _Outcome(400, _error(
+                    "invalid_parameter", f"{unsupported} is not implemented by the fake"
+                ))
+        try:
+            list_ids = {int(v) for v in values.get("listIds", [])}
+        except ValueError:
+            return _Outcome(400, _error("invalid_parameter", "listIds must be integers"))
+        if self._strict_lists and not all(i in self._lists for i in list_ids):
+            return _Outcome(400, _error("invalid_parameter", "List ID does not exist"))
+        bounds: dict[str, datetime] = {}
+        for name in ("modifiedSince", "createdSince"):
+            if name in values:
+                moment = _parse_moment(values[name][-1])
+                if moment is None:
+                    return _Outcome(400, _error("invalid_parameter", f"{name} is not a date-time"))
+                bounds[name] = moment
+        found = [
+            c for c in self._contacts.values()
+            if (not list_ids or list_ids & c["listIds"])
+            and _after(c["modifiedAt"], bounds.get("modifiedSince"))
+            and _after(c["createdAt"], bounds.get("createdSince"))
+        ]
+        found.sort(key=lambda c: c["id"], reverse=sort == "desc")
+        page = found[offset : offset + limit]
+        return _Outcome(
+            200, {"contacts": [self._public_contact(c) for c in page], "count": len(found)}
+        )
 
     def _list_contacts_op(self, list_id: int, query: str) -> _Outcome:
         if not self._known_lists([list_id]):
             return _Outcome(404, _error("document_not_found", "List ID does not exist"))
+        paging = _paging(query, default_limit=50, max_limit=LIST_CONTACTS_MAX)
+        if isinstance(paging, _Outcome):
+            return paging
+        limit, offset, sort = paging
         params = {key: values[-1] for key, values in parse_qs(query).items()}
-        try:
-            limit = int(params.get("limit", "50"))
-            offset = int(params.get("offset", "0"))
-        except ValueError:
-            return _Outcome(400, _error("invalid_parameter", "limit and offset must be integers"))
-        if not 0 <= limit <= LIST_CONTACTS_MAX or offset < 0:
-            return _Outcome(
-                400, _error("out_of_range", f"limit must be 0..{LIST_CONTACTS_MAX}, offset >= 0")
-            )
-        sort = params.get("sort", "desc")
-        if sort not in ("asc", "desc"):
-            return _Outcome(400, _error("invalid_parameter", "sort must be asc or desc"))
         since = None
         if "modifiedSince" in params:
             since = _parse_moment(params["modifiedSince"])
             if since is None:
                 return _Outcome(400, _error("invalid_parameter", "modifiedSince is not a date-time"))
-        members = [c for c in self._contacts.values() if list_id in c["listIds"]]
-        if since is not None:
-            members = [
-                c for c in members if (_parse_moment(c["modifiedAt"]) or since) > since
-            ]
+        members = [
+            c for c in self._contacts.values()
+            if list_id in c["listIds"] and _after(c["modifiedAt"], since)
+        ]
         # "Order of record creation": the id grows with creation.
         members.sort(key=lambda c: c["id"], reverse=sort == "desc")
         page = members[offset : offset + limit]
@@ -1382,6 +1475,9 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/v3/contacts$"), "createContact"),
     ("POST", re.compile(r"^/v3/contacts/import$"), "importContacts"),
     ("POST", re.compile(r"^/v3/contacts/lists/(?P<listId>\d+)/contacts/add$"), "addContactToList"),
+    ("GET", re.compile(r"^/v3/contacts$"), "getContacts"),
+    # Before getContactInfo, whose {identifier} would otherwise take "lists".
+    ("GET", re.compile(r"^/v3/contacts/lists$"), "getLists"),
     ("GET", re.compile(r"^/v3/contacts/lists/(?P<listId>\d+)$"), "getList"),
     ("GET", re.compile(r"^/v3/contacts/lists/(?P<listId>\d+)/contacts$"), "getContactsFromList"),
     ("GET", re.compile(r"^/v3/contacts/(?P<identifier>[^/]+)$"), "getContactInfo"),

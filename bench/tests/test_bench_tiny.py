@@ -144,6 +144,11 @@ def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
     for name in ("report_command", "report_page"):
         profile = scenarios[name]["profile"]
         assert "funnel_entries" in [step["table"] for step in profile["steps"]], name
+    # The next day's audit with nothing changed: one request per list (issue 14).
+    audit_idle = scenarios["audit_idle"]
+    assert audit_idle["detail"]["kind"] == "incremental"
+    assert audit_idle["detail"]["audit_requests"] <= len(audit_idle["detail"]["lists"]) == 2
+    assert all(t["met"] for t in audit_idle["targets"]), audit_idle["targets"]
     for name, scenario in scenarios.items():
         assert 0 < scenario["peak_rss_mb"] < 1000, name
         assert sum(scenario["queries"].values()) > 0, name
@@ -371,3 +376,26 @@ def test_recheck_query_count_grows_only_per_batch():
         baseline=35, before={"test_results": 8016, "payments": 2000},
         after={"test_results": 10_001, "payments": 1},
     ) == 37
+
+
+def test_idle_audit_target_is_one_request_per_list():
+    from bench.harness import ScenarioResult
+
+    def target(requests: int, lists: int = 2, changed: int = 0) -> dict:
+        result = ScenarioResult(
+            name="audit_idle", seconds=0.5, process_seconds=1.0, queries={"default": 14},
+            query_seconds={}, peak_rss_mb=50,
+            detail={"kind": "incremental", "audit_requests": requests,
+                    "states_changed": changed, "lists": {str(i): {} for i in range(lists)}},
+        )
+        return _target(result, "audit_idle", TINY, {})[0]
+
+    assert target(2)["met"] and "1.00 requests per list (2 for 2 lists)" in target(2)[
+        "measured"
+    ]
+    assert not target(3)["met"]
+    assert not target(4)["met"], "2 a list, the cost before"
+    assert target(2, lists=5)["met"] and "0.40 requests per list" in target(2, lists=5)[
+        "measured"
+    ]
+    assert not target(2, changed=1)["met"], "something changed: not an idle audit"

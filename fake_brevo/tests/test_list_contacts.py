@@ -1,6 +1,7 @@
 """What the Brevo audit reads from the fake: GET /contacts/lists/{id}/contacts (paging,
-modifiedSince, sort, count) and the test controls that change people's state the way
-Brevo's own interface does. Every exchange is checked against Brevo's description."""
+modifiedSince, sort, count), GET /contacts filtered by listIds and modifiedSince, GET
+/contacts/lists with the lists' sizes, and the test controls that change people's state the
+way Brevo's own interface does. Every exchange is checked against Brevo's description."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import requests
 from fake_brevo import openapi as brevo_openapi
 from fake_brevo.server import FakeBrevo
 from funnels.brevo.client import BrevoClient
-from funnels.brevo.errors import BrevoPermanentError
+from funnels.brevo.errors import BrevoPermanentError, BrevoTransientError
 
 KEY = "list-contacts-key"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -196,3 +197,120 @@ def test_the_client_waits_out_a_429_and_checks_its_arguments(fake: FakeBrevo) ->
                 {"modified_since": datetime(2026, 3, 2, 9, 0)}):
         with pytest.raises(ValueError):
             client.list_contacts_page(list_id=7, **bad)
+
+
+def test_contacts_of_several_lists_modified_since(
+    fake: FakeBrevo, client: BrevoClient, clock: Clock
+) -> None:
+    fake.add_list(list_id=9)
+    for name, lists in (("both", [7, 8]), ("seven", [7]), ("eight", [8]), ("nine", [9]),
+                        ("none", []), ("quiet", [7])):
+        fake.seed_contact(email=f"{name}@example.com", list_ids=lists)
+    clock.moment = T0 + timedelta(hours=1)
+    for name in ("both", "seven", "eight", "nine", "none"):
+        fake.blacklist(email=f"{name}@example.com")
+    fake.unsubscribe_from_list(email="both@example.com", list_id=7)
+
+    changed = client.contacts_page(list_ids=[8, 7], modified_since=T0 + timedelta(minutes=30))
+    first = client.contacts_page(list_ids=[7, 8], limit=2)
+    rest = client.contacts_page(list_ids=[7, 8], offset=2, limit=2)
+    nothing = client.contacts_page(list_ids=[7, 8], modified_since=T0 + timedelta(hours=2))
+
+    # In any of the lists (not in all of them), oldest first; count is all that match.
+    assert [c["email"] for c in changed.contacts] == [
+        "both@example.com", "seven@example.com", "eight@example.com",
+    ]
+    assert changed.count == 3
+    assert changed.contacts[0]["listIds"] == [7, 8]
+    assert changed.contacts[0]["listUnsubscribed"] == [7]
+    assert [c["email"] for c in first.contacts + rest.contacts] == [
+        "both@example.com", "seven@example.com", "eight@example.com", "quiet@example.com",
+    ]
+    assert first.count == rest.count == 4
+    assert nothing.contacts == [] and nothing.count == 0
+    # The array in the description's default style: one listIds per list.
+    assert fake.requests_log[0].path == "/v3/contacts"
+    assert fake.requests_log[0].query.startswith("listIds=7&listIds=8&limit=1000&offset=0")
+    _all_valid(fake)
+
+
+def test_contacts_refuses_what_it_does_not_do(fake: FakeBrevo, client: BrevoClient) -> None:
+    url = f"{fake.base_url}/contacts"
+    headers = {"api-key": KEY}
+    for name in ("a", "b"):
+        fake.seed_contact(email=f"{name}@example.com", list_ids=[7])
+    answers = [
+        requests.get(url, params={"limit": 1001}, headers=headers, timeout=5),
+        requests.get(url, params={"listIds": "7,8"}, headers=headers, timeout=5),
+        requests.get(url, params={"segmentId": 3}, headers=headers, timeout=5),
+        requests.get(url, params={"listIds": 99}, headers=headers, timeout=5),
+        requests.get(url, params={"modifiedSince": "yesterday"}, headers=headers, timeout=5),
+        requests.get(url, headers=headers, timeout=5),
+    ]
+
+    assert [a.status_code for a in answers] == [400, 400, 400, 400, 400, 200]
+    # Without a filter: every contact, newest first (the default sort).
+    assert [c["email"] for c in answers[-1].json()["contacts"]] == [
+        "b@example.com", "a@example.com",
+    ]
+    # The description itself forbids limit 1001 and a comma-joined array.
+    for entry in fake.requests_log[:2]:
+        assert brevo_openapi.validate_logged(entry).request_errors
+    for entry in fake.requests_log[2:]:
+        assert brevo_openapi.validate_logged(entry).ok, brevo_openapi.validate_logged(entry)
+    with pytest.raises(ValueError):
+        client.contacts_page(list_ids=[])
+    with pytest.raises(ValueError):
+        client.contacts_page(list_ids=[7], limit=1001)
+
+
+def test_lists_with_their_sizes(fake: FakeBrevo, client: BrevoClient) -> None:
+    for list_id in range(20, 80):
+        fake.add_list(list_id=list_id)
+    for i in range(3):
+        fake.seed_contact(email=f"m{i}@example.com", list_ids=[7, 79])
+    fake.blacklist(email="m0@example.com")
+
+    first = client.lists_page()
+    second = client.lists_page(offset=50)
+    plain = requests.get(f"{fake.base_url}/contacts/lists", headers={"api-key": KEY},
+                         timeout=5).json()
+    too_many = requests.get(f"{fake.base_url}/contacts/lists", params={"limit": 51},
+                            headers={"api-key": KEY}, timeout=5)
+
+    # Every list of the account, in creation order; count is all lists, not the page.
+    ids = [item["id"] for item in first.lists + second.lists]
+    assert ids == [7, 8, *range(20, 80)]
+    assert first.count == second.count == 62 and len(first.lists) == 50
+    by_id = {item["id"]: item for item in first.lists + second.lists}
+    # The same sizes as GET /contacts/lists/{id}.
+    assert by_id[7]["totalSubscribers"] == client.get_list(list_id=7)["totalSubscribers"] == 3
+    assert by_id[79]["totalSubscribers"] == 3 and by_id[8]["totalSubscribers"] == 0
+    # Default: 10 lists, newest first.
+    assert [item["id"] for item in plain["lists"]] == list(range(79, 69, -1))
+    assert too_many.status_code == 400
+    assert "sort=asc" in fake.requests_log[0].query
+    assert brevo_openapi.validate_logged(fake.requests_log[3]).request_errors
+    _all_valid_but(fake, 3)
+    with pytest.raises(ValueError):
+        client.lists_page(limit=51)
+
+
+def _all_valid_but(fake: FakeBrevo, index: int) -> None:
+    app = brevo_openapi.get_openapi()
+    for position, entry in enumerate(fake.requests_log):
+        if position != index:
+            result = brevo_openapi.validate_logged(entry, openapi=app)
+            assert result.ok and result.response_checked, result.describe()
+
+
+def test_a_fault_can_target_one_operation(fake: FakeBrevo) -> None:
+    client = BrevoClient(base_url=fake.base_url, api_key=KEY, max_retries=1,
+                         requests_per_second=0, sleep=lambda seconds: None)
+    fake.faults.add("500", count=None, operation="getContacts")
+
+    assert client.lists_page().count == 2
+    assert client.list_contacts_page(list_id=7).count == 0
+    with pytest.raises(BrevoTransientError):
+        client.contacts_page(list_ids=[7])
+    assert [e.status for e in fake.requests_log] == [200, 200, 500, 500]

@@ -38,6 +38,8 @@ EXPECTED_EXCHANGES = {
     ("getProcess", 200),
     ("getProcess", 404),
     ("getProcess", 429),
+    ("getLists", 200),
+    ("getContacts", 200),
 }
 
 
@@ -81,6 +83,9 @@ def exchanges() -> Iterator[list[LoggedRequest]]:
             list_ids=[6],
         )
         client.wait_for_process(process_id=process_id, poll_interval=0.02, timeout=5)
+        # What the audit reads: the lists' sizes, the changes of several lists at once.
+        assert client.lists_page().count >= 2
+        client.contacts_page(list_ids=[2, 6], modified_since=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
         with pytest.raises(BrevoPermanentError):
             client.get_process(process_id=process_id + 100)
         # The fourth /processes call in the hour exceeds the limit set above.

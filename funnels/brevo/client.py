@@ -31,14 +31,17 @@ from funnels.brevo.errors import (
 from funnels.brevo.masking import mask_email, mask_emails_in_text
 
 __all__ = [
-    "BrevoClient", "ListContactsPage", "RateLimitInfo", "LIST_CONTACTS_MAX",
-    "IMPORT_MAX_BODY_BYTES",
+    "BrevoClient", "ListContactsPage", "ListsPage", "RateLimitInfo", "LIST_CONTACTS_MAX",
+    "CONTACTS_MAX", "LISTS_MAX", "IMPORT_MAX_BODY_BYTES",
 ]
 
 logger = logging.getLogger("funnels.brevo")
 
 # GET /contacts/lists/{id}/contacts returns at most this many a page.
 LIST_CONTACTS_MAX = 500
+# The description's maximum limits of GET /contacts and GET /contacts/lists.
+CONTACTS_MAX = 1000
+LISTS_MAX = 50
 # Brevo refuses JSON import bodies above 10 MB; keep a margin for its own parsing.
 IMPORT_MAX_BODY_BYTES = int(9.5 * 1024 * 1024)
 DEFAULT_USER_AGENT = "testizer-funnels/1.0 (+brevo-client)"
@@ -75,6 +78,15 @@ class ListContactsPage:
     """A page of a list's contacts as Brevo sent them, and how many match in all."""
 
     contacts: list[dict[str, Any]]
+    count: int
+
+
+@dataclass(frozen=True)
+class ListsPage:
+    """A page of the account's lists (id, name, totalSubscribers, ...) and how many
+    lists the account has in all."""
+
+    lists: list[dict[str, Any]]
     count: int
 
 
@@ -290,12 +302,7 @@ class BrevoClient:
             raise ValueError("offset must be >= 0")
         params: dict[str, Any] = {"limit": limit, "offset": offset, "sort": "asc"}
         if modified_since is not None:
-            if modified_since.tzinfo is None:
-                raise ValueError("modified_since must be aware")
-            params["modifiedSince"] = (
-                modified_since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-                + f"{modified_since.astimezone(UTC).microsecond // 1000:03d}Z"
-            )
+            params["modifiedSince"] = _brevo_time(modified_since)
         path = f"/contacts/lists/{int(list_id)}/contacts?{urlencode(params)}"
         reply = self._request(
             "GET", path, log_path="/contacts/lists/{id}/contacts",
@@ -312,6 +319,71 @@ class BrevoClient:
                 status=reply.status,
             )
         return ListContactsPage(contacts=list(data["contacts"]), count=int(data["count"]))
+
+    def contacts_page(
+        self,
+        *,
+        list_ids: list[int],
+        offset: int = 0,
+        limit: int = CONTACTS_MAX,
+        modified_since: datetime | None = None,
+    ) -> ListContactsPage:
+        """One page of the contacts in any of `list_ids` (GET /contacts), oldest first
+        like list_contacts_page, with the number that match; each carries its listIds and
+        listUnsubscribed, so one read serves several lists."""
+        if not list_ids:
+            # Without listIds Brevo would answer the whole account.
+            raise ValueError("list_ids must not be empty")
+        if not 1 <= limit <= CONTACTS_MAX:
+            raise ValueError(f"limit must be 1..{CONTACTS_MAX}")
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        ids = sorted({int(list_id) for list_id in list_ids})
+        # An array query parameter in the description's default style (form, exploded):
+        # listIds=1&listIds=2, not listIds=1,2.
+        params: list[tuple[str, Any]] = [("listIds", list_id) for list_id in ids]
+        params += [("limit", limit), ("offset", offset), ("sort", "asc")]
+        if modified_since is not None:
+            params.append(("modifiedSince", _brevo_time(modified_since)))
+        reply = self._request(
+            "GET", f"/contacts?{urlencode(params)}", log_path="/contacts",
+            subject=f"lists {','.join(map(str, ids))}",
+        )
+        data = reply.data
+        if (
+            not isinstance(data, Mapping)
+            or not isinstance(data.get("contacts"), list)
+            or not isinstance(data.get("count"), int)
+        ):
+            raise BrevoPermanentError(
+                "GET /contacts answered without contacts and count", status=reply.status
+            )
+        return ListContactsPage(contacts=list(data["contacts"]), count=int(data["count"]))
+
+    def lists_page(self, *, offset: int = 0, limit: int = LISTS_MAX) -> ListsPage:
+        """One page of the account's lists in creation order (GET /contacts/lists,
+        ``sort=asc``: a list created meanwhile lands after the pages), with their sizes;
+        `count` is the number of lists in the account."""
+        if not 1 <= limit <= LISTS_MAX:
+            raise ValueError(f"limit must be 1..{LISTS_MAX}")
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        params = {"limit": limit, "offset": offset, "sort": "asc"}
+        reply = self._request(
+            "GET", f"/contacts/lists?{urlencode(params)}", log_path="/contacts/lists",
+            subject=None,
+        )
+        data = reply.data
+        # The description does not mark them required, but a page without them is no answer.
+        if (
+            not isinstance(data, Mapping)
+            or not isinstance(data.get("lists"), list)
+            or not isinstance(data.get("count"), int)
+        ):
+            raise BrevoPermanentError(
+                "GET /contacts/lists answered without lists and count", status=reply.status
+            )
+        return ListsPage(lists=list(data["lists"]), count=int(data["count"]))
 
     # ------------------------------------------------------------ internals
 
@@ -524,6 +596,14 @@ def _header_number(value: str | None) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) else None
+
+
+def _brevo_time(moment: datetime) -> str:
+    """An aware time as Brevo's filters take it: UTC, YYYY-MM-DDTHH:mm:ss.SSSZ."""
+    if moment.tzinfo is None:
+        raise ValueError("modified_since must be aware")
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def _describe(subject: str | None) -> str:

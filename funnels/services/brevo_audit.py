@@ -2,9 +2,8 @@
 
 The job writes to Brevo and used to never read back: people unsubscribe from a list or
 from everything, get deleted, or a marketer empties a list by hand, and `funnel_entries`
-kept saying "synced". An audit reads each funnel's list through
-GET /contacts/lists/{id}/contacts (500 a page, oldest first) and stores on every entry
-of that person in that funnel one of `BrevoState` and when it was read:
+kept saying "synced". An audit reads each funnel's list and stores on every entry of that
+person in that funnel one of `BrevoState` and when it was read:
 - blacklisted: the contact's emailBlacklisted (all emails, whatever the list);
 - unsubscribed_from_list: the list is in the contact's listUnsubscribed;
 - in_list: on the list, neither of the above;
@@ -14,24 +13,36 @@ of that person in that funnel one of `BrevoState` and when it was read:
 Contacts on a list without any entry of that funnel are strangers: counted, and the
 first STRANGERS_SAMPLE of them kept on the audit's record.
 
-Incremental or full, per list:
+Full or incremental:
 - no audit completed yet, a full one older than BREVO_AUDIT_FULL_EVERY_DAYS, or `full=True`:
-  the whole list (ceil(n / 500) pages, 100,000 contacts = 200 pages, ~22 s at 9 req/s);
-- otherwise the contacts modified since the last completed audit started (minus
-  MODIFIED_SINCE_MARGIN for clocks that differ), then the list's size (GET
-  /contacts/lists/{id}, totalSubscribers) is compared with what we now believe is in it
-  (people in_list/unsubscribed/blacklisted + the strangers of the last read): a removal
-  or a deletion changes no contact still in the list, so modifiedSince cannot show it,
-  but the size does; when the two disagree the list is read whole at once. Nothing
-  changed: two requests per list (the size and one empty page).
+  every list whole through GET /contacts/lists/{id}/contacts, 500 a page, oldest first
+  (ceil(n / 500) pages a list; 100,000 contacts = 200 pages, ~22 s at 9 req/s);
+- otherwise, for all the lists together, two reads:
+  1. their sizes (totalSubscribers): GET /contacts/lists, 50 lists a page. One request
+     when the funnels' lists are among the account's first 50; else the next pages or
+     GET /contacts/lists/{id} for each list not found yet, whichever takes fewer requests.
+     Read first, so that the changes are asked only of lists that exist.
+  2. the contacts modified since the last completed audit started (minus
+     MODIFIED_SINCE_MARGIN for clocks that differ) in any of them: GET /contacts with
+     listIds, 1,000 a page. Each contact carries its listIds and listUnsubscribed, so it
+     is stored for every funnel whose list it is in.
+  Then each list's size is compared with what we now believe is in it (people
+  in_list/unsubscribed/blacklisted + the strangers the last completed audit knew of): a
+  removal or a deletion changes no contact still in the list, so modifiedSince cannot
+  show it, but the size does; when the two disagree that list is read whole at once.
+  Nothing changed: 2 requests whatever the number of lists up to 50 (1 a list with the
+  two funnels; it was 2 a list, the list endpoint's count being the filtered count, so
+  the size took a request of its own).
 Every contact our run sends is touched (modifiedAt), so an incremental read sees people
 synced since the last audit too.
 Known limits: a removal and a new stranger on the same day leave the size unchanged, so
 the removal waits for the weekly full read; someone found unsubscribed and later removed
 from the list keeps their opt-out (it must never look like somebody to put back), so they
 still count as a member and that list is read whole every day until the numbers agree
-again; a contact deleted while a full read pages through the list shifts the pages behind
-it and can hide one person until the next read.
+again; a contact deleted while a read pages through the contacts shifts the pages behind
+it and can hide one person until the next read; a removal or a new stranger between the
+two reads of an incremental audit is missed by it and found by the next one (its sizes
+disagree, so the list is read whole).
 
 Shares the run lock: never at the same time as run_funnels (both write funnel_entries,
 and a run adding people while a full read is under way would look like missing people).
@@ -55,7 +66,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from funnels.brevo.client import LIST_CONTACTS_MAX, BrevoClient
+from funnels.brevo.client import CONTACTS_MAX, LIST_CONTACTS_MAX, LISTS_MAX, BrevoClient
 from funnels.brevo.errors import BrevoAuthError, BrevoError, BrevoPermanentError
 from funnels.brevo.factory import brevo_client_build
 from funnels.locks import RunLock, RunLockBusy, RunLockLost
@@ -106,14 +117,21 @@ class _ListResult:
     contacts: int = 0
     changed: int = 0
     strangers: int = 0
+    # Strangers believed in the list after this audit (counted by a whole read, or
+    # carried over when the size agreed), which the next audit's size check adds to ours:
+    # `strangers` alone is only those an incremental read met.
+    known_strangers: int = 0
     sample: list[str] = field(default_factory=list)
     error: str = ""
 
     def as_json(self) -> dict:
+        # pages: the list's own pages (a whole read); the shared read of the changes of
+        # all lists is counted on the audit only.
         return {
             "list_id": self.list_id, "kind": self.kind, "brevo_count": self.brevo_count,
             "our_count": self.our_count, "pages": self.pages, "contacts": self.contacts,
-            "changed": self.changed, "strangers": self.strangers, "error": self.error,
+            "changed": self.changed, "strangers": self.strangers,
+            "known_strangers": self.known_strangers, "error": self.error,
         }
 
 
@@ -128,37 +146,140 @@ class _Audit:
         self.now = now
         self.previous = previous
         self.force_full = force_full
+        self.results: dict[str, _ListResult] = {}
+        # Per-list failures (Brevo refused a list's read): the audit ends partial.
+        self.errors: list[str] = []
 
-    # -- one list ---------------------------------------------------------------------
+    # -- all lists --------------------------------------------------------------------
 
-    def funnel(self, funnel: Funnel, list_id: int) -> _ListResult:
-        result = _ListResult(list_id=list_id)
-        full = self._full_due(funnel)
-        if not full:
-            since = self.audit.modified_since
-            self._read(funnel, result, modified_since=since)
-            info = self._call(lambda: self.client.get_list(list_id=list_id))
-            if info is None:
-                raise BrevoPermanentError(f"list {list_id} does not exist", status=404)
-            result.brevo_count = int(info.get("totalSubscribers") or 0)
-            result.our_count = self._our_count(funnel) + self._known_strangers(funnel)
+    def lists(self, targets: list[tuple[Funnel, int]]) -> None:
+        """Every funnel's list, into self.results: whole when due, else by its changes
+        and its size. Raises _Stop (Brevo gave up), BrevoAuthError, RunLockLost."""
+        full = self._full_due()
+        for funnel, list_id in targets:
+            self.results[funnel.slug] = _ListResult(
+                list_id=list_id,
+                kind=BrevoAudit.Kind.FULL if full else BrevoAudit.Kind.INCREMENTAL,
+            )
+        if full:
+            for funnel, _list_id in targets:
+                self._whole_guarded(funnel)
+            return
+        sizes = self._sizes(sorted({list_id for _funnel, list_id in targets}))
+        live: list[tuple[Funnel, int]] = []
+        for funnel, list_id in targets:
+            size = sizes[list_id]
+            if isinstance(size, BrevoPermanentError):
+                self._fail(funnel, size)
+            else:
+                self.results[funnel.slug].brevo_count = size
+                live.append((funnel, list_id))
+        if not live:
+            return
+        try:
+            self._changes(live)
+        except BrevoPermanentError as exc:
+            # One request for all lists: Brevo refusing it leaves every list unread.
+            for funnel, _list_id in live:
+                self._fail(funnel, exc)
+            return
+        for funnel, list_id in live:
+            result = self.results[funnel.slug]
+            result.known_strangers = self._known_strangers(funnel)
+            result.our_count = self._our_count(funnel) + result.known_strangers
             if result.brevo_count == result.our_count:
-                return result
+                continue
             logger.info(
                 "brevo audit: list %s holds %s contacts, we expect %s: reading it whole",
                 list_id, result.brevo_count, result.our_count,
             )
+            self._whole_guarded(funnel)
+
+    def _fail(self, funnel: Funnel, exc: BrevoPermanentError) -> None:
+        result = self.results[funnel.slug]
+        self.errors.append(f"{funnel.slug} (list {result.list_id}): {exc}")
+        result.error = str(exc)[:500]
+
+    def _whole_guarded(self, funnel: Funnel) -> None:
+        # About this list (it does not exist, Brevo refused the read): the others go on.
+        try:
+            self._whole(funnel, self.results[funnel.slug])
+        except BrevoPermanentError as exc:
+            self._fail(funnel, exc)
+
+    def _sizes(self, list_ids: list[int]) -> dict[int, int | BrevoPermanentError]:
+        """Each list's totalSubscribers, or why Brevo would not give it."""
+        wanted = set(list_ids)
+        sizes: dict[int, int | BrevoPermanentError] = {}
+        offset = 0
+        try:
+            while True:
+                page = self._call(lambda: self.client.lists_page(offset=offset, limit=LISTS_MAX))
+                for item in page.lists:
+                    if item.get("id") in wanted:
+                        sizes[int(item["id"])] = int(item.get("totalSubscribers") or 0)
+                offset += len(page.lists)
+                missing = len(wanted) - len(sizes)
+                pages_left = -(-(page.count - offset) // LISTS_MAX) if page.lists else 0
+                # Page on only while that costs no more requests than asking for each
+                # list not found yet: an account with hundreds of lists is not read through.
+                if not missing or pages_left <= 0 or pages_left > missing:
+                    break
+        except BrevoPermanentError as exc:
+            logger.warning("brevo audit: GET /contacts/lists refused (%s): list by list", exc)
+        for list_id in sorted(wanted - set(sizes)):
+            try:
+                info = self._call(lambda: self.client.get_list(list_id=list_id))
+            except BrevoPermanentError as exc:
+                sizes[list_id] = exc
+                continue
+            sizes[list_id] = (
+                BrevoPermanentError(f"list {list_id} does not exist", status=404)
+                if info is None else int(info.get("totalSubscribers") or 0)
+            )
+        return sizes
+
+    def _changes(self, targets: list[tuple[Funnel, int]]) -> None:
+        """The contacts modified since the last completed audit in any of the lists, in
+        one paged read, each stored for every funnel whose list it is in."""
+        by_list: dict[int, list[Funnel]] = {}
+        for funnel, list_id in targets:
+            by_list.setdefault(list_id, []).append(funnel)
+        offset = 0
+        while True:
+            page = self._call(lambda: self.client.contacts_page(
+                list_ids=sorted(by_list), offset=offset, limit=CONTACTS_MAX,
+                modified_since=self.audit.modified_since,
+            ))
+            self.audit.pages += 1
+            contacts = [c for c in page.contacts if isinstance(c.get("email"), str)]
+            self.audit.contacts_read += len(contacts)
+            for list_id, funnels in by_list.items():
+                members = [c for c in contacts if list_id in (c.get("listIds") or ())]
+                if not members:
+                    continue
+                for funnel in funnels:
+                    result = self.results[funnel.slug]
+                    result.contacts += len(members)
+                    self._store_page(funnel, result, members)
+            offset += len(page.contacts)
+            if not page.contacts or offset >= page.count:
+                return
+
+    # -- one list, whole --------------------------------------------------------------
+
+    def _whole(self, funnel: Funnel, result: _ListResult) -> None:
         result.kind = BrevoAudit.Kind.FULL
         result.strangers = 0
         result.sample = []
-        seen = self._read(funnel, result, modified_since=None)
+        seen = self._read(funnel, result)
         result.changed += self._mark_missing(funnel, seen)
+        result.known_strangers = result.strangers
         result.our_count = self._our_count(funnel) + result.strangers
         if result.brevo_count is None:
             result.brevo_count = result.our_count
-        return result
 
-    def _full_due(self, funnel: Funnel) -> bool:
+    def _full_due(self) -> bool:
         if self.force_full is True or self.previous is None:
             return True
         if self.force_full is False:
@@ -174,7 +295,9 @@ class _Audit:
         # The last completed read of this list counted them; an incremental read that
         # met a new one makes the counts disagree, which reads the list whole again.
         lists = self.previous.lists if self.previous is not None else {}
-        return int((lists.get(funnel.slug) or {}).get("strangers") or 0)
+        last = lists.get(funnel.slug) or {}
+        # Audits recorded before known_strangers existed kept the count in strangers.
+        return int(last.get("known_strangers", last.get("strangers")) or 0)
 
     def _our_count(self, funnel: Funnel) -> int:
         return (
@@ -183,14 +306,13 @@ class _Audit:
             ).values("email").distinct().count()
         )
 
-    def _read(self, funnel: Funnel, result: _ListResult, *,
-              modified_since: datetime | None) -> set[str]:
+    def _read(self, funnel: Funnel, result: _ListResult) -> set[str]:
+        """The whole list, page by page; the emails of ours it holds."""
         seen: set[str] = set()
         offset = 0
         while True:
             page = self._call(lambda: self.client.list_contacts_page(
                 list_id=result.list_id, offset=offset, limit=LIST_CONTACTS_MAX,
-                modified_since=modified_since,
             ))
             result.pages += 1
             self.audit.pages += 1
@@ -336,21 +458,13 @@ def _audit_locked(
     requests_before = client.request_count
     state = _Audit(audit=audit, client=client, lock=lock, now=now, previous=previous,
                    force_full=full)
-    results: dict[str, _ListResult] = {}
-    errors: list[str] = []
-    status = BrevoAudit.Status.SUCCESS
+    errors = state.errors
     try:
-        for funnel in funnels_all():
-            list_id = funnel_list_id(funnel=funnel)
-            if not list_id:
-                continue
-            try:
-                results[funnel.slug] = state.funnel(funnel, list_id)
-            except BrevoPermanentError as exc:
-                # About this list (it does not exist, Brevo refused the read): the others go on.
-                errors.append(f"{funnel.slug} (list {list_id}): {exc}")
-                results[funnel.slug] = _ListResult(list_id=list_id, error=str(exc)[:500])
-                status = BrevoAudit.Status.PARTIAL
+        state.lists([
+            (funnel, list_id) for funnel in funnels_all()
+            if (list_id := funnel_list_id(funnel=funnel))
+        ])
+        status = BrevoAudit.Status.PARTIAL if errors else BrevoAudit.Status.SUCCESS
     except _Stop as exc:
         errors.append(f"Brevo stopped the audit: {exc}")
         status = BrevoAudit.Status.PARTIAL
@@ -364,7 +478,7 @@ def _audit_locked(
         logger.exception("brevo audit #%s failed unexpectedly", audit.pk)
         errors.append(f"unexpected error: {type(exc).__name__}: {exc}")
         status = BrevoAudit.Status.FAILED
-    _finish(audit, results=results, status=status, errors=errors,
+    _finish(audit, results=state.results, status=status, errors=errors,
             requests=client.request_count - requests_before, clock=clock)
     return audit
 

@@ -241,6 +241,32 @@ def test_429_streak_exhausts_retry_budget(fake: FakeBrevo, clock: VirtualClock) 
     assert clock.sleeps == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("read", [
+    lambda client: client.lists_page(),
+    lambda client: client.contacts_page(list_ids=[3, 4]),
+], ids=["getLists", "getContacts"])
+def test_the_audit_reads_share_the_retries_and_the_key_stays_out(
+    fake: FakeBrevo, clock: VirtualClock, caplog: pytest.LogCaptureFixture, read
+) -> None:
+    """The audit's two reads of all lists go through the one request path: a 429 waits
+    for Brevo's reset, a 5xx is retried, a 5xx streak ends transient, the key in nothing."""
+    client = make_client(fake, clock, max_retries=2)
+    caplog.set_level(logging.DEBUG, logger="funnels.brevo")
+    fake.faults.add("429", reset=3)
+    fake.faults.add("500", message=f"upstream said {KEY}")
+
+    assert read(client).count >= 0
+    assert clock.sleeps[0] == 3.0 and len(clock.sleeps) == 2
+    assert [e.status for e in fake.requests_log] == [429, 500, 200]
+
+    fake.faults.add("503", count=None)
+    with pytest.raises(BrevoTransientError) as info:
+        read(client)
+    assert client.request_count == 6
+    for text in [str(info.value), repr(info.value)] + [r.getMessage() for r in caplog.records]:
+        assert KEY not in text
+
+
 def test_last_ratelimit_records_headroom(fake: FakeBrevo, client: BrevoClient) -> None:
     assert client.last_ratelimit is None
     client.upsert_contact(email="h@example.com", attributes={}, list_ids=[])

@@ -1,5 +1,6 @@
 """The Brevo audit against the fake Brevo on loopback: every state found by a full and by
-an incremental audit, strangers, the size check, faults, the lock."""
+an incremental audit, strangers, the size check, what an idle audit costs, faults, the
+lock."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from funnels.models import BrevoAudit, BrevoState, FunnelEntry, SyncRun
 from funnels.services.brevo_audit import AuditBusy, brevo_audit_run
 from funnels.services.outbox import outbox_push
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
+from fake_brevo.server import FakeBrevo
+from funnels.brevo.client import BrevoClient
 from funnels.tests.sync_support import (
+    API_KEY,
     LANGUAGE_LIST,
+    OTHER_LIST,
     funnels_configure,
 )
 
@@ -127,8 +132,12 @@ def test_an_incremental_audit_finds_every_state(client_factory, fake_brevo, cloc
     assert second.states_changed == 2 and second.contacts_read == 2
     assert states()[_email("boris")] == BrevoState.UNSUBSCRIBED
     assert states()[_email("clara")] == BrevoState.BLACKLISTED
-    reads = [e for e in fake_brevo.requests_log if e.operation == "getContactsFromList"]
-    assert all("modifiedSince=2026-11-20T02%3A57%3A00.000Z" in e.query for e in reads[-2:])
+    # One read of the changes for both lists, each list named (the description's form
+    # style for an array), since the last completed audit.
+    reads = [e for e in fake_brevo.requests_log if e.operation == "getContacts"]
+    assert len(reads) == 1
+    assert "modifiedSince=2026-11-20T02%3A57%3A00.000Z" in reads[0].query
+    assert f"listIds={LANGUAGE_LIST}&listIds={OTHER_LIST}" in reads[0].query
 
     # A deletion and a removal change no contact left in the list: the size shows them,
     # and the list is read whole within the same (incremental) audit.
@@ -143,7 +152,7 @@ def test_an_incremental_audit_finds_every_state(client_factory, fake_brevo, cloc
     assert states() == EXPECTED
 
 
-def test_nothing_changed_costs_two_requests_per_list(client_factory, fake_brevo, clock):
+def test_nothing_changed_costs_one_request_per_list(client_factory, fake_brevo, clock):
     client = client_factory()
     synced(client, *PEOPLE)
     synced(client, "oleg", funnel="non_language")
@@ -153,10 +162,82 @@ def test_nothing_changed_costs_two_requests_per_list(client_factory, fake_brevo,
     again = audit(client, T1 + dt.timedelta(days=1))
 
     assert again.kind == BrevoAudit.Kind.INCREMENTAL and again.states_changed == 0
-    assert again.brevo_requests == fake_brevo.request_count - before == 4
-    assert sorted(e.operation for e in fake_brevo.requests_log[-4:]) == [
-        "getContactsFromList", "getContactsFromList", "getList", "getList",
+    # Two lists, two requests: all the lists' sizes, then all their changes (none).
+    assert again.brevo_requests == fake_brevo.request_count - before == 2
+    sent = [(e.operation, e.path, e.status) for e in fake_brevo.requests_log[-2:]]
+    assert sent == [("getLists", "/v3/contacts/lists", 200), ("getContacts", "/v3/contacts", 200)]
+    assert {r["kind"] for r in again.lists.values()} == {"incremental"}
+    assert again.lists["language"]["brevo_count"] == again.lists["language"]["our_count"] == 5
+
+
+def test_known_strangers_keep_the_idle_audit_at_one_request_per_list(
+    client_factory, fake_brevo, clock
+):
+    """Contacts we did not add are counted by a whole read; the idle audits after it must
+    still expect them, not only the strangers their own (empty) read of the changes met."""
+    client = client_factory()
+    synced(client, *PEOPLE)
+    fake_brevo.seed_contact(email="stranger@example.com", list_ids=[LANGUAGE_LIST])
+    audit(client, T1)
+    before = fake_brevo.request_count
+
+    days = [audit(client, T1 + dt.timedelta(days=d)) for d in (1, 2, 3)]
+
+    assert fake_brevo.request_count - before == 6
+    assert [a.lists["language"]["kind"] for a in days] == ["incremental"] * 3
+    assert [a.lists["language"]["known_strangers"] for a in days] == [1, 1, 1]
+    assert [a.lists["language"]["our_count"] for a in days] == [6, 6, 6]
+
+
+@pytest.mark.parametrize(("other_lists", "sent"), [
+    # The list is on the second and last page: one more page of lists.
+    (60, ["getLists", "getLists", "getContacts"]),
+    # Two pages to go for one list: asking for that list is cheaper.
+    (120, ["getLists", "getList", "getContacts"]),
+])
+def test_a_list_past_the_first_page_of_lists(client_factory, fake_brevo, clock, other_lists,
+                                             sent):
+    """An account with more than 50 lists, the language funnel's list created after 50
+    others: its size is not on the first page of GET /contacts/lists."""
+    for list_id in range(100, 100 + other_lists):
+        fake_brevo.add_list(list_id=list_id)
+    funnels_configure(language_list=150)
+    client = client_factory()
+    synced(client, *PEOPLE)
+    audit(client, T1)
+    before = fake_brevo.request_count
+
+    again = audit(client, T1 + dt.timedelta(days=1))
+
+    assert [e.operation for e in fake_brevo.requests_log if e.seq > before] == sent
+    assert again.status == BrevoAudit.Status.SUCCESS
+    assert again.lists["language"]["kind"] == "incremental"
+    assert again.lists["language"]["brevo_count"] == 5
+
+
+def test_a_list_brevo_does_not_have_is_left_out_of_the_changes(clock):
+    """An operator gave the language funnel a list id the account does not have: that list
+    fails alone, and the changes are asked of the lists that exist only."""
+    with FakeBrevo(api_key=API_KEY, requests_per_second=None, process_requests_per_hour=None,
+                   lists=[LANGUAGE_LIST, OTHER_LIST]) as fake:
+        client = BrevoClient(base_url=fake.base_url, api_key=API_KEY, max_retries=0,
+                             requests_per_second=0)
+        synced(client, "oleg", funnel="non_language")
+        audit(client, T1)
+        funnels_configure(language_list=99)
+        before = fake.request_count
+
+        broken = audit(client, T1 + dt.timedelta(days=1))
+
+        sent = [(e.operation, e.status, e.query) for e in fake.requests_log if e.seq > before]
+    assert [(op, status) for op, status, _query in sent] == [
+        ("getLists", 200), ("getList", 404), ("getContacts", 200),
     ]
+    assert f"listIds={OTHER_LIST}&limit" in sent[2][2]
+    assert broken.status == BrevoAudit.Status.PARTIAL
+    assert "language (list 99)" in broken.error and "does not exist" in broken.error
+    assert broken.lists["non_language"]["error"] == ""
+    assert broken.lists["non_language"]["kind"] == "incremental"
 
 
 def test_a_weekly_full_read_and_a_forced_one(client_factory, clock):
@@ -184,25 +265,39 @@ def test_pages_of_500(client_factory, fake_brevo, clock):
     assert states() == {"p7@example.com": "in_list", "gone@example.com": "missing"}
 
 
+# What the last completed audit knew, when a read of the next one could not be made.
+_AS_BEFORE = {email: BrevoState.IN_LIST for email in EXPECTED}
+# The whole read after the size disagreed failed: the changes read before it are true
+# and kept; nobody is concluded missing.
+_CHANGES_ONLY = {**_AS_BEFORE, _email("boris"): BrevoState.UNSUBSCRIBED,
+                 _email("clara"): BrevoState.BLACKLISTED}
+
+
 @pytest.mark.parametrize("kind", ["429", "500"])
+@pytest.mark.parametrize(("operation", "left"), [
+    ("getLists", _AS_BEFORE),
+    ("getContacts", _AS_BEFORE),
+    ("getContactsFromList", _CHANGES_ONLY),
+])
 def test_brevo_faults_end_the_audit_partial_and_the_next_one_completes(
-    client_factory, fake_brevo, clock, kind
+    client_factory, fake_brevo, clock, kind, operation, left
 ):
     client = client_factory(max_retries=2)
     synced(client, *PEOPLE)
     audit(client, T1)
     clock.moment = T1 + dt.timedelta(hours=2)
     _changes(fake_brevo)
-    # Brevo keeps failing the language list's reads beyond the client's retries.
-    fake_brevo.faults.add(kind, count=None,
-                          path_prefix=f"/contacts/lists/{LANGUAGE_LIST}/contacts", reset=1)
+    # Brevo keeps failing one of the audit's reads beyond the client's retries.
+    fake_brevo.faults.add(kind, count=None, operation=operation, reset=1)
 
     broken = audit(client, T1 + dt.timedelta(days=1))
 
     assert broken.status == BrevoAudit.Status.PARTIAL
     assert "Brevo stopped the audit" in broken.error
-    # Nothing concluded from a read that did not happen: everybody as last seen.
-    assert set(states().values()) == {BrevoState.IN_LIST}
+    failed = [e for e in fake_brevo.requests_log if e.fault == kind]
+    assert len(failed) == 3 and {e.operation for e in failed} == {operation}
+    # Nothing concluded from a read that did not happen.
+    assert states() == left
     fake_brevo.faults.clear()
 
     fixed = audit(client, T1 + dt.timedelta(days=1, hours=1))

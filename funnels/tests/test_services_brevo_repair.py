@@ -64,11 +64,18 @@ def test_a_list_emptied_by_hand_is_found_and_repaired(
     audit(client, T1)
     clock.moment = T1 + dt.timedelta(hours=3)
     assert fake_brevo.empty_list(list_id=LANGUAGE_LIST) == 3
+    before = fake_brevo.request_count
 
     found = audit(client, T1 + dt.timedelta(days=1))
 
+    # Nobody left in the list, so the changes show nothing of it: its size, from the one
+    # read of all lists' sizes, disagrees with ours, and only that list is read whole.
+    assert [e.operation for e in fake_brevo.requests_log if e.seq > before] == [
+        "getLists", "getContacts", "getContactsFromList",
+    ]
     assert found.lists["language"]["brevo_count"] == 0
     assert found.lists["language"]["kind"] == "full"
+    assert found.lists["non_language"]["kind"] == "incremental"
     assert states() == {"anna@example.com": "missing", "boris@example.com": "unsubscribed_from_list",
                         "clara@example.com": "missing"}
     assert brevo_drift_by_funnel() == {"language": 2}
