@@ -495,6 +495,7 @@ class FakeBrevo:
                 for list_id in self._initial_lists
             }
             self._processes: dict[int, dict[str, Any]] = {}
+            self._sizes_exclude_blacklisted = False
             self._next_contact_id = 1
             self._next_list_id = max(self._lists, default=0) + 1
             self._next_process_id = 1
@@ -516,6 +517,12 @@ class FakeBrevo:
     def set_latency(self, seconds: float) -> None:
         with self._lock:
             self._latency = max(0.0, float(seconds))
+
+    def set_list_sizes(self, *, exclude_blacklisted: bool) -> None:
+        """Whether a list's totalSubscribers leaves its blacklisted contacts out (the
+        description's examples) or counts every contact in it (the default)."""
+        with self._lock:
+            self._sizes_exclude_blacklisted = bool(exclude_blacklisted)
 
     def set_clock(self, clock: Callable[[], datetime]) -> None:
         """Use ``clock`` (aware datetimes) for modifiedAt and modifiedSince from now on."""
@@ -1366,10 +1373,17 @@ class FakeBrevo:
 
     def _list_summary(self, list_id: int) -> dict[str, Any]:
         stored = self._lists[list_id]
-        members = sum(1 for c in self._contacts.values() if list_id in c["listIds"])
+        members = [c for c in self._contacts.values() if list_id in c["listIds"]]
+        blacklisted = sum(1 for c in members if c["emailBlacklisted"])
+        # The description calls totalSubscribers "contacts in the list"; its examples have
+        # uniqueSubscribers = totalSubscribers + totalBlacklisted, as if the blacklisted
+        # were left out of it. The fake answers the first way unless a test asks for the
+        # second (set_list_sizes), so the audit is tested under both readings.
+        subscribers = len(members) - (blacklisted if self._sizes_exclude_blacklisted else 0)
         return {
             "id": list_id, "name": stored.get("name", f"List {list_id}"), "folderId": 1,
-            "totalBlacklisted": 0, "totalSubscribers": members, "uniqueSubscribers": members,
+            "totalBlacklisted": blacklisted, "totalSubscribers": subscribers,
+            "uniqueSubscribers": len(members),
         }
 
     def _get_list_op(self, list_id: int) -> _Outcome:

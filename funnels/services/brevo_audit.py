@@ -107,11 +107,28 @@ def contact_state(*, contact: dict, list_id: int) -> str:
     return BrevoState.IN_LIST
 
 
+def _list_size(item: dict) -> tuple[int, int]:
+    return int(item.get("totalSubscribers") or 0), int(item.get("totalBlacklisted") or 0)
+
+
+def _size_agrees(result: _ListResult) -> bool:
+    """Whether Brevo's size of the list is ours. The description calls totalSubscribers
+    "contacts in the list", but its examples have uniqueSubscribers = totalSubscribers +
+    totalBlacklisted, as if the blacklisted were left out; either reading is accepted,
+    or a list holding one blacklisted person would be read whole every day. A removal of
+    exactly as many people as are blacklisted passes for the second reading: the weekly
+    whole read finds it."""
+    ours = result.our_count
+    return result.brevo_count == ours or result.brevo_count + result.brevo_blacklisted == ours
+
+
 @dataclass
 class _ListResult:
     list_id: int
     kind: str = BrevoAudit.Kind.INCREMENTAL
     brevo_count: int | None = None
+    # The list's totalBlacklisted, read with its size (see _size_agrees).
+    brevo_blacklisted: int = 0
     our_count: int | None = None
     pages: int = 0
     contacts: int = 0
@@ -129,6 +146,7 @@ class _ListResult:
         # all lists is counted on the audit only.
         return {
             "list_id": self.list_id, "kind": self.kind, "brevo_count": self.brevo_count,
+            "brevo_blacklisted": self.brevo_blacklisted,
             "our_count": self.our_count, "pages": self.pages, "contacts": self.contacts,
             "changed": self.changed, "strangers": self.strangers,
             "known_strangers": self.known_strangers, "error": self.error,
@@ -172,7 +190,8 @@ class _Audit:
             if isinstance(size, BrevoPermanentError):
                 self._fail(funnel, size)
             else:
-                self.results[funnel.slug].brevo_count = size
+                result = self.results[funnel.slug]
+                result.brevo_count, result.brevo_blacklisted = size
                 live.append((funnel, list_id))
         if not live:
             return
@@ -187,7 +206,7 @@ class _Audit:
             result = self.results[funnel.slug]
             result.known_strangers = self._known_strangers(funnel)
             result.our_count = self._our_count(funnel) + result.known_strangers
-            if result.brevo_count == result.our_count:
+            if _size_agrees(result):
                 continue
             logger.info(
                 "brevo audit: list %s holds %s contacts, we expect %s: reading it whole",
@@ -207,17 +226,20 @@ class _Audit:
         except BrevoPermanentError as exc:
             self._fail(funnel, exc)
 
-    def _sizes(self, list_ids: list[int]) -> dict[int, int | BrevoPermanentError]:
-        """Each list's totalSubscribers, or why Brevo would not give it."""
+    def _sizes(
+        self, list_ids: list[int]
+    ) -> dict[int, tuple[int, int] | BrevoPermanentError]:
+        """Each list's (totalSubscribers, totalBlacklisted), or why Brevo would not give
+        them."""
         wanted = set(list_ids)
-        sizes: dict[int, int | BrevoPermanentError] = {}
+        sizes: dict[int, tuple[int, int] | BrevoPermanentError] = {}
         offset = 0
         try:
             while True:
                 page = self._call(lambda: self.client.lists_page(offset=offset, limit=LISTS_MAX))
                 for item in page.lists:
                     if item.get("id") in wanted:
-                        sizes[int(item["id"])] = int(item.get("totalSubscribers") or 0)
+                        sizes[int(item["id"])] = _list_size(item)
                 offset += len(page.lists)
                 missing = len(wanted) - len(sizes)
                 pages_left = -(-(page.count - offset) // LISTS_MAX) if page.lists else 0
@@ -235,7 +257,7 @@ class _Audit:
                 continue
             sizes[list_id] = (
                 BrevoPermanentError(f"list {list_id} does not exist", status=404)
-                if info is None else int(info.get("totalSubscribers") or 0)
+                if info is None else _list_size(info)
             )
         return sizes
 

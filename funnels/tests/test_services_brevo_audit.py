@@ -170,6 +170,48 @@ def test_nothing_changed_costs_one_request_per_list(client_factory, fake_brevo, 
     assert again.lists["language"]["brevo_count"] == again.lists["language"]["our_count"] == 5
 
 
+@pytest.mark.parametrize("exclude_blacklisted", [False, True])
+def test_a_blacklisted_person_keeps_the_idle_audit_incremental(
+    client_factory, fake_brevo, clock, exclude_blacklisted
+):
+    """Whether Brevo counts the blacklisted in totalSubscribers or leaves them out (as its
+    examples suggest), the sizes agree and the lists are not read whole."""
+    fake_brevo.set_list_sizes(exclude_blacklisted=exclude_blacklisted)
+    client = client_factory()
+    synced(client, *PEOPLE)
+    fake_brevo.blacklist(email=_email("clara"))
+    audit(client, T1)
+    assert states()[_email("clara")] == BrevoState.BLACKLISTED
+    before = fake_brevo.request_count
+
+    days = [audit(client, T1 + dt.timedelta(days=d)) for d in (1, 2)]
+
+    assert fake_brevo.request_count - before == 4
+    assert [a.lists["language"]["kind"] for a in days] == ["incremental"] * 2
+    expected = (4, 1) if exclude_blacklisted else (5, 1)
+    assert (days[-1].lists["language"]["brevo_count"],
+            days[-1].lists["language"]["brevo_blacklisted"]) == expected
+    assert days[-1].lists["language"]["our_count"] == 5
+
+
+def test_a_removal_is_still_seen_when_the_blacklisted_are_left_out(
+    client_factory, fake_brevo, clock
+):
+    fake_brevo.set_list_sizes(exclude_blacklisted=True)
+    client = client_factory()
+    synced(client, *PEOPLE)
+    fake_brevo.blacklist(email=_email("clara"))
+    audit(client, T1)
+    fake_brevo.remove_from_list(email=_email("anna"), list_id=LANGUAGE_LIST)
+    fake_brevo.delete_contact(email=_email("denis"))
+
+    again = audit(client, T1 + dt.timedelta(days=1))
+
+    assert again.lists["language"]["kind"] == "full"
+    assert states()[_email("anna")] == BrevoState.MISSING
+    assert states()[_email("denis")] == BrevoState.MISSING
+
+
 def test_known_strangers_keep_the_idle_audit_at_one_request_per_list(
     client_factory, fake_brevo, clock
 ):
