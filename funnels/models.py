@@ -419,6 +419,11 @@ class RecheckRow(models.Model):
     # A digest of the columns the decision reads: a re-read that finds the same digest
     # (and no time-dependent reason) changes nothing and costs nothing more.
     fingerprint = models.CharField(max_length=32)
+    # MODX's own digest of the same columns (funnels/modx/digests.py), read in the statement
+    # that gave `fingerprint`; NULL until known (and always on SQLite). A run compares the
+    # list's count and sum of digests with MODX's in one query, and reads the rows only when
+    # they differ.
+    digest = models.BigIntegerField(null=True, blank=True)
     first_seen_at = models.DateTimeField(_("first seen at"))
     recheck_until = models.DateTimeField(_("recheck until"))
     run = models.ForeignKey(

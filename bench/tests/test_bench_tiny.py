@@ -368,14 +368,18 @@ def test_recheck_read_size_is_the_driver_one():
     assert run.RECHECK_READ_SIZE == modx_reader.RECHECK_READ_SIZE
 
 
-def test_recheck_query_count_grows_only_per_batch():
+def test_recheck_query_count_grows_only_with_a_list_becoming_non_empty():
+    # One digest-sum query on MODX per non-empty list, whatever its size.
     assert recheck_queries_expected(
         baseline=33, before={"test_results": 16}, after={"test_results": 8016, "payments": 2000}
-    ) == 35
+    ) == 34
     assert recheck_queries_expected(
-        baseline=35, before={"test_results": 8016, "payments": 2000},
-        after={"test_results": 10_001, "payments": 1},
-    ) == 37
+        baseline=34, before={"test_results": 8016, "payments": 2000},
+        after={"test_results": 20_000, "payments": 1},
+    ) == 34
+    assert recheck_queries_expected(
+        baseline=34, before={"test_results": 8016, "payments": 2000}, after={"payments": 5},
+    ) == 33
 
 
 def test_idle_audit_target_is_one_request_per_list():

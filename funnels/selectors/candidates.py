@@ -10,7 +10,7 @@ column, so the cost of a run grows with the rows it reads, not with the table:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
@@ -20,6 +20,7 @@ from django.db import connections
 from django.db.models import Max, Min
 
 from funnels.emails import email_check
+from funnels.modx.digests import digest_sql, id_table_param, id_table_sql
 from funnels.modx.models import Test, TestLanguage, TestResult
 
 KIND_LANGUAGE = "language"
@@ -113,21 +114,48 @@ def candidates_by_ids(*, ids: Iterable[int], kinds: KindResolver) -> list[Candid
     return _candidates(rows, kinds=kinds)
 
 
-def candidates_columns_by_ids(*, ids: Iterable[int]) -> list[tuple]:
+def _digest_sql() -> str:
+    q = connections[TestResult.objects.db].ops.quote_name
+    column = {name: q(TestResult._meta.get_field(name).column) for name in _COLUMNS}
+    return digest_sql(
+        numbers=[column["id"], column["test_id"], column["completed_at"]],
+        email=column["email"],
+    )
+
+
+def candidates_columns_by_ids(*, ids: Iterable[int], digest: bool = False) -> list[tuple]:
     """(Id, Email, TestId, Datep) of the results with these ids, as the MODX cursor returns
-    them (no conversion, no objects): what a recheck compares before reading a row whole."""
+    them (no conversion, no objects): what a recheck compares before reading a row whole.
+    `digest` (only where `digests_supported()`): a fifth column, the row's digest
+    (funnels/modx/digests.py), from the same statement."""
     wanted = sorted(set(ids))
     if not wanted:
         return []
     connection = connections[TestResult.objects.db]
     q = connection.ops.quote_name
     columns = ", ".join(q(TestResult._meta.get_field(name).column) for name in _COLUMNS)
+    if digest:
+        columns += ", " + _digest_sql()
     placeholders = ", ".join(["%s"] * len(wanted))
     sql = (f"SELECT {columns} FROM {q(TestResult._meta.db_table)} "
            f"WHERE {q(TestResult._meta.pk.column)} IN ({placeholders})")
     with connection.cursor() as cursor:
         cursor.execute(sql, wanted)
         return cursor.fetchall()
+
+
+def candidates_digest_total(*, ids: Sequence[int]) -> tuple[int, int]:
+    """(how many of these results exist, the sum of their digests): one query returning one
+    row, whatever the number of ids (only where `digests_supported()`)."""
+    connection = connections[TestResult.objects.db]
+    q = connection.ops.quote_name
+    sql = (f"SELECT COUNT(*), SUM({_digest_sql()}) FROM {id_table_sql(alias='w')} "
+           f"JOIN {q(TestResult._meta.db_table)} "
+           f"ON {q(TestResult._meta.pk.column)} = w.wanted_id")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [id_table_param(ids)])
+        count, total = cursor.fetchone()
+    return int(count), int(total or 0)
 
 
 def candidates_stream(

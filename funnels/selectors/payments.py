@@ -26,6 +26,7 @@ from django.db import connections
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from funnels.modx.digests import digest_sql, id_table_param, id_table_sql
 from funnels.modx.models import PAYMENT_STATUS_PAID, CertPayment, CertResult, CertTest, CertUser
 from funnels.routers import MODX_ALIAS
 
@@ -51,25 +52,38 @@ def _column(model, name: str) -> str:
     return model._meta.get_field(name).column
 
 
-def _select_sql() -> str:
-    connection = connections[MODX_ALIAS]
-    q = connection.ops.quote_name
-    p_id = q(_column(CertPayment, "id"))
+def _columns_sql() -> str:
+    q = connections[MODX_ALIAS].ops.quote_name
+    return (
+        f"p.{q(_column(CertPayment, 'id'))}, p.{q(_column(CertPayment, 'result'))}, "
+        f"p.{q(_column(CertPayment, 'status_id'))}, p.{q(_column(CertPayment, 'paid_at'))}, "
+        f"r.{q(_column(CertResult, 'id'))}, u.{q(_column(CertUser, 'id'))}, "
+        f"u.{q(_column(CertUser, 'email'))}, "
+        f"t.{q(_column(CertTest, 'id'))}, t.{q(_column(CertTest, 'type'))}"
+    )
+
+
+def _joins_sql() -> str:
+    """The payment's result, buyer and certificate test, after `... p`."""
+    q = connections[MODX_ALIAS].ops.quote_name
     r_id = q(_column(CertResult, "id"))
     u_id = q(_column(CertUser, "id"))
     t_id = q(_column(CertTest, "id"))
     return (
-        f"SELECT p.{p_id}, p.{q(_column(CertPayment, 'result'))}, "
-        f"p.{q(_column(CertPayment, 'status_id'))}, p.{q(_column(CertPayment, 'paid_at'))}, "
-        f"r.{r_id}, u.{u_id}, u.{q(_column(CertUser, 'email'))}, "
-        f"t.{t_id}, t.{q(_column(CertTest, 'type'))} "
-        f"FROM {q(CertPayment._meta.db_table)} p "
         f"LEFT JOIN {q(CertResult._meta.db_table)} r "
         f"ON r.{r_id} = p.{q(_column(CertPayment, 'result'))} "
         f"LEFT JOIN {q(CertUser._meta.db_table)} u "
         f"ON u.{u_id} = r.{q(_column(CertResult, 'user'))} "
         f"LEFT JOIN {q(CertTest._meta.db_table)} t "
         f"ON t.{t_id} = r.{q(_column(CertResult, 'test'))} "
+    )
+
+
+def _select_sql(*, extra: str = "") -> str:
+    q = connections[MODX_ALIAS].ops.quote_name
+    return (
+        f"SELECT {_columns_sql()}{extra} FROM {q(CertPayment._meta.db_table)} p "
+        + _joins_sql()
     )
 
 
@@ -138,18 +152,55 @@ def payments_by_ids(*, payment_ids: Iterable[int]) -> list[PaymentRow]:
     return _rows(sql, ids)
 
 
-def payments_columns_by_ids(*, payment_ids: Iterable[int]) -> list[tuple]:
+def _digest_sql() -> str:
+    """The payment's digest: the columns `payments_by_ids` reads, and a %s parameter for
+    what else its decision depends on (the certificate types the funnels take)."""
+    q = connections[MODX_ALIAS].ops.quote_name
+    return digest_sql(
+        numbers=[
+            f"p.{q(_column(CertPayment, 'id'))}", f"p.{q(_column(CertPayment, 'result'))}",
+            f"p.{q(_column(CertPayment, 'status_id'))}",
+            f"p.{q(_column(CertPayment, 'paid_at'))}", f"r.{q(_column(CertResult, 'id'))}",
+            f"u.{q(_column(CertUser, 'id'))}", f"t.{q(_column(CertTest, 'id'))}",
+            f"t.{q(_column(CertTest, 'type'))}", "%s",
+        ],
+        email=f"u.{q(_column(CertUser, 'email'))}",
+    )
+
+
+def payments_columns_by_ids(
+    *, payment_ids: Iterable[int], digest_salt: str | None = None
+) -> list[tuple]:
     """The columns `payments_by_ids` reads, as the MODX cursor returns them (no conversion,
-    no objects): what a recheck compares before reading a payment whole."""
+    no objects): what a recheck compares before reading a payment whole. With
+    `digest_salt` (only where `digests_supported()`): a tenth column, the row's digest
+    (funnels/modx/digests.py) with the salt in it, from the same statement."""
     ids = sorted(set(payment_ids))
     if not ids:
         return []
     q = connections[MODX_ALIAS].ops.quote_name
     placeholders = ", ".join(["%s"] * len(ids))
-    sql = _select_sql() + f"WHERE p.{q(_column(CertPayment, 'id'))} IN ({placeholders})"
+    select = _select_sql(extra=f", {_digest_sql()}" if digest_salt is not None else "")
+    params = ids if digest_salt is None else [digest_salt, *ids]
+    sql = select + f"WHERE p.{q(_column(CertPayment, 'id'))} IN ({placeholders})"
     with connections[MODX_ALIAS].cursor() as cursor:
-        cursor.execute(sql, ids)
+        cursor.execute(sql, params)
         return cursor.fetchall()
+
+
+def payments_digest_total(*, payment_ids: Sequence[int], digest_salt: str) -> tuple[int, int]:
+    """(how many of these payments exist, the sum of their digests with `digest_salt`): one
+    query returning one row, whatever the number of ids (only where
+    `digests_supported()`)."""
+    q = connections[MODX_ALIAS].ops.quote_name
+    # The id table drives: each listed id finds its payment by primary key.
+    sql = (f"SELECT COUNT(*), SUM({_digest_sql()}) FROM {id_table_sql(alias='w')} "
+           f"JOIN {q(CertPayment._meta.db_table)} p "
+           f"ON p.{q(_column(CertPayment, 'id'))} = w.wanted_id " + _joins_sql())
+    with connections[MODX_ALIAS].cursor() as cursor:
+        cursor.execute(sql, [digest_salt, id_table_param(payment_ids)])
+        count, total = cursor.fetchone()
+    return int(count), int(total or 0)
 
 
 def paid_payments_for_emails(*, emails: Iterable[str]) -> list[PaymentRow]:

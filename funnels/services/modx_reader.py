@@ -7,7 +7,10 @@ This module owns the rest, in this order:
 
 1. the recheck list (services/recheck.py): rows that waited, re-read by primary key; those
    MODX changed (or whose reason the clock may lift) are decided again, like new rows;
-   rows gone from MODX, and rows whose period is over, leave the list;
+   rows gone from MODX, and rows whose period is over, leave the list. Where MODX's
+   database computes digests (funnels/modx/digests.py), one query first asks it for the
+   count and digest sum of the listed rows: equal to the list's own, nothing changed and
+   no row is read one by one;
 2. the watermark's gaps (services/watermarks.py): ids passed without a row, re-read by
    primary key; rows that have appeared are handled like new ones;
 3. new rows above the watermark, a chunk at a time, until MODX has nothing newer.
@@ -34,12 +37,15 @@ from django.utils import timezone
 from funnels.locks import RunLock
 from funnels.models import SyncRun, SyncRunItem
 from funnels.selectors.funnels import WatermarkState, watermark_state_get
+from funnels.modx.digests import digests_supported
 from funnels.services.recheck import (
     RecheckChanges,
     RecheckList,
     Waiting,
+    recheck_digests_save,
     recheck_list_load,
     recheck_save,
+    recheck_summary_load,
 )
 from funnels.services.watermarks import (
     WatermarkMove,
@@ -70,10 +76,17 @@ class ModxSource(Protocol):
 
     def read_by_ids(self, *, ids: Sequence[int]) -> list[Any]: ...
 
-    def fingerprints_by_ids(self, *, ids: Sequence[int]) -> dict[int, str]:
-        """The fingerprint of each row with these ids that exists now: the decision's
-        columns as MODX returns them, no objects built (equal to `fingerprint` of the same
-        row read whole)."""
+    def light_by_ids(
+        self, *, ids: Sequence[int], digest: bool
+    ) -> dict[int, tuple[str, int | None]]:
+        """(fingerprint, digest) of each row with these ids that exists now: the decision's
+        columns as MODX returns them, no objects built (the fingerprint equal to
+        `fingerprint` of the same row read whole); the digest from the same statement when
+        `digest`, else None."""
+
+    def digest_total(self, *, ids: Sequence[int]) -> tuple[int, int]:
+        """(rows with these ids that exist, the sum of their digests): one query, one row
+        back (only where digests are supported)."""
 
     def row_id(self, row: Any) -> int: ...
 
@@ -114,45 +127,125 @@ class ModxReader:
         self.chunk_size = chunk_size
         self.lock = lock
         self.result = ReadResult()
-        self.list: RecheckList = recheck_list_load(
-            source=source.key,
-            period=dt.timedelta(days=settings.FUNNELS_RECHECK_DAYS),
-            limit=settings.FUNNELS_RECHECK_MAX_ROWS,
-            clock_reasons=source.clock_reasons,
-            now=now,
-        )
+        self.digests = digests_supported()
+        # Loaded when first needed: a run whose waiting rows MODX did not change, none of
+        # them due for a decision, never builds the list (recheck).
+        self._list: RecheckList | None = None
+        self._waiting = 0
+
+    def waiting_now(self) -> int:
+        return len(self._list.rows) if self._list is not None else self._waiting
+
+    @property
+    def list(self) -> RecheckList:
+        if self._list is None:
+            self._list = recheck_list_load(
+                source=self.source.key,
+                period=dt.timedelta(days=settings.FUNNELS_RECHECK_DAYS),
+                limit=settings.FUNNELS_RECHECK_MAX_ROWS,
+                clock_reasons=self.source.clock_reasons,
+                now=self.now,
+            )
+        return self._list
 
     # -- passes -----------------------------------------------------------------------
 
     def recheck(self) -> None:
-        """Waiting rows whose columns MODX has not changed, and whose reason the clock
-        cannot lift, stay as they are: a first, light read (their fingerprints only) finds
-        the others, and only those are read whole and decided again. With 10,000 rows
-        waiting and none changed, building and comparing whole rows was most of an idle
-        run's time."""
+        """Every waiting row is read back by primary key. Rows whose columns MODX has not
+        changed, and whose reason the clock cannot lift, stay as they are; only the others
+        are read whole and decided again.
+
+        Where MODX computes digests, the list's ids, digests and flags are read (not the
+        whole list), and one query asks MODX for the count and digest sum of those rows:
+        when both match, nothing changed, and only rows the clock may decide or whose
+        period is over go further. Otherwise (a difference, digests not known yet, or no
+        digests on this database) a light read of the decision's columns finds the changed
+        rows by fingerprint, and stores the digests it read with them. With 10,000 rows
+        waiting, the light read and its fingerprints were most of an idle run's time."""
+        summary = recheck_summary_load(
+            source=self.source.key, clock_reasons=self.source.clock_reasons, now=self.now
+        )
+        self._waiting = len(summary.ids)
+        if not summary.ids:
+            # Nothing waits: the list is known to be empty, no need to read it again.
+            self._list = RecheckList(
+                source=self.source.key, rows={},
+                period=dt.timedelta(days=settings.FUNNELS_RECHECK_DAYS),
+                limit=settings.FUNNELS_RECHECK_MAX_ROWS,
+                clock_reasons=self.source.clock_reasons,
+            )
+            return
+        if self.digests and not summary.unknown:
+            found, total = self.source.digest_total(ids=summary.ids)
+            if (found, total) == (len(summary.ids), summary.total):
+                self.result.rows_rechecked += found
+                if summary.attention:
+                    clock = [i for i in summary.ids if self.list.rows[i].clock]
+                    self._decide_again(batch=summary.ids, found=summary.ids, stale=clock)
+                return
         ids = self.list.ids()
         for start in range(0, len(ids), RECHECK_READ_SIZE):
             batch = ids[start:start + RECHECK_READ_SIZE]
-            prints = self.source.fingerprints_by_ids(ids=batch)
-            self.result.rows_rechecked += len(prints)
+            light = self.source.light_by_ids(ids=batch, digest=self.digests)
+            self.result.rows_rechecked += len(light)
             stale = [
-                modx_id for modx_id, fingerprint in prints.items()
+                modx_id for modx_id, (fingerprint, _) in light.items()
                 if self.list.needs_decision(modx_id=modx_id, fingerprint=fingerprint)
             ]
-            changed = self.source.read_by_ids(ids=stale) if stale else []
-            changed_ids = {self.source.row_id(row) for row in changed}
-            parts = _parts(changed, self.chunk_size)
-            for number, part in enumerate(parts, start=1):
-                drops = None
-                if number == len(parts):
-                    # Gone from MODX, or unchanged and past its period: off the list with
-                    # the batch's last part. A row that vanished between the two reads is
-                    # still waiting here; the next run finds it gone.
-                    drops = self.list.plan_drops(
-                        read_ids=batch, found_ids=prints,
-                        still_waiting=[i for i in prints if i not in changed_ids], now=self.now,
-                    )
-                self.commit(part, move=None, drops=drops, rechecked=True)
+            self._decide_again(
+                batch=batch, found=list(light), stale=stale, digests=self._digests_read(light)
+            )
+
+    def _digests_read(self, light: dict[int, tuple[str, int | None]]) -> dict[int, int]:
+        """Digests to store: read with the fingerprint the list holds (so they describe the
+        row as it was decided), and not stored yet."""
+        rows = self.list.rows
+        return {
+            modx_id: digest for modx_id, (fingerprint, digest) in light.items()
+            if digest is not None and modx_id in rows
+            and rows[modx_id].fingerprint == fingerprint and rows[modx_id].digest != digest
+        }
+
+    def _decide_again(
+        self, *, batch: list[int], found: list[int], stale: list[int],
+        digests: dict[int, int] | None = None,
+    ) -> None:
+        """Read `stale` whole and decide them like new rows; rows of `batch` not `found`
+        leave the list, and so do unchanged ones whose period is over."""
+        changed = self.source.read_by_ids(ids=stale) if stale else []
+        changed_ids = {self.source.row_id(row) for row in changed}
+        parts = _parts(changed, self.chunk_size)
+        for number, part in enumerate(parts, start=1):
+            drops = None
+            if number == len(parts):
+                # Gone from MODX, or unchanged and past its period: off the list with the
+                # batch's last part. A row that vanished between the two reads is still
+                # waiting here; the next run finds it gone.
+                drops = self.list.plan_drops(
+                    read_ids=batch, found_ids=found,
+                    still_waiting=[i for i in found if i not in changed_ids], now=self.now,
+                )
+            self.commit(part, move=None, drops=drops, rechecked=True,
+                        digests=digests if number == len(parts) else None)
+
+    def digests_fill(self) -> None:
+        """Digests for rows this run put on the list (read whole, no digest): read lightly
+        once more, kept where the fingerprint is still the one decided on, so that the next
+        idle run can compare sums. Live runs only; nothing when no row lacks one."""
+        if not self.digests or self.dry_run or self._list is None:
+            return
+        missing = sorted(i for i, w in self._list.rows.items() if w.digest is None)
+        for start in range(0, len(missing), RECHECK_READ_SIZE):
+            batch = missing[start:start + RECHECK_READ_SIZE]
+            digests = self._digests_read(self.source.light_by_ids(ids=batch, digest=True))
+            if not digests:
+                continue
+            with transaction.atomic():
+                recheck_digests_save(source=self.source.key, digests=digests)
+                if self.lock is not None:
+                    self.lock.check()
+            for modx_id, digest in digests.items():
+                self._list.rows[modx_id].digest = digest
 
     def gaps(self, state: WatermarkState) -> WatermarkState:
         grace = dt.timedelta(minutes=settings.FUNNELS_WATERMARK_GAP_GRACE_MINUTES)
@@ -195,7 +288,7 @@ class ModxReader:
 
     def commit(
         self, rows: list, *, move: WatermarkMove | None, drops: RecheckChanges | None = None,
-        rechecked: bool = False,
+        rechecked: bool = False, digests: dict[int, int] | None = None,
     ) -> None:
         source = self.source
         decided: list = []
@@ -223,20 +316,30 @@ class ModxReader:
             changes.vanished += drops.vanished
         self.list.bound(changes)
         items = self._items(changes)
+        # A row that leaves the list or changes on it keeps no digest from this read.
+        digests = {
+            modx_id: digest for modx_id, digest in (digests or {}).items()
+            if modx_id not in changes.remove and modx_id not in changes.upsert
+        }
         # A waiting row decided again only because the clock may have lifted its reason,
         # and still waiting for the same reason, was not "read" in any useful sense.
         self.result.rows_read += (
             len(decided) + len(changes.upsert) if rechecked else len(rows)
         )
         if self.dry_run:
-            source.apply(decided)
-            SyncRunItem.objects.bulk_create(items, batch_size=1000)
-        else:
-            with transaction.atomic():
+            if decided:
                 source.apply(decided)
+            SyncRunItem.objects.bulk_create(items, batch_size=1000)
+        elif decided or changes.changed or items or digests or move is not None:
+            # (With nothing to write, no transaction and no lock check: an idle re-read.)
+            with transaction.atomic():
+                if decided:
+                    source.apply(decided)
                 if changes.changed:
                     recheck_save(source=source.key, changes=changes, run=self.run,
                                  now=self.now)
+                if digests:
+                    recheck_digests_save(source=source.key, digests=digests)
                 SyncRunItem.objects.bulk_create(items, batch_size=1000)
                 if move is not None and not watermark_save(
                     move=move, run=self.run, stamp=self.now
@@ -247,6 +350,9 @@ class ModxReader:
                 if self.lock is not None:
                     self.lock.check()
         self.list.apply(changes)
+        if not self.dry_run:
+            for modx_id, digest in digests.items():
+                self.list.rows[modx_id].digest = digest
         self._count(changes)
         if rows and self.progress is not None:
             # The run's counters and heartbeat move with every chunk of rows (an idle
@@ -336,6 +442,7 @@ def modx_source_read(
     # Rows committed late below the watermark before new ones: they are older.
     state = reader.gaps(state)
     state = reader.new_rows(state)
+    reader.digests_fill()
     reader.result.last_id = state.last_id
-    reader.result.waiting_now = len(reader.list.rows)
+    reader.result.waiting_now = reader.waiting_now()
     return reader.result

@@ -55,6 +55,7 @@ from funnels.selectors.payments import (
     payments_after,
     payments_by_ids,
     payments_columns_by_ids,
+    payments_digest_total,
 )
 from funnels.selectors.purchases import funnel_entries_for_payments
 from funnels.services.modx_reader import ReadResult, modx_source_read
@@ -194,19 +195,31 @@ class _PurchaseRun:
             self.types_known,
         )
 
-    def fingerprints_by_ids(self, *, ids) -> dict[int, str]:
-        # The same columns as `fingerprint`, from the same query, before conversion.
+    def light_by_ids(self, *, ids, digest: bool) -> dict[int, tuple[str, int | None]]:
+        # The same columns as `fingerprint`, from the same query, before conversion; the
+        # digest holds the funnels' certificate types too, as the fingerprint does.
         return {
-            int(payment_id): fingerprint_of(
-                result_ref, status_id, modx_time_text(paid_at), result_id is not None,
-                user_id is not None, cert_test_id is not None, email, cert_type,
-                self.types_known,
+            int(payment_id): (
+                fingerprint_of(
+                    result_ref, status_id, modx_time_text(paid_at), result_id is not None,
+                    user_id is not None, cert_test_id is not None, email, cert_type,
+                    self.types_known,
+                ),
+                int(row_digest[0]) if digest else None,
             )
             for (
                 payment_id, result_ref, status_id, paid_at,
-                result_id, user_id, email, cert_test_id, cert_type,
-            ) in payments_columns_by_ids(payment_ids=ids)
+                result_id, user_id, email, cert_test_id, cert_type, *row_digest,
+            ) in payments_columns_by_ids(
+                payment_ids=ids, digest_salt=self.types_known if digest else None
+            )
         }
+
+    def fingerprints_by_ids(self, *, ids) -> dict[int, str]:
+        return {i: fp for i, (fp, _) in self.light_by_ids(ids=ids, digest=False).items()}
+
+    def digest_total(self, *, ids) -> tuple[int, int]:
+        return payments_digest_total(payment_ids=ids, digest_salt=self.types_known)
 
     def waiting(self, row: PaymentRow) -> Waiting | None:
         payment = payment_classify(row, self.funnels_by_type)

@@ -30,6 +30,7 @@ from funnels.selectors.candidates import (
     KindResolver,
     candidates_by_ids,
     candidates_columns_by_ids,
+    candidates_digest_total,
     candidates_chunk,
     candidates_start_id,
 )
@@ -105,11 +106,22 @@ class ResultSource:
     def fingerprint(self, row: Candidate) -> str:
         return fingerprint_of(row.raw_email, row.test_id, modx_time_text(row.completed_at))
 
-    def fingerprints_by_ids(self, *, ids: Sequence[int]) -> dict[int, str]:
+    def light_by_ids(
+        self, *, ids: Sequence[int], digest: bool
+    ) -> dict[int, tuple[str, int | None]]:
         return {
-            result_id: fingerprint_of(email, test_id, modx_time_text(completed_at))
-            for result_id, email, test_id, completed_at in candidates_columns_by_ids(ids=ids)
+            row[0]: (
+                fingerprint_of(row[1], row[2], modx_time_text(row[3])),
+                int(row[4]) if digest else None,
+            )
+            for row in candidates_columns_by_ids(ids=ids, digest=digest)
         }
+
+    def fingerprints_by_ids(self, *, ids: Sequence[int]) -> dict[int, str]:
+        return {i: fp for i, (fp, _) in self.light_by_ids(ids=ids, digest=False).items()}
+
+    def digest_total(self, *, ids: Sequence[int]) -> tuple[int, int]:
+        return candidates_digest_total(ids=ids)
 
     def waiting(self, row: Candidate) -> Waiting | None:
         return candidate_waiting(row, now=self.now, skew=self.skew)

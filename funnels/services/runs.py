@@ -20,6 +20,7 @@ A dry run does every read and writes only its own run row and plan items.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -49,6 +50,10 @@ from funnels.services.runtime import run_mode_resolve
 from funnels.services.schedule import run_record_paused, schedule_pause_blocks
 
 logger = logging.getLogger("funnels.sync")
+
+# How long a run's row may go without a new heartbeat when nothing on it changed (see
+# _Run.heartbeat); far below anything that judges a run by it (twice the schedule).
+HEARTBEAT_QUIET = timedelta(seconds=10)
 
 
 class RunBusy(Exception):
@@ -129,10 +134,28 @@ class _Run:
         self.skipped_by_reason: Counter = Counter()
         self.waiting_by_reason: Counter = Counter()
         self.entered_emails: frozenset[str] = frozenset()
+        # The run's fields as its row holds them (it was just created): what a heartbeat
+        # need not write again.
+        self.saved: dict[str, object] = {
+            f.attname: copy.deepcopy(getattr(run, f.attname))
+            for f in SyncRun._meta.concrete_fields
+        }
 
     def heartbeat(self, *fields: str) -> None:
-        self.run.heartbeat_at = self.clock()
+        """Stamp the run's row as alive, with `fields` (its counters) as they are now. A
+        phase that changed none of them, ending within HEARTBEAT_QUIET of the last write,
+        writes nothing: in a run with nothing to do, each such UPDATE (a commit, a log
+        flush) cost more than the phase's own reads, and the final save writes every
+        field anyway."""
+        stamp = self.clock()
+        values = {name: copy.deepcopy(getattr(self.run, name)) for name in fields}
+        if stamp - self.run.heartbeat_at < HEARTBEAT_QUIET and all(
+            name in self.saved and self.saved[name] == value for name, value in values.items()
+        ):
+            return
+        self.run.heartbeat_at = stamp
         self.run.save(update_fields=["heartbeat_at", *fields])
+        self.saved.update(values)
 
     def results_phase(self, funnels: list[Funnel]) -> None:
         run = self.run

@@ -10,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from funnels.models import FunnelEntry, RecheckRow, SyncRun, SyncRunItem
 from funnels.modx import models as modx
+from funnels.modx.digests import digests_supported
 from funnels.services.recheck import RecheckList, Waiter, Waiting
 from funnels.tests.factories import (
     CertPaymentFactory,
@@ -180,9 +181,11 @@ def test_a_dry_run_reads_the_list_and_writes_none_of_it(world, client_factory, n
     row = modx_result(None, OTHER_TEST)
     later_run(client_factory, now, 15)
     modx_set(row, email="fixed@example.com")
+    stored = RecheckRow.objects.values_list("fingerprint", "digest").get()
     dry = later_run(client_factory, now, 30, dry_run=True)
     assert dry.entries_added == 1  # "would add"
     assert waiting() == {row.id: "empty_email"}
+    assert RecheckRow.objects.values_list("fingerprint", "digest").get() == stored
     assert not FunnelEntry.objects.filter(user_id=row.id).exists()
     assert later_run(client_factory, now, 45).entries_added == 1
 
@@ -242,29 +245,40 @@ def test_the_light_read_and_the_whole_read_give_one_fingerprint(configured, now)
     assert len(set(whole.values())) == 3
 
 
-def test_an_idle_run_reads_unchanged_waiting_rows_only_lightly(world, client_factory, now):
-    """Nothing changed: each waiting row is read once, lightly, and none whole; one row
-    changed: it alone is read a second time, whole, and entered."""
+def _reads_by_id(queries, table):
+    """How often each MODX id was asked for by primary key: in an IN list, or in the JSON
+    array of ids an idle run's sum check sends (funnels/modx/digests.py)."""
     import re
 
+    reads = {}
+    for query in queries:
+        if table not in query["sql"]:
+            continue
+        lists = re.findall(r"IN \(([\d, ]+)\)", query["sql"])
+        lists += re.findall(r"JSON_TABLE\('\[([\d, ]+)\]'", query["sql"])
+        for listed in lists:
+            for modx_id in map(int, listed.split(", ")):
+                reads[modx_id] = reads.get(modx_id, 0) + 1
+    return reads
+
+
+def test_an_idle_run_reads_unchanged_waiting_rows_only_lightly(world, client_factory, now):
+    """Nothing changed: each waiting row is read back once by primary key (on MariaDB in
+    the sum check, one row back for the list; on SQLite lightly, row by row), and none
+    whole. One row changed: it alone is read whole as well, and entered (on MariaDB, the
+    differing sum makes the run read the list lightly too, to find which row)."""
     for n in range(20):
         modx_result(f"bad{n}@", OTHER_TEST)
     later_run(client_factory, now, 15)
     waiting_ids = set(waiting())
     assert len(waiting_ids) == 20
+    summed = 1 if digests_supported() else 0
 
     def reads_per_waiting_row(minutes):
         with CaptureQueriesContext(connections["modx"]) as theirs:
             run = later_run(client_factory, now, minutes)
-        reads = {modx_id: 0 for modx_id in waiting_ids}
-        for query in theirs.captured_queries:
-            if "simpletest_users" not in query["sql"]:
-                continue
-            for listed in re.findall(r"IN \(([\d, ]+)\)", query["sql"]):
-                for modx_id in map(int, listed.split(", ")):
-                    if modx_id in reads:
-                        reads[modx_id] += 1
-        return run, reads
+        reads = _reads_by_id(theirs.captured_queries, "simpletest_users")
+        return run, {modx_id: reads.get(modx_id, 0) for modx_id in waiting_ids}
 
     run, reads = reads_per_waiting_row(30)
     assert (run.results_read, run.entries_added) == (0, 0)
@@ -273,9 +287,126 @@ def test_an_idle_run_reads_unchanged_waiting_rows_only_lightly(world, client_fac
     modx_set(modx.TestResult(pk=fixed), email="fixed@example.com")
     run, reads = reads_per_waiting_row(45)
     assert (run.results_read, run.entries_added) == (1, 1)
-    assert reads.pop(fixed) == 2
-    assert set(reads.values()) == {1}
+    assert reads.pop(fixed) == 2 + summed
+    assert set(reads.values()) == {1 + summed}
     assert set(waiting()) == waiting_ids - {fixed}
+
+
+def test_an_idle_run_asks_modx_for_one_sum_per_list_and_reads_no_row(
+    world, client_factory, now
+):
+    """The run that puts rows on the list stores MODX's digest of each; the next run with
+    nothing changed sends the ids once, gets one row (count and sum) back per list, and
+    writes nothing."""
+    if not digests_supported():
+        pytest.skip("MODX's database computes no digests (SQLite): rows are read lightly")
+    for n in range(30):
+        modx_result(f"bad{n}@", OTHER_TEST)
+    _payment(email="broken@", at=now - MINUTE)
+    later_run(client_factory, now, 15)
+    stored = list(RecheckRow.objects.values_list("digest", flat=True))
+    assert len(stored) == 31 and None not in stored
+    with CaptureQueriesContext(connections["modx"]) as theirs, \
+            CaptureQueriesContext(connections["default"]) as ours:
+        run = later_run(client_factory, now, 30)
+    assert run.results_read == 0
+    rechecks = [q["sql"] for q in theirs.captured_queries if "JSON_TABLE" in q["sql"]]
+    assert len(rechecks) == 2
+    assert all(sql.startswith("SELECT COUNT(*), SUM(CRC32(") for sql in rechecks)
+    # Each listed row asked for once, in the sum check (no light read by an IN list), and
+    # nothing written to the list.
+    for table, source in (("simpletest_users", "test_results"), ("modx_cert_payment", "payments")):
+        reads = _reads_by_id(theirs.captured_queries, table)
+        assert {reads.get(modx_id) for modx_id in waiting(source)} == {1}
+    assert not [q for q in ours.captured_queries
+                if "funnels_recheckrow" in q["sql"] and not q["sql"].startswith("SELECT")]
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        ({"email": "bad@"}, {"email": "BAD@"}),
+        ({"email": "bad@"}, {"email": "bad@ "}),
+        ({"email": None}, {"email": ""}),
+        ({"email": "bad@", "completed_at": "now"}, {"completed_at": "a second later"}),
+        ({"email": "bad@", "test_id": None}, {"test_id": OTHER_TEST}),
+    ],
+    ids=["case of the email", "trailing space", "NULL to empty", "time by a second",
+         "test id set"],
+)
+def test_every_change_of_a_waiting_row_is_noticed(
+    world, client_factory, now, before, after
+):
+    """Changes a collation would call equal, NULL against empty, a second's difference:
+    the next run reads the row again and keeps what it read (on MariaDB this is the sum
+    check noticing the change)."""
+    from funnels.selectors.candidates import candidates_columns_by_ids
+
+    times = {"now": now - MINUTE, "a second later": now - MINUTE + dt.timedelta(seconds=1)}
+
+    def fields(values):
+        return {k: times.get(v, v) if k == "completed_at" else v for k, v in values.items()}
+
+    row = modx_result(**{"email": "bad@", "test_id": OTHER_TEST, **fields(before)})
+    later_run(client_factory, now, 15)
+    first = RecheckRow.objects.get(modx_id=row.id)
+    modx_set(row, **fields(after))
+    later_run(client_factory, now, 30)
+    now_waiting = RecheckRow.objects.get(modx_id=row.id)
+    source = _results_source(now)
+    assert now_waiting.fingerprint == source.fingerprints_by_ids(ids=[row.id])[row.id]
+    if before == {"email": None}:
+        # The fingerprint takes NULL and '' alike (nothing to decide again); the digest
+        # does not, and is brought up to date.
+        assert now_waiting.fingerprint == first.fingerprint
+    else:
+        assert now_waiting.fingerprint != first.fingerprint
+    if digests_supported():
+        (*_, digest), = candidates_columns_by_ids(ids=[row.id], digest=True)
+        assert (now_waiting.digest, first.digest != digest) == (digest, True)
+        # ... and the run after that finds the sums equal again.
+        with CaptureQueriesContext(connections["modx"]) as theirs:
+            later_run(client_factory, now, 45)
+        assert _reads_by_id(theirs.captured_queries, "simpletest_users")[row.id] == 1
+
+
+def test_two_waiting_rows_that_swap_values_are_both_noticed(world, client_factory, now):
+    a = modx_result("first@", OTHER_TEST)
+    b = modx_result("second@", OTHER_TEST)
+    later_run(client_factory, now, 15)
+    before = dict(RecheckRow.objects.values_list("modx_id", "fingerprint"))
+    modx_set(a, email="second@")
+    modx_set(b, email="first@")
+    later_run(client_factory, now, 30)
+    after = dict(RecheckRow.objects.values_list("modx_id", "fingerprint"))
+    assert after == {a.id: before[b.id], b.id: before[a.id]}
+
+
+def test_an_unchanged_row_is_dropped_at_the_end_of_its_period(
+    world, client_factory, now, settings
+):
+    """A reason the clock cannot lift, nothing changed in MODX: the row still leaves the
+    list when its period is over (on MariaDB, with the sums equal)."""
+    settings.FUNNELS_RECHECK_DAYS = 30
+    row = modx_result("person@example.com", None)
+    other = modx_result("", OTHER_TEST)
+    later_run(client_factory, now, 15)
+    assert later_run(client_factory, now, 30 * 24 * 60).skipped_by_reason == {}
+    with modx_writes_allowed():
+        modx.TestResult.objects.using("modx").filter(pk=other.pk).delete()
+    modx_result("late@", OTHER_TEST)  # put on the list now: it stays
+    dropped = later_run(client_factory, now, 30 * 24 * 60 + 15)
+    assert dropped.skipped_by_reason == {"recheck_expired": 1}
+    item = SyncRunItem.objects.get(run=dropped, reason="recheck_expired")
+    assert (item.source_id, item.detail.endswith("no_test_id")) == (row.id, True)
+    assert list(waiting().values()) == ["invalid_email"]
+
+
+def _results_source(now):
+    from funnels.services.results import ResultSource
+
+    return ResultSource(run=SyncRun(dry_run=True), planner=None, guard=None, now=now,
+                        since=now.date())
 
 
 # --- payments ----------------------------------------------------------------------------

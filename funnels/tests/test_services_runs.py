@@ -96,6 +96,57 @@ def test_a_run_with_nothing_new_does_nothing_and_calls_nobody(
     assert FunnelEntry.objects.count() == 1
 
 
+def _run_row_writes(queries):
+    return [q["sql"] for q in queries
+            if q["sql"].startswith(("INSERT INTO", "UPDATE")) and "funnels_syncrun\"" in
+            q["sql"].replace("`", '"').split(" SET ")[0].split(" (")[0]]
+
+
+def test_an_idle_run_writes_its_row_twice_a_busy_one_after_each_phase(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    """A phase that changed none of the run's counters leaves its row alone (each UPDATE is
+    a commit); the row is still written when the run starts and when it ends, and after
+    any phase that counted something."""
+    modx_result("anna@example.com")
+    run_live(client_factory, now=now)
+    with CaptureQueriesContext(connections["default"]) as ours:
+        idle = run_live(client_factory, now=now + dt.timedelta(minutes=15))
+    assert len(_run_row_writes(ours.captured_queries)) == 2  # the INSERT, the final save
+    idle.refresh_from_db()
+    assert idle.status == SyncRun.Status.SUCCESS and idle.heartbeat_at == idle.finished_at
+
+    modx_result("boris@example.com", OTHER_TEST)
+    with CaptureQueriesContext(connections["default"]) as ours:
+        busy = run_live(client_factory, now=now + dt.timedelta(minutes=30))
+    assert busy.entries_added == 1
+    writes = _run_row_writes(ours.captured_queries)
+    # The INSERT, the chunk's progress (entries added: the end of the results phase has
+    # nothing newer to say), the end of the outbox (contacts sent), the final save; the
+    # purchases phase counted nothing.
+    assert len(writes) == 4
+    assert "entries_added" in writes[1] and "contacts_sent" in writes[2]
+
+
+def test_a_long_quiet_phase_still_stamps_the_heartbeat(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    """Unchanged counters are skipped only within HEARTBEAT_QUIET of the last write: a run
+    that spends longer than that stamps its heartbeat at the end of each phase."""
+    from funnels.services.runs import HEARTBEAT_QUIET
+
+    ticks = iter(range(1000))
+
+    def slow_clock():
+        return now + next(ticks) * (HEARTBEAT_QUIET + dt.timedelta(seconds=1))
+
+    modx_result("anna@example.com")
+    run_live(client_factory, now=now)
+    with CaptureQueriesContext(connections["default"]) as ours:
+        run_live(client_factory, now=now + dt.timedelta(minutes=15), clock=slow_clock)
+    assert len(_run_row_writes(ours.captured_queries)) == 5
+
+
 def test_a_backlog_of_any_size_is_worked_off_in_one_run(
     configured, live_settings, client_factory, fake_brevo, now
 ):
