@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import zoneinfo
 from pathlib import Path
 
 import pytest
@@ -332,6 +333,15 @@ def test_adoption_sets_the_table_aside_migrates_and_loses_no_row(same_schema, tm
         same_schema, "SELECT id, previous_entered_at FROM funnel_entries"
     )) == {2: dt.datetime(2024, 2, 1, 6, 0), 3: None, 5: None, 6: None, 9: None, 10: None,
            11: None}
+    # The report's rollup will count the adopted entries' days again (Moscow days).
+    moscow = zoneinfo.ZoneInfo("Europe/Moscow")
+    adopted_days = {
+        (at.replace(tzinfo=dt.timezone.utc).astimezone(moscow).date() - dt.date(1970, 1, 1)).days
+        for (at,) in mariadb_query(same_schema, "SELECT entered_at FROM funnel_entries")
+    }
+    assert {day for (day,) in mariadb_query(
+        same_schema, "SELECT day FROM report_rollup_dirty"
+    )} == adopted_days
 
     # No row lost: every legacy id maps to exactly one entry, itself or its survivor.
     survivors = {
