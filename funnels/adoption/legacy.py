@@ -43,7 +43,7 @@ from funnels.models import FunnelEntry, SyncStatus
 from funnels.modx.models import TestResult
 from funnels.selectors.candidates import KIND_LANGUAGE, KIND_NON_LANGUAGE, KindResolver
 from funnels.services.entries import entries_previous_refresh
-from funnels.services.report_rollup import report_days_dirty_mark
+from funnels.services.report_rollup import report_days_dirty_mark, report_rollup_refresh
 from funnels.routers import MODX_ALIAS
 
 LEGACY_TABLE = "funnel_entries"
@@ -781,6 +781,9 @@ def legacy_entries_adopt(
             plan=report.plan, now=now, resync=resync
         )
         new_keys = report.created
+        # The report's rollup counts every entry, the adopted ones included: the runs keep
+        # it from here (services/report_rollup.py).
+        report_rollup_refresh(rebuild=True)
     new = [g for g in report.plan.groups if g.key in new_keys]
     report.adopted = len(new)
     report.already_present = len(report.plan.groups) - report.adopted
