@@ -51,7 +51,7 @@ class RefreshResult:
     built: bool  # False: the rollup was never built, nothing kept
     full: bool = False
     days: int = 0  # local days recounted (0 on a full rebuild)
-    rows: int = 0  # rollup rows after the refresh
+    rows: int = 0  # rollup rows after a full rebuild (0 after a refresh of some days)
 
 
 def site_zone() -> zoneinfo.ZoneInfo:
@@ -112,7 +112,8 @@ def report_rollup_refresh(*, rebuild: bool = False) -> RefreshResult:
             ReportRollupDirty.objects.filter(day__in=dirty).delete()
         return RefreshResult(
             built=True, full=full, days=0 if full else len(dirty),
-            rows=ReportRollup.objects.count(),
+            # Counted after a rebuild only: a run's refresh need not read the table.
+            rows=ReportRollup.objects.count() if full else 0,
         )
 
 

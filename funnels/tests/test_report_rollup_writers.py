@@ -13,7 +13,11 @@ from funnels.selectors.outbox import outbox_due_chunk
 from funnels.services.entries import ChunkOutcome, entries_previous_refresh, entries_write
 from funnels.services.entry_sync import entries_mark_synced
 from funnels.services.purchase_writes import entries_purchase_write
-from funnels.services.report_rollup import day_number, report_rollup_refresh
+from funnels.services.report_rollup import (
+    day_number,
+    report_days_dirty_mark,
+    report_rollup_refresh,
+)
 from funnels.tests.factories import FunnelEntryFactory, SyncRunFactory
 
 UTC = dt.timezone.utc
@@ -31,8 +35,6 @@ def dirty() -> set[int]:
 @pytest.fixture
 def clean(db, settings):
     settings.TIME_ZONE = "Europe/Moscow"
-    yield
-    # (nothing: each test's transaction is rolled back)
 
 
 @pytest.mark.django_db
@@ -85,8 +87,6 @@ def test_a_refresh_recounts_only_the_dirty_days_and_clears_them(clean):
     assert list(ReportRollup.objects.values_list("day", "entries")) == [(EARLY_DAY, 1)]
     entry = FunnelEntryFactory(entered_at=LATE)
     # Created by the factory (not a writer of the job): marked here as entries_write does.
-    from funnels.services.report_rollup import report_days_dirty_mark
-
     report_days_dirty_mark(times=[entry.entered_at])
     result = report_rollup_refresh()
     assert (result.full, result.days) == (False, 1)
