@@ -40,6 +40,8 @@ MAX_WINDOW_DAYS = 365
 # Beyond this many dirty days one pass over the whole table is cheaper than one range per
 # day (the backfill's first confirmations touch every day of the year).
 FULL_REBUILD_DAYS = 60
+# The recount's in-memory grouping on MariaDB (see _recount).
+_GROUPING_MEMORY = 64 * 1024 * 1024
 # Rollup phases (reports/lift.py's).
 PHASE_AFTER_OR_NONE = 0
 PHASE_BEFORE_START = 1
@@ -186,4 +188,22 @@ def _recount(*, zone: dt.tzinfo, days: list[int] | None) -> None:
         f"SELECT {keys}, COUNT(*) FROM (" + inner + f") counted GROUP BY {keys}"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql.text, sql.params)
+        if connection.vendor != "mysql":
+            cursor.execute(sql.text, sql.params)
+            return
+        # MariaDB groups in an in-memory temporary table up to 16 MiB by default, then
+        # copies it to disk: a year of a million entries (75,000 groups) took 6 s that
+        # way and 2 s with the table in memory. Raised for this statement only.
+        cursor.execute("SELECT @@SESSION.tmp_table_size, @@SESSION.max_heap_table_size")
+        before = cursor.fetchone()
+        cursor.execute(
+            "SET SESSION tmp_table_size = GREATEST(@@SESSION.tmp_table_size, %s), "
+            "max_heap_table_size = GREATEST(@@SESSION.max_heap_table_size, %s)",
+            [_GROUPING_MEMORY, _GROUPING_MEMORY],
+        )
+        try:
+            cursor.execute(sql.text, sql.params)
+        finally:
+            cursor.execute(
+                "SET SESSION tmp_table_size = %s, max_heap_table_size = %s", list(before)
+            )

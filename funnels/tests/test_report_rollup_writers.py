@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.db import connection
 
 from funnels.models import FunnelEntry, ReportRollup, ReportRollupDirty, ReportRollupState
 from funnels.purchase_rules import Change
@@ -94,3 +95,16 @@ def test_a_refresh_recounts_only_the_dirty_days_and_clears_them(clean):
         (EARLY_DAY, 1), (LATE_DAY, 1),
     ]
     assert dirty() == set()
+
+
+@pytest.mark.mariadb_only
+@pytest.mark.django_db
+def test_a_recount_leaves_the_sessions_temporary_table_limits_as_they_were(clean):
+    FunnelEntryFactory(entered_at=EARLY)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@SESSION.tmp_table_size, @@SESSION.max_heap_table_size")
+        before = cursor.fetchone()
+        report_rollup_refresh(rebuild=True)
+        cursor.execute("SELECT @@SESSION.tmp_table_size, @@SESSION.max_heap_table_size")
+        assert cursor.fetchone() == before
+    assert list(ReportRollup.objects.values_list("day", "entries")) == [(EARLY_DAY, 1)]
