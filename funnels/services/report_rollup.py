@@ -90,8 +90,10 @@ def report_rollup_refresh(*, rebuild: bool = False) -> RefreshResult:
     if not rebuild and not ReportRollupState.objects.filter(pk=1).exists():
         return RefreshResult(built=False)
     with transaction.atomic():
-        # Serialises refreshes; a writer marking a day while we recount it waits on the
-        # dirty row's lock, so its mark survives our delete.
+        # Serialises refreshes. Only the marks read here are cleared: a writer marking a
+        # day already marked waits on that row's lock and marks it again after our
+        # delete; a day marked after our read keeps its mark (under READ COMMITTED our
+        # recount may not have seen that change).
         state = ReportRollupState.objects.select_for_update().filter(pk=1).first()
         dirty = list(
             ReportRollupDirty.objects.select_for_update().values_list("day", flat=True)
@@ -104,7 +106,10 @@ def report_rollup_refresh(*, rebuild: bool = False) -> RefreshResult:
         if full:
             ReportRollup.objects.all().delete()
             _recount(zone=zone, days=None)
-            ReportRollupDirty.objects.all().delete()
+            # Marks pile up while no rollup is built (a day each): in chunks, for SQLite's
+            # limit on parameters.
+            for start in range(0, len(dirty), 500):
+                ReportRollupDirty.objects.filter(day__in=dirty[start:start + 500]).delete()
             ReportRollupState.objects.update_or_create(
                 pk=1, defaults={"time_zone": zone_name, "built_at": timezone.now()}
             )

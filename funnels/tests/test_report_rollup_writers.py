@@ -108,3 +108,12 @@ def test_a_recount_leaves_the_sessions_temporary_table_limits_as_they_were(clean
         cursor.execute("SELECT @@SESSION.tmp_table_size, @@SESSION.max_heap_table_size")
         assert cursor.fetchone() == before
     assert list(ReportRollup.objects.values_list("day", "entries")) == [(EARLY_DAY, 1)]
+
+
+@pytest.mark.django_db
+def test_a_rebuild_clears_years_of_marks_left_while_no_rollup_was_built(clean):
+    ReportRollupDirty.objects.bulk_create([ReportRollupDirty(day=d) for d in range(1200)])
+    FunnelEntryFactory(entered_at=EARLY)
+    result = report_rollup_refresh(rebuild=True)
+    assert (result.full, result.rows) == (True, 1)
+    assert dirty() == set()
