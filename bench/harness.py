@@ -470,8 +470,19 @@ def _action_purchases(params: Mapping[str, Any]) -> Callable[[], dict[str, Any]]
     return action
 
 
+def _without_rollup(params: Mapping[str, Any]) -> None:
+    """`"rollup": False`: the report as without the runs' rollup (reports/rollup.py), for
+    the same run's comparison; this worker process only, nothing in the database."""
+    if params.get("rollup", True) is False:
+        import reports.selectors
+
+        reports.selectors.rollup_view = lambda **_kwargs: None
+
+
 def _action_report_command(params: Mapping[str, Any]) -> Callable[[], dict[str, Any]]:
     from django.core.management import call_command
+
+    _without_rollup(params)
 
     def action() -> dict[str, Any]:
         out = io.StringIO()
@@ -487,6 +498,7 @@ def _action_report_page(params: Mapping[str, Any]) -> Callable[[], dict[str, Any
     from django.contrib.auth import get_user_model
     from django.test import Client
 
+    _without_rollup(params)
     user, _ = get_user_model().objects.get_or_create(
         username="bench-admin", defaults={"is_staff": True, "is_superuser": True}
     )
@@ -573,6 +585,17 @@ def _action_nobody_lost(params: Mapping[str, Any]) -> Callable[[], dict[str, Any
     return action
 
 
+def _action_rollup_rebuild(params: Mapping[str, Any]) -> Callable[[], dict[str, Any]]:
+    """rebuild_report_rollup: after entries were written by the loader, not by the job."""
+    from funnels.services.report_rollup import report_rollup_refresh
+
+    def action() -> dict[str, Any]:
+        result = report_rollup_refresh(rebuild=True)
+        return {"rows": result.rows}
+
+    return action
+
+
 ACTIONS: dict[str, Callable[[Mapping[str, Any]], Callable[[], dict[str, Any]]]] = {
     "audit_brevo": _action_audit_brevo,
     "nobody_lost": _action_nobody_lost,
@@ -580,6 +603,7 @@ ACTIONS: dict[str, Callable[[Mapping[str, Any]], Callable[[], dict[str, Any]]]] 
     "purchases": _action_purchases,
     "report_command": _action_report_command,
     "report_page": _action_report_page,
+    "rollup_rebuild": _action_rollup_rebuild,
     "setup_watermarks": _action_setup_watermarks,
 }
 

@@ -33,13 +33,16 @@ from dataclasses import dataclass, field
 from django.db import connections, router
 
 from funnels.models import ControlPeriod, ExperimentGroup, FunnelEntry
+from reports.rollup import RollupView, lift_rollup_rows
 from reports.selectors import (
     _DAY,
     ORIGIN_CHOICES,
     ORIGIN_COMPLETION,
     _Dialect,
+    _entered_in,
     _Sql,
     local_midnight,
+    rollup_serves,
 )
 from reports.stats import (
     Difference,
@@ -154,6 +157,7 @@ def lift_report(
     window_open: bool = False,
     bought_before_start: dict[str, int] | None = None,
     not_started: dict[str, int] | None = None,
+    rollup: RollupView | None = None,
 ) -> LiftReport:
     """The lift of every period with a control share in the report's cohort.
     `bought_before_start` and `not_started` (by funnel, for the whole cohort) come from
@@ -167,7 +171,7 @@ def lift_report(
     # Without a control group there is nothing to compare: no second pass over entries.
     counts = _lift_counts(
         periods=compared, test_id=test_id, window_days=window_days, origin=origin,
-        start=start, end=end,
+        start=start, end=end, rollup=rollup, date_from=date_from, date_to=date_to, zone=zone,
     ) if compared else {}
 
     rows = []
@@ -253,9 +257,25 @@ def _periods(*, funnels: Sequence[str]) -> dict[tuple[str, int], tuple[int, dt.d
     }
 
 
-def _lift_counts(*, periods, test_id, window_days, origin, start, end):
+def _lift_counts(*, periods, test_id, window_days, origin, start, end, rollup=None,
+                 date_from=None, date_to=None, zone=None):
     """Counts of the (funnel, period) pairs `periods` only: each is one range of
-    idx_fe_lift (funnel_type, control_period, entered_at, ...)."""
+    idx_fe_lift (funnel_type, control_period, entered_at, ...). With a `rollup` that
+    serves the request, its clean days come from the rollup and only its dirty days from
+    the entries (reports/rollup.py)."""
+    raw: dict[tuple[str, int, str], dict] = defaultdict(
+        lambda: {"entered": 0, "before": 0, "never": 0, "days": [0] * window_days}
+    )
+    ranges = None
+    if rollup_serves(rollup=rollup, test_id=test_id, origin=origin, group_by="funnel",
+                     date_from=date_from, date_to=date_to, zone=zone):
+        _lift_add(raw=raw, window_days=window_days, rows=lift_rollup_rows(
+            periods=periods, date_from=date_from, date_to=date_to, window_days=window_days,
+            dirty=rollup.dirty_in(date_from=date_from, date_to=date_to),
+        ))
+        ranges = rollup.dirty_ranges(date_from=date_from, date_to=date_to, zone=zone)
+        if not ranges:
+            return _lift_numbers(raw)
     connection = connections[router.db_for_read(FunnelEntry)]
     dialect = _Dialect(connection.vendor)
     adapt = connection.ops.adapt_datetimefield_value
@@ -278,8 +298,11 @@ def _lift_counts(*, periods, test_id, window_days, origin, start, end):
     )
     where = _Sql(
         "(" + " OR ".join(["(funnel_type = %s AND control_period = %s)"] * len(periods))
-        + ") AND entered_at >= %s AND entered_at < %s",
-        [*(value for pair in periods for value in pair), adapt(start), adapt(end)],
+        + ")",
+        [value for pair in periods for value in pair],
+    ) + _entered_in(
+        start_param=adapt(start), end_param=adapt(end),
+        ranges=None if ranges is None else [(adapt(a), adapt(b)) for a, b in ranges],
     )
     if test_id is None:
         where += _Sql(
@@ -292,22 +315,27 @@ def _lift_counts(*, periods, test_id, window_days, origin, start, end):
         + phase + f" AS phase, COUNT(*) FROM {table} WHERE " + where
         + " GROUP BY funnel_type, control_period, experiment_group, day_after, phase"
     )
-    raw: dict[tuple[str, int, str], dict] = defaultdict(
-        lambda: {"entered": 0, "before": 0, "never": 0, "days": [0] * window_days}
-    )
     with connection.cursor() as cursor:
         cursor.execute(sql.text, sql.params)
-        for funnel, period, group, day_after, phase_value, people in cursor.fetchall():
-            numbers = raw[(funnel, int(period), group)]
-            people = int(people)
-            numbers["entered"] += people
-            if int(phase_value) == _BEFORE_START:
-                numbers["before"] += people
-            elif int(phase_value) == _NOT_STARTED:
-                numbers["never"] += people
-            if day_after is not None:
-                # A purchase at exactly the end of the window counts on the last day.
-                numbers["days"][min(int(day_after), window_days - 1)] += people
+        _lift_add(raw=raw, window_days=window_days, rows=cursor.fetchall())
+    return _lift_numbers(raw)
+
+
+def _lift_add(*, raw, window_days, rows) -> None:
+    for funnel, period, group, day_after, phase_value, people in rows:
+        numbers = raw[(funnel, int(period), group)]
+        people = int(people)
+        numbers["entered"] += people
+        if int(phase_value) == _BEFORE_START:
+            numbers["before"] += people
+        elif int(phase_value) == _NOT_STARTED:
+            numbers["never"] += people
+        if day_after is not None:
+            # A purchase at exactly the end of the window counts on the last day.
+            numbers["days"][min(int(day_after), window_days - 1)] += people
+
+
+def _lift_numbers(raw) -> dict:
     return {
         key: GroupNumbers(
             entered=n["entered"], converted=sum(n["days"]), bought_before_start=n["before"],

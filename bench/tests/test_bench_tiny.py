@@ -70,6 +70,7 @@ def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
     assert set(scenarios) == {
         "backfill", "steady_0_after_backfill", "steady_0", "steady_new", "recheck_fill",
         "recheck_idle", "purchases", "purchases_push", "report_command", "report_page",
+        "report_command_raw", "report_page_raw", "rollup_rebuild",
         "audit_full", "audit_idle", "proof",
     }
     assert not [name for name, s in scenarios.items() if "error" in s]
@@ -143,7 +144,17 @@ def test_bench_tiny_runs_every_scenario(server, scratch_name, tmp_path):
     ]["output"]
     for name in ("report_command", "report_page"):
         profile = scenarios[name]["profile"]
-        assert "funnel_entries" in [step["table"] for step in profile["steps"]], name
+        # The runs' rollup answers the report (reports/rollup.py) ...
+        assert "report_rollup" in [step["table"] for step in profile["steps"]], name
+    # ... with the numbers counted from the entries, to the character.
+    assert scenarios["report_command"]["detail"]["output"] == (
+        scenarios["report_command_raw"]["detail"]["output"]
+    )
+    assert {k: page[k] for k in ("entered", "converted")} == {
+        k: scenarios["report_page_raw"]["detail"][k] for k in ("entered", "converted")
+    }
+    assert scenarios["rollup_rebuild"]["detail"]["rows"] > 0
+    assert report["setup"]["rollup"]["rows"] > 0
     # The next day's audit with nothing changed: one request per list (issue 14).
     audit_idle = scenarios["audit_idle"]
     assert audit_idle["detail"]["kind"] == "incremental"

@@ -43,6 +43,7 @@ from funnels.models import FunnelEntry, SyncStatus
 from funnels.modx.models import TestResult
 from funnels.selectors.candidates import KIND_LANGUAGE, KIND_NON_LANGUAGE, KindResolver
 from funnels.services.entries import entries_previous_refresh
+from funnels.services.report_rollup import report_days_dirty_mark, report_rollup_refresh
 from funnels.routers import MODX_ALIAS
 
 LEGACY_TABLE = "funnel_entries"
@@ -627,6 +628,8 @@ def legacy_entries_copy(
                 for g in new
             )
             created.update(g.key for g in new)
+            # The report's rollup counts these days again (services/report_rollup.py).
+            report_days_dirty_mark(times=[g.entered_at for g in new])
             # Read the ids back by the natural key rather than trusting bulk_create to
             # return them: MySQL only reports the ids it assigned on MariaDB 10.5+.
             existing = _existing_ids(chunk)
@@ -778,6 +781,9 @@ def legacy_entries_adopt(
             plan=report.plan, now=now, resync=resync
         )
         new_keys = report.created
+        # The report's rollup counts every entry, the adopted ones included: the runs keep
+        # it from here (services/report_rollup.py).
+        report_rollup_refresh(rebuild=True)
     new = [g for g in report.plan.groups if g.key in new_keys]
     report.adopted = len(new)
     report.already_present = len(report.plan.groups) - report.adopted

@@ -29,6 +29,7 @@ from funnels.codes import SkipReason
 from funnels.models import ExperimentGroup, Funnel, FunnelEntry, SyncRun, SyncRunItem, SyncStatus
 from funnels.selectors.candidates import Candidate
 from funnels.services.control_groups import control_group_of
+from funnels.services.report_rollup import report_days_dirty_mark
 from funnels.selectors.funnels import ExistingEntry, funnel_accepts, funnel_entries_existing
 
 
@@ -248,17 +249,21 @@ def entries_previous_refresh(*, keys: Iterable[tuple[str, str]], chunk_size: int
                 "id", "email", "entered_at", "previous_entered_at"
             )
             updates: dict[datetime | None, list[int]] = defaultdict(list)
+            changed_times: list[datetime] = []
             person, previous = None, None
             for pk, email, entered_at, stored in rows:
                 if email != person:
                     person, previous = email, None
                 if stored != previous:
                     updates[previous].append(pk)
+                    changed_times.append(entered_at)
                 previous = entered_at
             for value, ids in updates.items():
                 changed += FunnelEntry.objects.filter(id__in=ids).update(
                     previous_entered_at=value
                 )
+            # The report's rollup counts these days again (services/report_rollup.py).
+            report_days_dirty_mark(times=changed_times)
     return changed
 
 
@@ -286,8 +291,15 @@ def entries_write(
     _ensure_pks(created, run=run)
     # Rare (a late result entering a person before an entry they already have): one
     # UPDATE per changed row. No sync_revision bump: Brevo never sees this column.
+    changed_times = []
     for pk, previous in outcome.previous_updates.items():
         FunnelEntry.objects.filter(pk=pk).update(previous_entered_at=previous)
+    if outcome.previous_updates:
+        changed_times = list(FunnelEntry.objects.filter(
+            pk__in=list(outcome.previous_updates)
+        ).values_list("entered_at", flat=True))
+    # The report's rollup counts these days again (services/report_rollup.py).
+    report_days_dirty_mark(times=[e.entered_at for e in entries] + changed_times)
     # bulk_create copies each entry's new primary key into item.entry_id.
     SyncRunItem.objects.bulk_create(items, batch_size=1000)
 

@@ -22,6 +22,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 
 from funnels.models import FunnelEntry, SyncStatus
+from funnels.services.report_rollup import report_days_dirty_mark
 
 _CHUNK = 1000
 
@@ -31,6 +32,7 @@ class SentEntry(Protocol):
 
     id: int
     sync_revision: int
+    entered_at: datetime
 
 
 def _compare_and_set(entries: Iterable[SentEntry], **changes) -> int:
@@ -51,6 +53,10 @@ def _compare_and_set(entries: Iterable[SentEntry], **changes) -> int:
 
 def entries_mark_synced(*, entries: Iterable[SentEntry], at: datetime) -> int:
     """Brevo confirmed these revisions: synced, attempts and error cleared."""
+    entries = list(entries)
+    # funnel_started_at may be set: the report's rollup counts these days again (a
+    # superset: most have a start already, or are today's, dirty anyway).
+    report_days_dirty_mark(times=[entry.entered_at for entry in entries])
     return _compare_and_set(
         entries,
         sync_status=SyncStatus.SYNCED,

@@ -11,6 +11,7 @@ from django.db.models import Case, DateTimeField, Value, When
 
 from funnels.models import FunnelEntry, PaymentWatch, SyncStatus
 from funnels.purchase_rules import Change, Payment
+from funnels.services.report_rollup import report_days_dirty_mark
 
 # Keeps each CASE ... WHEN short: the database walks it for every row it updates.
 _UPDATE_BATCH = 500
@@ -85,6 +86,8 @@ def entries_purchase_write(*, changes: list[Change], now: dt.datetime) -> None:
         ]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
+    # The report's rollup counts these days again: one INSERT of a few day rows.
+    report_days_dirty_mark(times=[change.entry.entered_at for change in changes])
 
 
 def _next_check(*, now: dt.datetime, horizon: dt.timedelta) -> Case:

@@ -45,6 +45,7 @@ from funnels.services.flood_guard import held_entries_release
 from funnels.services.outbox import outbox_push
 from funnels.services.pings import ping_send
 from funnels.services.purchases import purchases_sync
+from funnels.services.report_rollup import report_rollup_refresh
 from funnels.services.results import results_sync
 from funnels.services.runtime import run_mode_resolve
 from funnels.services.schedule import run_record_paused, schedule_pause_blocks
@@ -346,6 +347,9 @@ def _run_locked(
         complete = True
         if not run.dry_run:
             complete = state.outbox_phase()
+            # Last, after every write of the run (entries, purchases, first confirmations):
+            # the report then reads the rollup alone until the next run's writes.
+            report_rollup_refresh()
         if run.contacts_held and not run.dry_run:
             # Needs a person before anything else: held wins over partial.
             run.status = SyncRun.Status.HELD

@@ -332,6 +332,14 @@ def test_adoption_sets_the_table_aside_migrates_and_loses_no_row(same_schema, tm
         same_schema, "SELECT id, previous_entered_at FROM funnel_entries"
     )) == {2: dt.datetime(2024, 2, 1, 6, 0), 3: None, 5: None, 6: None, 9: None, 10: None,
            11: None}
+    # The report's rollup is built over the adopted entries, nothing left dirty.
+    assert mariadb_query(same_schema, "SELECT time_zone FROM report_rollup_state") == [
+        ("Europe/Moscow",)
+    ]
+    assert mariadb_query(same_schema, "SELECT SUM(entries) FROM report_rollup")[0][0] == len(
+        entries
+    )
+    assert mariadb_query(same_schema, "SELECT COUNT(*) FROM report_rollup_dirty") == [(0,)]
 
     # No row lost: every legacy id maps to exactly one entry, itself or its survivor.
     survivors = {

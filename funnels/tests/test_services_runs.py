@@ -672,3 +672,24 @@ def test_a_successful_run_records_nothing_left_for_later(
     run = run_live(client_factory, now=now)
     assert run.status == SyncRun.Status.SUCCESS
     assert not SyncRunItem.objects.filter(run=run, action=SyncRunItem.Action.DEFERRED).exists()
+
+
+def test_a_live_run_leaves_the_report_rollup_clean_and_equal_to_the_entries(
+    configured, live_settings, client_factory, fake_brevo, now
+):
+    from funnels.models import ReportRollup, ReportRollupDirty
+    from funnels.services.report_rollup import report_rollup_refresh
+
+    report_rollup_refresh(rebuild=True)  # built on an empty table
+    modx_result("anna@example.com", LANG_TEST, completed_at=RECENT)
+    user = CertUserFactory(email="anna@example.com")
+    result = CertResultFactory(user=user, test=CertTestFactory(type=1))
+    CertPaymentFactory(result=result, status_id=2, paid_at=RECENT + dt.timedelta(hours=2))
+    run = run_live(client_factory, now=now)
+    assert run.purchases_found == 1 and run.status == "success"
+    # Entry, purchase and first confirmation each marked the day; the run's end recounted.
+    assert not ReportRollupDirty.objects.exists()
+    entry = FunnelEntry.objects.get()
+    rows = list(ReportRollup.objects.values_list("hours", "phase", "entries"))
+    phase = 1 if entry.funnel_started_at > entry.certificate_purchased_at else 0
+    assert rows == [(2, phase, 1)]

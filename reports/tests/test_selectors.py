@@ -317,15 +317,15 @@ def test_nearest_rank_percentiles():
 
 
 def test_a_report_is_three_queries(funnels, one_day, django_assert_num_queries):
-    # The funnels, then the counts for the period and for the previous one, and the
-    # control periods (reports/lift.py; the lift's own counts only with a control group,
-    # test_lift); however many entries there are.
-    with django_assert_num_queries(4):
+    # The funnels, the rollup's state (reports/rollup.py), then the counts for the period
+    # and for the previous one, and the control periods (reports/lift.py; the lift's own
+    # counts only with a control group, test_lift); however many entries there are.
+    with django_assert_num_queries(5):
         report(date_from=D(2026, 11, 1), date_to=D(2026, 11, 30), group_by="day")
 
 
 def test_a_report_by_test_is_three_queries(funnels, one_day, django_assert_num_queries):
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(5):
         report(date_from=D(2026, 11, 1), date_to=D(2026, 11, 30), group_by="test")
 
 

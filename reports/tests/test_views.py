@@ -173,16 +173,16 @@ def test_page_extends_the_admin_and_uses_the_vendored_chart_js(admin_client, dat
 
 
 def test_page_query_count_is_small_and_fixed(admin_client, data, django_assert_num_queries):
-    # Session, user, funnels, the period, the previous period, the control periods, the
-    # opt-outs, and the admin header's mode and health (3, as on every admin page): whatever
-    # the data. (With a control group, one more: test_views_lift.)
-    with django_assert_num_queries(10):
+    # Session, user, funnels, the rollup's state, the period, the previous period, the
+    # control periods, the opt-outs, and the admin header's mode and health (3, as on every
+    # admin page): whatever the data. (With a control group, one more: test_views_lift.)
+    with django_assert_num_queries(11):
         response = admin_client.get(URL, {"from_date": "2026-11-01", "to_date": "2026-11-30",
                                           "group_by": "test"})
     assert response.status_code == 200
     for n in range(20):
         entry(f"more{n}@example.com", utc(2026, 11, 12, 9), test_id=30 + n)
-    with django_assert_num_queries(10):
+    with django_assert_num_queries(11):
         admin_client.get(URL, {"from_date": "2026-11-01", "to_date": "2026-11-30",
                                "group_by": "test"})
 

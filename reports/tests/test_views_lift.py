@@ -125,8 +125,8 @@ def test_page_query_count_with_control_groups_is_fixed(admin_client_en, experime
                                                       django_assert_num_queries):
     # As without control groups (test_views): the periods and the lift's counts are one
     # query each, whatever the number of funnels, periods and people.
-    with django_assert_num_queries(11):
+    with django_assert_num_queries(12):
         page(admin_client_en)
     people("more", 30, group=ExperimentGroup.CONTROL, bought=3)
-    with django_assert_num_queries(11):
+    with django_assert_num_queries(12):
         page(admin_client_en)

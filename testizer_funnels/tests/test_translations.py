@@ -412,9 +412,10 @@ def test_report_page_is_in_russian(ru_client, now, django_assert_max_num_queries
     FunnelEntryFactory(funnel_type="language", entered_at=entered,
                        certificate_purchased=True, certificate_purchased_at=now)
 
-    # Session, user, funnels, the period and the previous one (a size probe and a grouping
-    # each), the header's mode and health (two): the language changes none of it.
-    with time_machine.travel(now, tick=False), django_assert_max_num_queries(10):
+    # Session, user, funnels, the report rollup's state, the period and the previous one
+    # (a size probe and a grouping each), the header's mode and health (two): the language
+    # changes none of it.
+    with time_machine.travel(now, tick=False), django_assert_max_num_queries(11):
         response = ru_client.get(reverse("reports:conversions"), {
             "from_date": entered.date().isoformat(), "to_date": now.date().isoformat()})
     html = response.content.decode()
