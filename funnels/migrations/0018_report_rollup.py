@@ -5,8 +5,9 @@ from django.db import migrations, models
 
 def rollup_build(apps, schema_editor):
     """Count existing entries into the rollup; an empty table (a new install, the tests)
-    has nothing to count, and the report counts entries directly until a rebuild
-    (`rebuild_report_rollup`). Calls the service: the rollup's SQL lives in one place."""
+    has nothing to count, and the first live run builds it. Calls the service: the
+    rollup's SQL lives in one place (a later change of the rollup's columns must keep this
+    step working on the columns of this migration, or stop calling the service)."""
     entry = apps.get_model("funnels", "FunnelEntry")
     if not entry.objects.using(schema_editor.connection.alias).exists():
         return

@@ -50,7 +50,6 @@ PHASE_NOT_STARTED = 2
 
 @dataclass(frozen=True)
 class RefreshResult:
-    built: bool  # False: the rollup was never built, nothing kept
     full: bool = False
     days: int = 0  # local days recounted (0 on a full rebuild)
     rows: int = 0  # rollup rows after a full rebuild (0 after a refresh of some days)
@@ -83,12 +82,12 @@ def report_days_dirty_mark(*, times: Iterable[dt.datetime | None]) -> None:
 
 
 def report_rollup_refresh(*, rebuild: bool = False) -> RefreshResult:
-    """Recount the dirty days (or, with `rebuild`, everything). Without a built rollup
-    only `rebuild` builds it: one query otherwise. A rollup built in another time zone
-    than the site's is rebuilt."""
+    """Recount the dirty days (or, with `rebuild`, everything). A rollup never built is
+    built whole: a new install's first live run builds it on a table still small (the
+    migration builds it where entries already exist); without that the report would count
+    from the entries forever. A rollup built in another time zone than the site's is
+    rebuilt."""
     zone_name = settings.TIME_ZONE
-    if not rebuild and not ReportRollupState.objects.filter(pk=1).exists():
-        return RefreshResult(built=False)
     with transaction.atomic():
         # Serialises refreshes. Only the marks read here are cleared: a writer marking a
         # day already marked waits on that row's lock and marks it again after our
@@ -101,7 +100,7 @@ def report_rollup_refresh(*, rebuild: bool = False) -> RefreshResult:
         full = rebuild or state is None or state.time_zone != zone_name \
             or len(dirty) > FULL_REBUILD_DAYS
         if not full and not dirty:
-            return RefreshResult(built=True)
+            return RefreshResult()
         zone = zoneinfo.ZoneInfo(zone_name)
         if full:
             ReportRollup.objects.all().delete()
@@ -118,7 +117,7 @@ def report_rollup_refresh(*, rebuild: bool = False) -> RefreshResult:
             _recount(zone=zone, days=dirty)
             ReportRollupDirty.objects.filter(day__in=dirty).delete()
         return RefreshResult(
-            built=True, full=full, days=0 if full else len(dirty),
+            full=full, days=0 if full else len(dirty),
             # Counted after a rebuild only: a run's refresh need not read the table.
             rows=ReportRollup.objects.count() if full else 0,
         )
