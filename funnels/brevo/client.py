@@ -308,17 +308,9 @@ class BrevoClient:
             "GET", path, log_path="/contacts/lists/{id}/contacts",
             subject=f"list {int(list_id)}",
         )
-        data = reply.data
-        if (
-            not isinstance(data, Mapping)
-            or not isinstance(data.get("contacts"), list)
-            or not isinstance(data.get("count"), int)
-        ):
-            raise BrevoPermanentError(
-                "GET /contacts/lists/{id}/contacts answered without contacts and count",
-                status=reply.status,
-            )
-        return ListContactsPage(contacts=list(data["contacts"]), count=int(data["count"]))
+        contacts, count = _page_items(reply, key="contacts",
+                                      endpoint="GET /contacts/lists/{id}/contacts")
+        return ListContactsPage(contacts=contacts, count=count)
 
     def contacts_page(
         self,
@@ -349,16 +341,8 @@ class BrevoClient:
             "GET", f"/contacts?{urlencode(params)}", log_path="/contacts",
             subject=f"lists {','.join(map(str, ids))}",
         )
-        data = reply.data
-        if (
-            not isinstance(data, Mapping)
-            or not isinstance(data.get("contacts"), list)
-            or not isinstance(data.get("count"), int)
-        ):
-            raise BrevoPermanentError(
-                "GET /contacts answered without contacts and count", status=reply.status
-            )
-        return ListContactsPage(contacts=list(data["contacts"]), count=int(data["count"]))
+        contacts, count = _page_items(reply, key="contacts", endpoint="GET /contacts")
+        return ListContactsPage(contacts=contacts, count=count)
 
     def lists_page(self, *, offset: int = 0, limit: int = LISTS_MAX) -> ListsPage:
         """One page of the account's lists in creation order (GET /contacts/lists,
@@ -373,17 +357,8 @@ class BrevoClient:
             "GET", f"/contacts/lists?{urlencode(params)}", log_path="/contacts/lists",
             subject=None,
         )
-        data = reply.data
-        # The description does not mark them required, but a page without them is no answer.
-        if (
-            not isinstance(data, Mapping)
-            or not isinstance(data.get("lists"), list)
-            or not isinstance(data.get("count"), int)
-        ):
-            raise BrevoPermanentError(
-                "GET /contacts/lists answered without lists and count", status=reply.status
-            )
-        return ListsPage(lists=list(data["lists"]), count=int(data["count"]))
+        lists, count = _page_items(reply, key="lists", endpoint="GET /contacts/lists")
+        return ListsPage(lists=lists, count=count)
 
     # ------------------------------------------------------------ internals
 
@@ -620,3 +595,18 @@ def _reject_forbidden(fields: Mapping[str, Any]) -> None:
         raise ValueError(
             f"refusing to send {sorted(present)}: it would change the person's subscription state"
         )
+
+
+def _page_items(reply: _Reply, *, key: str, endpoint: str) -> tuple[list, int]:
+    """A page's items and its count. The description does not mark every such pair
+    required, but a page without them is no answer: permanent, not retried."""
+    data = reply.data
+    if (
+        not isinstance(data, Mapping)
+        or not isinstance(data.get(key), list)
+        or not isinstance(data.get("count"), int)
+    ):
+        raise BrevoPermanentError(
+            f"{endpoint} answered without {key} and count", status=reply.status
+        )
+    return list(data[key]), int(data["count"])
