@@ -11,10 +11,36 @@ zone tables are often empty, and CONVERT_TZ would then return NULL.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-_DAY = 86400
-_HOUR = 3600
+DAY_SECONDS = 86400
+HOUR_SECONDS = 3600
+# Local days are numbered from this date (day 0), in SQL and in Python alike.
+EPOCH = dt.date(1970, 1, 1)
+
+
+def day_number(*, day: dt.date) -> int:
+    return (day - EPOCH).days
+
+
+def day_of_number(number: int) -> dt.date:
+    return EPOCH + dt.timedelta(days=number)
+
+
+def day_ranges(*, days: Iterable[int], zone: dt.tzinfo) -> list[tuple[dt.datetime, dt.datetime]]:
+    """Numbered local days as [from, to) instants (aware UTC), consecutive days merged into
+    one range: one range of entered_at each in a query."""
+    runs: list[list[int]] = []
+    for day in sorted(set(days)):
+        if runs and runs[-1][1] == day - 1:
+            runs[-1][1] = day
+        else:
+            runs.append([day, day])
+    return [
+        (local_midnight(day=day_of_number(first), zone=zone),
+         local_midnight(day=day_of_number(last + 1), zone=zone))
+        for first, last in runs
+    ]
 
 
 def local_midnight(*, day: dt.date, zone: dt.tzinfo) -> dt.datetime:
@@ -40,7 +66,7 @@ def offset_segments(*, start: int, end: int, zone: dt.tzinfo) -> list[tuple[int,
     segments = [(start, current)]
     at = start
     while at < end:
-        step = min(at + _DAY, end)
+        step = min(at + DAY_SECONDS, end)
         if _offset_at(step, zone) == current:
             at = step
             continue
@@ -57,7 +83,7 @@ def offset_segments(*, start: int, end: int, zone: dt.tzinfo) -> list[tuple[int,
     return segments
 
 
-class _Dialect:
+class Dialect:
     """The few SQL spellings that differ; every literal % is doubled (params follow)."""
 
     def __init__(self, vendor: str) -> None:
@@ -87,27 +113,48 @@ class _Dialect:
         )
 
 
-class _Sql:
+class Sql:
     """Text with its parameters, so pieces keep their placeholders in order."""
 
     def __init__(self, text: str = "", params: Sequence = ()) -> None:
         self.text = text
         self.params = list(params)
 
-    def __add__(self, other: _Sql | str) -> _Sql:
+    def __add__(self, other: Sql | str) -> Sql:
         if isinstance(other, str):
-            return _Sql(self.text + other, self.params)
-        return _Sql(self.text + other.text, self.params + other.params)
+            return Sql(self.text + other, self.params)
+        return Sql(self.text + other.text, self.params + other.params)
 
-    def __radd__(self, other: str) -> _Sql:
-        return _Sql(other + self.text, self.params)
+    def __radd__(self, other: str) -> Sql:
+        return Sql(other + self.text, self.params)
 
 
-def _offset_sql(segments: list[tuple[int, int]], seconds: str) -> _Sql:
+def offset_sql(segments: list[tuple[int, int]], seconds: str) -> Sql:
     """The zone's UTC offset at `seconds` (an SQL expression), segment by segment."""
     if len(segments) == 1:
-        return _Sql("%s", [segments[0][1]])
-    sql = _Sql("(CASE")
+        return Sql("%s", [segments[0][1]])
+    sql = Sql("(CASE")
     for (_, offset), (next_start, _next) in zip(segments, segments[1:]):
-        sql += _Sql(f" WHEN {seconds} < %s THEN %s", [next_start, offset])
-    return sql + _Sql(" ELSE %s END)", [segments[-1][1]])
+        sql += Sql(f" WHEN {seconds} < %s THEN %s", [next_start, offset])
+    return sql + Sql(" ELSE %s END)", [segments[-1][1]])
+
+
+def local_seconds_sql(*, dialect: Dialect, column: str, segments: list[tuple[int, int]]) -> Sql:
+    """Unix seconds of a stored datetime `column` read as the zone's wall clock."""
+    seconds = dialect.epoch(column)
+    return Sql(f"({seconds} + ") + offset_sql(segments, seconds) + ")"
+
+
+def local_day_sql(*, dialect: Dialect, column: str, segments: list[tuple[int, int]]) -> Sql:
+    """The local day number (from EPOCH) of a stored datetime `column`: the one spelling
+    the report and its rollup share, so that both put an entry on the same day."""
+    local = local_seconds_sql(dialect=dialect, column=column, segments=segments)
+    return Sql(dialect.div(local.text, DAY_SECONDS), local.params)
+
+
+def ranges_sql(*, column: str, ranges: Sequence[tuple]) -> Sql:
+    """`column` within any of the [from, to) ranges (parameters already adapted)."""
+    return Sql(
+        "(" + " OR ".join([f"({column} >= %s AND {column} < %s)"] * len(ranges)) + ")",
+        [value for pair in ranges for value in pair],
+    )

@@ -32,18 +32,10 @@ from dataclasses import dataclass, field
 
 from django.db import connections, router
 
+from funnels.local_days import DAY_SECONDS, Dialect, Sql, local_midnight
 from funnels.models import ControlPeriod, ExperimentGroup, FunnelEntry
 from reports.rollup import RollupView, lift_rollup_rows
-from reports.selectors import (
-    _DAY,
-    ORIGIN_CHOICES,
-    ORIGIN_COMPLETION,
-    _Dialect,
-    _entered_in,
-    _Sql,
-    local_midnight,
-    rollup_serves,
-)
+from reports.selectors import ORIGIN_CHOICES, ORIGIN_COMPLETION, _entered_in, rollup_serves
 from reports.stats import (
     Difference,
     SampleRatio,
@@ -220,7 +212,7 @@ def _row(*, funnel, period, share, started_at, treatment, control, window_open, 
     days_more = None
     observed_from = max(start, started_at) if started_at else start
     observed_to = min(end, as_of) if as_of else end
-    observed_days = (observed_to - observed_from).total_seconds() / _DAY
+    observed_days = (observed_to - observed_from).total_seconds() / DAY_SECONDS
     if needed <= entered:
         days_more = 0
     elif entered and observed_days > 0:
@@ -277,26 +269,26 @@ def _lift_counts(*, periods, test_id, window_days, origin, start, end, rollup=No
         if not ranges:
             return _lift_numbers(raw)
     connection = connections[router.db_for_read(FunnelEntry)]
-    dialect = _Dialect(connection.vendor)
+    dialect = Dialect(connection.vendor)
     adapt = connection.ops.adapt_datetimefield_value
     table = connection.ops.quote_name(FunnelEntry._meta.db_table)
     origin_column = "entered_at" if origin == ORIGIN_COMPLETION else "funnel_started_at"
     purchased = dialect.epoch("certificate_purchased_at")
     since = dialect.epoch(origin_column)
     elapsed = f"({purchased} - {since})"
-    day = _Sql(
+    day = Sql(
         f"CASE WHEN certificate_purchased_at >= {origin_column} "
         f"AND certificate_purchased_at >= entered_at AND {elapsed} <= %s "
-        f"THEN {dialect.div(elapsed, _DAY)} END",
-        [window_days * _DAY],
+        f"THEN {dialect.div(elapsed, DAY_SECONDS)} END",
+        [window_days * DAY_SECONDS],
     )
-    phase = _Sql(
+    phase = Sql(
         "CASE WHEN funnel_started_at IS NULL THEN %s "
         "WHEN certificate_purchased_at >= entered_at "
         "AND certificate_purchased_at < funnel_started_at THEN %s ELSE %s END",
         [_NOT_STARTED, _BEFORE_START, _AFTER_OR_NONE],
     )
-    where = _Sql(
+    where = Sql(
         "(" + " OR ".join(["(funnel_type = %s AND control_period = %s)"] * len(periods))
         + ")",
         [value for pair in periods for value in pair],
@@ -305,11 +297,11 @@ def _lift_counts(*, periods, test_id, window_days, origin, start, end, rollup=No
         ranges=None if ranges is None else [(adapt(a), adapt(b)) for a, b in ranges],
     )
     if test_id is None:
-        where += _Sql(
+        where += Sql(
             " AND (previous_entered_at IS NULL OR previous_entered_at < %s)", [adapt(start)]
         )
     else:
-        where += _Sql(" AND test_id = %s", [test_id])
+        where += Sql(" AND test_id = %s", [test_id])
     sql = (
         "SELECT funnel_type, control_period, experiment_group, " + day + " AS day_after, "
         + phase + f" AS phase, COUNT(*) FROM {table} WHERE " + where

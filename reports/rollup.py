@@ -30,10 +30,16 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import connections, router
 
-from funnels.local_days import _DAY, _Dialect, _Sql, local_midnight, offset_segments
+from funnels.local_days import (
+    DAY_SECONDS,
+    Dialect,
+    Sql,
+    day_number,
+    day_ranges,
+    local_midnight,
+    offset_segments,
+)
 from funnels.models import ReportRollup, ReportRollupDirty, ReportRollupState
-
-_EPOCH = dt.date(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -46,30 +52,11 @@ class RollupView:
         self, *, date_from: dt.date, date_to: dt.date, zone: dt.tzinfo
     ) -> list[tuple[dt.datetime, dt.datetime]]:
         """The period's dirty days as ranges of entered_at (consecutive days merged)."""
-        first, last = _number(date_from), _number(date_to)
-        days = sorted(d for d in self.dirty if first <= d <= last)
-        runs: list[list[int]] = []
-        for day in days:
-            if runs and runs[-1][1] == day - 1:
-                runs[-1][1] = day
-            else:
-                runs.append([day, day])
-        return [
-            (local_midnight(day=_date(a), zone=zone), local_midnight(day=_date(b + 1), zone=zone))
-            for a, b in runs
-        ]
+        return day_ranges(days=self.dirty_in(date_from=date_from, date_to=date_to), zone=zone)
 
     def dirty_in(self, *, date_from: dt.date, date_to: dt.date) -> list[int]:
-        first, last = _number(date_from), _number(date_to)
+        first, last = day_number(day=date_from), day_number(day=date_to)
         return sorted(d for d in self.dirty if first <= d <= last)
-
-
-def _number(day: dt.date) -> int:
-    return (day - _EPOCH).days
-
-
-def _date(number: int) -> dt.date:
-    return _EPOCH + dt.timedelta(days=number)
 
 
 def rollup_view(*, zone: dt.tzinfo) -> RollupView | None:
@@ -99,27 +86,27 @@ def days_follow_midnights(*, date_from: dt.date, date_to: dt.date, zone: dt.tzin
     end = int(local_midnight(day=date_to + dt.timedelta(days=1), zone=zone).timestamp())
     segments = offset_segments(start=start, end=end, zone=zone)
     for (_, before), (at, after) in zip(segments, segments[1:]):
-        day_before = (at - 1 + before) // _DAY
-        day_after = (at + after) // _DAY
+        day_before = (at - 1 + before) // DAY_SECONDS
+        day_after = (at + after) // DAY_SECONDS
         if day_before == day_after:
             continue
         # A jump forward that starts exactly at midnight: that day starts at the jump,
         # which is what local_midnight returns for the missing midnight.
-        if after > before and day_after == day_before + 1 and (at + before) % _DAY == 0:
+        if after > before and day_after == day_before + 1 and (at + before) % DAY_SECONDS == 0:
             continue
         return False
     return True
 
 
-def _group_sql(*, dialect: _Dialect, group_by: str, date_from: dt.date, date_to: dt.date) -> _Sql:
+def _group_sql(*, dialect: Dialect, group_by: str, date_from: dt.date, date_to: dt.date) -> Sql:
     """The report's group key (reports.selectors._cohort_sql) from the day number."""
     if group_by == "funnel":
-        return _Sql("0")
+        return Sql("0")
     if group_by == "day":
-        return _Sql("day")
+        return Sql("day")
     if group_by == "week":
         # Day 0 (1970-01-01) was a Thursday: +3 makes weeks start on Monday.
-        return _Sql(dialect.div("day + 3", 7))
+        return Sql(dialect.div("day + 3", 7))
     if group_by == "month":
         # YYYYMM: one WHEN per month of the period (at most 121).
         whens, params = [], []
@@ -127,28 +114,33 @@ def _group_sql(*, dialect: _Dialect, group_by: str, date_from: dt.date, date_to:
         while (year, month) <= (date_to.year, date_to.month):
             following = (year + 1, 1) if month == 12 else (year, month + 1)
             whens.append("WHEN day < %s THEN %s")
-            params += [_number(dt.date(*following, 1)), year * 100 + month]
+            params += [day_number(day=dt.date(*following, 1)), year * 100 + month]
             year, month = following
-        return _Sql("CASE " + " ".join(whens) + " END", params)
+        return Sql("CASE " + " ".join(whens) + " END", params)
     raise ValueError(f"the rollup has no grouping by {group_by}")
 
 
-def _window_hours(window_days: int) -> _Sql:
-    """Whole hours to a purchase within the window, else NULL."""
-    return _Sql(
-        "CASE WHEN hours < %s OR (hours = %s AND whole_day = 1) THEN hours END",
-        [window_days * 24, window_days * 24],
+def _within_window(window_days: int) -> Sql:
+    """A purchase within the window: elapsed <= window ⇔ whole hours below the window's,
+    or equal to them with no part of an hour over (whole_day)."""
+    return Sql(
+        "hours < %s OR (hours = %s AND whole_day = 1)", [window_days * 24, window_days * 24]
     )
 
 
-def _where(*, date_from: dt.date, date_to: dt.date, dirty: Sequence[int]) -> _Sql:
+def _window_hours(window_days: int) -> Sql:
+    """Whole hours to a purchase within the window, else NULL."""
+    return "CASE WHEN " + _within_window(window_days) + " THEN hours END"
+
+
+def _where(*, date_from: dt.date, date_to: dt.date, dirty: Sequence[int]) -> Sql:
     """The period's clean days, each person at their first entry in it (P < date_from)."""
-    where = _Sql(
+    where = Sql(
         " AND day >= %s AND day <= %s AND (previous_day IS NULL OR previous_day < %s)",
-        [_number(date_from), _number(date_to), _number(date_from)],
+        [day_number(day=date_from), day_number(day=date_to), day_number(day=date_from)],
     )
     if dirty:
-        where += _Sql(" AND day NOT IN (" + ", ".join(["%s"] * len(dirty)) + ")", list(dirty))
+        where += Sql(" AND day NOT IN (" + ", ".join(["%s"] * len(dirty)) + ")", list(dirty))
     return where
 
 
@@ -159,8 +151,8 @@ def cohort_rollup_rows(
     """(funnel index, group key, whole hours or None, people, bought before the start,
     not started) for the period's clean days: the rows the report's cohort query gives."""
     connection = connections[router.db_for_read(ReportRollup)]
-    dialect = _Dialect(connection.vendor)
-    funnel_index = _Sql(
+    dialect = Dialect(connection.vendor)
+    funnel_index = Sql(
         "CASE funnel_type " + " ".join(["WHEN %s THEN %s"] * len(funnels)) + " END",
         [value for i, slug in enumerate(funnels) for value in (slug, i)],
     )
@@ -171,7 +163,7 @@ def cohort_rollup_rows(
         "SUM(CASE WHEN phase = 1 THEN entries ELSE 0 END), "
         "SUM(CASE WHEN phase = 2 THEN entries ELSE 0 END) "
         f"FROM {connection.ops.quote_name(ReportRollup._meta.db_table)} WHERE "
-        + _Sql("funnel_type IN (" + ", ".join(["%s"] * len(funnels)) + ")", list(funnels))
+        + Sql("funnel_type IN (" + ", ".join(["%s"] * len(funnels)) + ")", list(funnels))
         + _where(date_from=date_from, date_to=date_to, dirty=dirty)
         + " GROUP BY funnel_index, group_key, window_hours"
     )
@@ -187,18 +179,14 @@ def lift_rollup_rows(
     """(funnel, period, group, day after entry or None, phase, people) for the period's
     clean days: the rows of reports.lift's query counted from the test's completion."""
     connection = connections[router.db_for_read(ReportRollup)]
-    dialect = _Dialect(connection.vendor)
+    dialect = Dialect(connection.vendor)
     # The day after entry: h // 24 of a purchase within the window.
-    day = _Sql(
-        "CASE WHEN hours < %s OR (hours = %s AND whole_day = 1) THEN "
-        + dialect.div("hours", 24) + " END",
-        [window_days * 24, window_days * 24],
-    )
+    day = "CASE WHEN " + _within_window(window_days) + f" THEN {dialect.div('hours', 24)} END"
     sql = (
         "SELECT funnel_type, control_period, experiment_group, " + day + " AS day_after, "
         "phase, SUM(entries) "
         f"FROM {connection.ops.quote_name(ReportRollup._meta.db_table)} WHERE "
-        + _Sql(
+        + Sql(
             "(" + " OR ".join(["(funnel_type = %s AND control_period = %s)"] * len(periods))
             + ")",
             [value for pair in periods for value in pair],

@@ -47,12 +47,18 @@ from django.conf import settings
 from django.db import connections, router
 from django.utils.translation import gettext as _
 
-from funnels.local_days import (  # noqa: F401 (re-exported: reports.lift, tests)
-    _Dialect,
-    _offset_sql,
-    _Sql,
+from funnels.local_days import (
+    DAY_SECONDS,
+    HOUR_SECONDS,
+    Dialect,
+    Sql,
+    day_number,
+    day_of_number,
+    local_day_sql,
     local_midnight,
+    local_seconds_sql,
     offset_segments,
+    ranges_sql,
 )
 from funnels.models import Funnel, FunnelEntry
 from reports.rollup import RollupView, cohort_rollup_rows, days_follow_midnights, rollup_view
@@ -76,9 +82,6 @@ MAX_WINDOW_DAYS = 365
 # Ten years by day is still a page a browser renders.
 MAX_PERIOD_DAYS = 3660
 
-_EPOCH = dt.date(1970, 1, 1)
-_DAY = 86400
-_HOUR = 3600
 
 
 class ReportError(ValueError):
@@ -317,11 +320,11 @@ def _zone(tz: dt.tzinfo | str | None) -> dt.tzinfo:
 
 
 def _cohort_sql(
-    *, dialect: _Dialect, table: str, funnels: Sequence[str], test_id: int | None,
+    *, dialect: Dialect, table: str, funnels: Sequence[str], test_id: int | None,
     window_days: int, group_by: str, segments: list[tuple[int, int]],
     start_param, end_param, origin: str = ORIGIN_COMPLETION,
     ranges: Sequence[tuple] | None = None,
-) -> _Sql:
+) -> Sql:
     """People counted by (funnel index, group key, whole hours to purchase or NULL).
 
     A person's first entry in the period is the entry of the period whose previous entry
@@ -335,7 +338,6 @@ def _cohort_sql(
     (the days the rollup cannot answer yet); people are still counted at their first entry
     of the whole period, [start_param, end_param).
     """
-    entered = dialect.epoch("entered_at")
     # Counted from the funnel's start, a purchase before it (or with no start) is none;
     # the lift's query counts those as "bought before the funnel started".
     since = "entered_at" if origin == ORIGIN_COMPLETION else "funnel_started_at"
@@ -345,43 +347,44 @@ def _cohort_sql(
     )
     started = dialect.epoch(since)
 
-    funnel_index = _Sql(
+    funnel_index = Sql(
         "CASE funnel_type " + " ".join(["WHEN %s THEN %s"] * len(funnels)) + " END",
         [value for i, slug in enumerate(funnels) for value in (slug, i)],
     )
 
     if group_by == GROUP_BY_FUNNEL:
-        group = _Sql("0")
+        group = Sql("0")
     elif group_by == GROUP_BY_TEST:
-        group = _Sql("COALESCE(test_id, 0)")
+        group = Sql("COALESCE(test_id, 0)")
     else:
-        local = _Sql(f"({entered} + ") + _offset_sql(segments, entered) + ")"
+        day = local_day_sql(dialect=dialect, column="entered_at", segments=segments)
         if group_by == GROUP_BY_DAY:
-            group = _Sql(dialect.div(local.text, _DAY), local.params)
+            group = day
         elif group_by == GROUP_BY_WEEK:
             # Day 0 (1970-01-01) was a Thursday: +3 makes weeks start on Monday.
-            group = _Sql(dialect.div(dialect.div(local.text, _DAY) + " + 3", 7), local.params)
+            group = Sql(dialect.div(day.text + " + 3", 7), day.params)
         else:
-            group = _Sql(dialect.year_month(local.text), local.params)
+            local = local_seconds_sql(dialect=dialect, column="entered_at", segments=segments)
+            group = Sql(dialect.year_month(local.text), local.params)
 
     # NULL without a purchase: NULL - x is NULL, and so is the CASE.
     elapsed = f"({purchased} - {started})"
-    hours = _Sql(
-        f"CASE WHEN {elapsed} <= %s THEN {dialect.div(elapsed, _HOUR)} END",
-        [window_days * _DAY],
+    hours = Sql(
+        f"CASE WHEN {elapsed} <= %s THEN {dialect.div(elapsed, HOUR_SECONDS)} END",
+        [window_days * DAY_SECONDS],
     )
 
-    where = _Sql(
+    where = Sql(
         "funnel_type IN (" + ", ".join(["%s"] * len(funnels)) + ")", list(funnels)
     ) + _entered_in(start_param=start_param, end_param=end_param, ranges=ranges)
     if test_id is None:
-        where += _Sql(
+        where += Sql(
             " AND (previous_entered_at IS NULL OR previous_entered_at < %s)", [start_param]
         )
     else:
         # A person has at most one entry per test in a funnel (uk_funnel_entry_email_type_
         # test), so among one test's entries each is its person's first.
-        where += _Sql(" AND test_id = %s", [test_id])
+        where += Sql(" AND test_id = %s", [test_id])
 
     # Control groups (reports/lift.py): bought between the test and the funnel's start,
     # and no start at all; sums, so they add no rows, read from the same index.
@@ -397,13 +400,10 @@ def _cohort_sql(
     )
 
 
-def _entered_in(*, start_param, end_param, ranges: Sequence[tuple] | None) -> _Sql:
+def _entered_in(*, start_param, end_param, ranges: Sequence[tuple] | None) -> Sql:
     if ranges is None:
-        return _Sql(" AND entered_at >= %s AND entered_at < %s", [start_param, end_param])
-    return _Sql(
-        " AND (" + " OR ".join(["(entered_at >= %s AND entered_at < %s)"] * len(ranges)) + ")",
-        [value for pair in ranges for value in pair],
-    )
+        return Sql(" AND entered_at >= %s AND entered_at < %s", [start_param, end_param])
+    return " AND " + ranges_sql(column="entered_at", ranges=ranges)
 
 
 Counts = dict[tuple[str, int], Counter]
@@ -453,7 +453,7 @@ def _cohort_counts(
     if ranges is not None:
         ranges = [(adapt(a), adapt(b)) for a, b in ranges]
     sql = _cohort_sql(
-        dialect=_Dialect(connection.vendor),
+        dialect=Dialect(connection.vendor),
         table=connection.ops.quote_name(FunnelEntry._meta.db_table),
         funnels=funnels,
         test_id=test_id,
@@ -529,8 +529,7 @@ def _histogram(*, hours: Counter, window_days: int) -> list[HistogramBin]:
 
 def _period_keys(*, group_by: str, date_from: dt.date, date_to: dt.date) -> list[int]:
     """Every group key of the period, so a quiet day shows as a zero, not a gap."""
-    first = (date_from - _EPOCH).days
-    last = (date_to - _EPOCH).days
+    first, last = day_number(day=date_from), day_number(day=date_to)
     if group_by == GROUP_BY_DAY:
         return list(range(first, last + 1))
     if group_by == GROUP_BY_WEEK:
@@ -550,9 +549,9 @@ def group_label(*, group_by: str, key: int) -> str | None:
     if group_by == GROUP_BY_TEST:
         return str(key)
     if group_by == GROUP_BY_DAY:
-        return (_EPOCH + dt.timedelta(days=key)).isoformat()
+        return day_of_number(key).isoformat()
     if group_by == GROUP_BY_WEEK:
-        return (_EPOCH + dt.timedelta(days=key * 7 - 3)).isoformat()
+        return day_of_number(key * 7 - 3).isoformat()
     return f"{key // 100:04d}-{key % 100:02d}"
 
 

@@ -30,10 +30,19 @@ from django.db import connections, router, transaction
 from django.db.models import Max, Min
 from django.utils import timezone
 
-from funnels.local_days import _DAY, _HOUR, _Dialect, _offset_sql, _Sql, local_midnight, offset_segments
+from funnels.local_days import (
+    DAY_SECONDS,
+    HOUR_SECONDS,
+    Dialect,
+    Sql,
+    day_number,
+    day_ranges,
+    local_day_sql,
+    offset_segments,
+    ranges_sql,
+)
 from funnels.models import FunnelEntry, ReportRollup, ReportRollupDirty, ReportRollupState
 
-EPOCH = dt.date(1970, 1, 1)
 # The longest conversion window a report can ask for (reports.selectors.MAX_WINDOW_DAYS):
 # a purchase later than that never counts, so its hours are not kept.
 MAX_WINDOW_DAYS = 365
@@ -57,10 +66,6 @@ class RefreshResult:
 
 def site_zone() -> zoneinfo.ZoneInfo:
     return zoneinfo.ZoneInfo(settings.TIME_ZONE)
-
-
-def day_number(*, day: dt.date) -> int:
-    return (day - EPOCH).days
 
 
 def local_day_number(*, at: dt.datetime, zone: dt.tzinfo) -> int:
@@ -123,24 +128,13 @@ def report_rollup_refresh(*, rebuild: bool = False) -> RefreshResult:
         )
 
 
-def _day_runs(days: Iterable[int]) -> list[tuple[int, int]]:
-    """Consecutive day numbers as (first, last) runs: one range of entered_at each."""
-    runs: list[list[int]] = []
-    for day in sorted(set(days)):
-        if runs and runs[-1][1] == day - 1:
-            runs[-1][1] = day
-        else:
-            runs.append([day, day])
-    return [(a, b) for a, b in runs]
-
-
 def _recount(*, zone: dt.tzinfo, days: list[int] | None) -> None:
     """INSERT ... SELECT the counts of `days` (None: every entry) from funnel_entries."""
     span = FunnelEntry.objects.aggregate(low=Min("entered_at"), high=Max("entered_at"))
     if span["low"] is None:
         return
     connection = connections[router.db_for_write(ReportRollup)]
-    dialect = _Dialect(connection.vendor)
+    dialect = Dialect(connection.vendor)
     adapt = connection.ops.adapt_datetimefield_value
     q = connection.ops.quote_name
     # previous_entered_at is another entry's entered_at: the table's span covers it.
@@ -148,35 +142,27 @@ def _recount(*, zone: dt.tzinfo, days: list[int] | None) -> None:
         start=int(span["low"].timestamp()), end=int(span["high"].timestamp()) + 1, zone=zone
     )
 
-    def local_day(column: str) -> _Sql:
-        seconds = dialect.epoch(column)
-        local = _Sql(f"({seconds} + ") + _offset_sql(segments, seconds) + ")"
-        return _Sql(dialect.div(local.text, _DAY), local.params)
+    def local_day(column: str) -> Sql:
+        return local_day_sql(dialect=dialect, column=column, segments=segments)
 
     bought = "certificate_purchased_at >= entered_at"
     elapsed = f"({dialect.epoch('certificate_purchased_at')} - {dialect.epoch('entered_at')})"
     in_reach = f"{bought} AND {elapsed} <= %s"
-    where = _Sql("1 = 1")
+    where = Sql("1 = 1")
     if days is not None:
-        ranges = [
-            (local_midnight(day=EPOCH + dt.timedelta(days=first), zone=zone),
-             local_midnight(day=EPOCH + dt.timedelta(days=last + 1), zone=zone))
-            for first, last in _day_runs(days)
-        ]
-        where = _Sql(
-            "(" + " OR ".join(["(entered_at >= %s AND entered_at < %s)"] * len(ranges)) + ")",
-            [adapt(v) for pair in ranges for v in pair],
-        )
+        where = ranges_sql(column="entered_at", ranges=[
+            (adapt(start), adapt(end)) for start, end in day_ranges(days=days, zone=zone)
+        ])
     inner = (
         "SELECT funnel_type AS r_funnel, " + local_day("entered_at") + " AS r_day, "
         "CASE WHEN previous_entered_at IS NULL THEN NULL ELSE "
         + local_day("previous_entered_at") + " END AS r_previous, "
         "control_period AS r_period, experiment_group AS r_group, "
-        + _Sql(f"CASE WHEN {in_reach} THEN {dialect.div(elapsed, _HOUR)} END AS r_hours, ",
-               [MAX_WINDOW_DAYS * _DAY])
-        + _Sql(f"CASE WHEN {in_reach} AND {elapsed} %% {_DAY} = 0 THEN 1 ELSE 0 END"
-               " AS r_whole, ", [MAX_WINDOW_DAYS * _DAY])
-        + _Sql("CASE WHEN funnel_started_at IS NULL THEN %s "
+        + Sql(f"CASE WHEN {in_reach} THEN {dialect.div(elapsed, HOUR_SECONDS)} END AS r_hours, ",
+               [MAX_WINDOW_DAYS * DAY_SECONDS])
+        + Sql(f"CASE WHEN {in_reach} AND {elapsed} %% {DAY_SECONDS} = 0 THEN 1 ELSE 0 END"
+               " AS r_whole, ", [MAX_WINDOW_DAYS * DAY_SECONDS])
+        + Sql("CASE WHEN funnel_started_at IS NULL THEN %s "
                f"WHEN {bought} AND certificate_purchased_at < funnel_started_at THEN %s "
                "ELSE %s END AS r_phase",
                [PHASE_NOT_STARTED, PHASE_BEFORE_START, PHASE_AFTER_OR_NONE])

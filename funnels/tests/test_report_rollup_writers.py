@@ -14,8 +14,8 @@ from funnels.selectors.outbox import outbox_due_chunk
 from funnels.services.entries import ChunkOutcome, entries_previous_refresh, entries_write
 from funnels.services.entry_sync import entries_mark_synced
 from funnels.services.purchase_writes import entries_purchase_write
+from funnels.local_days import day_number
 from funnels.services.report_rollup import (
-    day_number,
     report_days_dirty_mark,
     report_rollup_refresh,
 )

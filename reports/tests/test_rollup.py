@@ -24,8 +24,8 @@ from funnels.models import (
     SyncStatus,
 )
 from funnels.services.entries import entries_previous_refresh
+from funnels.local_days import day_number
 from funnels.services.report_rollup import (
-    day_number,
     report_days_dirty_mark,
     report_rollup_refresh,
 )

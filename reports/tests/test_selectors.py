@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from funnels.local_days import offset_segments
 from funnels.models import FunnelEntry
 from reports.selectors import (
     HistogramBin,
@@ -15,7 +16,6 @@ from reports.selectors import (
     ReportRow,
     conversion_report,
     nearest_rank,
-    offset_segments,
 )
 from reports.tests.helpers import entry, utc
 
