@@ -215,9 +215,6 @@ class _PurchaseRun:
             )
         }
 
-    def fingerprints_by_ids(self, *, ids) -> dict[int, str]:
-        return {i: fp for i, (fp, _) in self.light_by_ids(ids=ids, digest=False).items()}
-
     def digest_total(self, *, ids) -> tuple[int, int]:
         return payments_digest_total(payment_ids=ids, digest_salt=self.types_known)
 

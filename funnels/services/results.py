@@ -117,9 +117,6 @@ class ResultSource:
             for row in candidates_columns_by_ids(ids=ids, digest=digest)
         }
 
-    def fingerprints_by_ids(self, *, ids: Sequence[int]) -> dict[int, str]:
-        return {i: fp for i, (fp, _) in self.light_by_ids(ids=ids, digest=False).items()}
-
     def digest_total(self, *, ids: Sequence[int]) -> tuple[int, int]:
         return candidates_digest_total(ids=ids)
 
