@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -66,7 +66,13 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from funnels.brevo.client import CONTACTS_MAX, LIST_CONTACTS_MAX, LISTS_MAX, BrevoClient
+from funnels.brevo.client import (
+    CONTACTS_MAX,
+    LIST_CONTACTS_MAX,
+    LISTS_MAX,
+    BrevoClient,
+    ListContactsPage,
+)
 from funnels.brevo.errors import BrevoAuthError, BrevoError, BrevoPermanentError
 from funnels.brevo.factory import brevo_client_build
 from funnels.locks import RunLock, RunLockBusy, RunLockLost
@@ -267,15 +273,11 @@ class _Audit:
         by_list: dict[int, list[Funnel]] = {}
         for funnel, list_id in targets:
             by_list.setdefault(list_id, []).append(funnel)
-        offset = 0
-        while True:
-            page = self._call(lambda: self.client.contacts_page(
-                list_ids=sorted(by_list), offset=offset, limit=CONTACTS_MAX,
-                modified_since=self.audit.modified_since,
-            ))
-            self.audit.pages += 1
-            contacts = [c for c in page.contacts if isinstance(c.get("email"), str)]
-            self.audit.contacts_read += len(contacts)
+        pages = self._pages(lambda offset: self.client.contacts_page(
+            list_ids=sorted(by_list), offset=offset, limit=CONTACTS_MAX,
+            modified_since=self.audit.modified_since,
+        ))
+        for contacts in pages:
             for list_id, funnels in by_list.items():
                 members = [c for c in contacts if list_id in (c.get("listIds") or ())]
                 if not members:
@@ -284,6 +286,17 @@ class _Audit:
                     result = self.results[funnel.slug]
                     result.contacts += len(members)
                     self._store_page(funnel, result, members)
+
+    def _pages(self, fetch: Callable[[int], ListContactsPage]) -> Iterator[list[dict]]:
+        """Each page's contacts (those with an email) from `fetch(offset)`, until Brevo's
+        count is reached or a page comes back empty; counted on the audit."""
+        offset = 0
+        while True:
+            page = self._call(lambda: fetch(offset))
+            self.audit.pages += 1
+            contacts = [c for c in page.contacts if isinstance(c.get("email"), str)]
+            self.audit.contacts_read += len(contacts)
+            yield contacts
             offset += len(page.contacts)
             if not page.contacts or offset >= page.count:
                 return
@@ -331,21 +344,15 @@ class _Audit:
     def _read(self, funnel: Funnel, result: _ListResult) -> set[str]:
         """The whole list, page by page; the emails of ours it holds."""
         seen: set[str] = set()
-        offset = 0
-        while True:
-            page = self._call(lambda: self.client.list_contacts_page(
-                list_id=result.list_id, offset=offset, limit=LIST_CONTACTS_MAX,
-            ))
+        pages = self._pages(lambda offset: self.client.list_contacts_page(
+            list_id=result.list_id, offset=offset, limit=LIST_CONTACTS_MAX,
+        ))
+        for contacts in pages:
             result.pages += 1
-            self.audit.pages += 1
-            contacts = [c for c in page.contacts if isinstance(c.get("email"), str)]
             result.contacts += len(contacts)
-            self.audit.contacts_read += len(contacts)
             if contacts:
                 seen.update(self._store_page(funnel, result, contacts))
-            offset += len(page.contacts)
-            if not page.contacts or offset >= page.count:
-                return seen
+        return seen
 
     def _store_page(self, funnel: Funnel, result: _ListResult, contacts: list[dict]) -> set[str]:
         states = {
