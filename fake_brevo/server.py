@@ -1442,7 +1442,14 @@ class FakeBrevo:
             and _after(c["modifiedAt"], bounds.get("modifiedSince"))
             and _after(c["createdAt"], bounds.get("createdSince"))
         ]
-        found.sort(key=lambda c: c["id"], reverse=sort == "desc")
+        return self._contacts_page(found, limit=limit, offset=offset, sort=sort)
+
+    def _contacts_page(
+        self, found: list[dict[str, Any]], *, limit: int, offset: int, sort: str
+    ) -> _Outcome:
+        """One page of `found` in the order of record creation (the id grows with it),
+        and the number found."""
+        found = sorted(found, key=lambda c: c["id"], reverse=sort == "desc")
         page = found[offset : offset + limit]
         return _Outcome(
             200, {"contacts": [self._public_contact(c) for c in page], "count": len(found)}
@@ -1465,12 +1472,7 @@ class FakeBrevo:
             c for c in self._contacts.values()
             if list_id in c["listIds"] and _after(c["modifiedAt"], since)
         ]
-        # "Order of record creation": the id grows with creation.
-        members.sort(key=lambda c: c["id"], reverse=sort == "desc")
-        page = members[offset : offset + limit]
-        return _Outcome(
-            200, {"contacts": [self._public_contact(c) for c in page], "count": len(members)}
-        )
+        return self._contacts_page(members, limit=limit, offset=offset, sort=sort)
 
     def _get_process_op(self, process_id: int) -> _Outcome:
         process = self._processes.get(process_id)
