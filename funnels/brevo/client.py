@@ -296,10 +296,7 @@ class BrevoClient:
         while the pages are read lands after them instead of shifting them), with the
         number of contacts that match; ``modified_since`` (aware) keeps those modified
         after it. None-free: an unknown list raises BrevoPermanentError (404)."""
-        if not 1 <= limit <= LIST_CONTACTS_MAX:
-            raise ValueError(f"limit must be 1..{LIST_CONTACTS_MAX}")
-        if offset < 0:
-            raise ValueError("offset must be >= 0")
+        _paging_check(limit=limit, offset=offset, maximum=LIST_CONTACTS_MAX)
         params: dict[str, Any] = {"limit": limit, "offset": offset, "sort": "asc"}
         if modified_since is not None:
             params["modifiedSince"] = _brevo_time(modified_since)
@@ -326,10 +323,7 @@ class BrevoClient:
         if not list_ids:
             # Without listIds Brevo would answer the whole account.
             raise ValueError("list_ids must not be empty")
-        if not 1 <= limit <= CONTACTS_MAX:
-            raise ValueError(f"limit must be 1..{CONTACTS_MAX}")
-        if offset < 0:
-            raise ValueError("offset must be >= 0")
+        _paging_check(limit=limit, offset=offset, maximum=CONTACTS_MAX)
         ids = sorted({int(list_id) for list_id in list_ids})
         # An array query parameter in the description's default style (form, exploded):
         # listIds=1&listIds=2, not listIds=1,2.
@@ -348,10 +342,7 @@ class BrevoClient:
         """One page of the account's lists in creation order (GET /contacts/lists,
         ``sort=asc``: a list created meanwhile lands after the pages), with their sizes;
         `count` is the number of lists in the account."""
-        if not 1 <= limit <= LISTS_MAX:
-            raise ValueError(f"limit must be 1..{LISTS_MAX}")
-        if offset < 0:
-            raise ValueError("offset must be >= 0")
+        _paging_check(limit=limit, offset=offset, maximum=LISTS_MAX)
         params = {"limit": limit, "offset": offset, "sort": "asc"}
         reply = self._request(
             "GET", f"/contacts/lists?{urlencode(params)}", log_path="/contacts/lists",
@@ -610,3 +601,11 @@ def _page_items(reply: _Reply, *, key: str, endpoint: str) -> tuple[list, int]:
             f"{endpoint} answered without {key} and count", status=reply.status
         )
     return list(data[key]), int(data["count"])
+
+
+def _paging_check(*, limit: int, offset: int, maximum: int) -> None:
+    """A listing's limit and offset as Brevo accepts them: a caller's mistake, not Brevo's."""
+    if not 1 <= limit <= maximum:
+        raise ValueError(f"limit must be 1..{maximum}")
+    if offset < 0:
+        raise ValueError("offset must be >= 0")
