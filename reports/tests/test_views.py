@@ -220,6 +220,9 @@ def test_the_csv_for_people_opens_in_a_russian_excel(admin_client, data):
     admin_client.defaults["HTTP_ACCEPT_LANGUAGE"] = "ru"
     response = admin_client.get(URL, {"from_date": "2026-11-10", "to_date": "2026-11-11",
                                       "group_by": "funnel", "format": "csv_people"})
+    assert response["Content-Disposition"] == (
+        'attachment; filename="conversions_2026-11-10_2026-11-11_excel.csv"'
+    )
     raw = response.content
     assert raw.startswith("\ufeff".encode())
     text = raw.decode("utf-8-sig")

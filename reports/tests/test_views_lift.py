@@ -99,6 +99,15 @@ def test_the_command_table_and_the_lift_csv(experiment):
     assert rows[0]["lift_low_points"] == "5.24" and rows[0]["not_enough"] == ""
 
 
+def test_the_page_s_lift_csv_is_the_command_s(admin_client_en, experiment):
+    with time_machine.travel(LONG_AFTER, tick=False):
+        response = admin_client_en.get(URL, {**FILTERS, "format": "csv_lift"})
+    assert response["Content-Disposition"] == (
+        'attachment; filename="lift_2026-11-01_2026-11-30.csv"'
+    )
+    assert response.content.decode() == command(*ARGS, "--format", "csv_lift")
+
+
 def test_not_enough_data_and_a_broken_split_are_said_on_the_page(admin_client_en, period):  # noqa: F811
     ControlPeriod.objects.filter(pk=period.pk).update(share=20)
     people("t", 60, group=ExperimentGroup.TREATMENT, bought=10)
