@@ -59,35 +59,24 @@ def conversions(request):
         report = conversion_report(
             **form.report_filters(), as_of=now, funnel_slugs=funnel_slugs
         )
-        if request.GET.get("format") == "csv":
-            response = HttpResponse(report_csv(report), content_type="text/csv; charset=utf-8")
+        # The downloads: what is written, and the file's name around the period.
+        downloads = {
+            "csv": (lambda: report_csv(report), "conversions", ""),
+            "csv_lift": (lambda: lift_csv(report.lift), "lift", ""),
+            "csv_opt_outs": (
+                lambda: opt_outs_csv(opt_out_counts(report=report)), "opt_outs", ""
+            ),
+            "csv_people": (
+                lambda: report_csv_people(report, funnel_names=funnel_names),
+                "conversions", "_excel",
+            ),
+        }
+        chosen = downloads.get(request.GET.get("format", ""))
+        if chosen is not None:
+            write, prefix, suffix = chosen
+            response = HttpResponse(write(), content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = (
-                f'attachment; filename="conversions_{report.date_from}_{report.date_to}.csv"'
-            )
-            return response
-        if request.GET.get("format") == "csv_lift":
-            response = HttpResponse(lift_csv(report.lift), content_type="text/csv; charset=utf-8")
-            response["Content-Disposition"] = (
-                f'attachment; filename="lift_{report.date_from}_{report.date_to}.csv"'
-            )
-            return response
-        if request.GET.get("format") == "csv_opt_outs":
-            response = HttpResponse(
-                opt_outs_csv(opt_out_counts(report=report)),
-                content_type="text/csv; charset=utf-8",
-            )
-            response["Content-Disposition"] = (
-                f'attachment; filename="opt_outs_{report.date_from}_{report.date_to}.csv"'
-            )
-            return response
-        if request.GET.get("format") == "csv_people":
-            response = HttpResponse(
-                report_csv_people(report, funnel_names=funnel_names),
-                content_type="text/csv; charset=utf-8",
-            )
-            response["Content-Disposition"] = (
-                f'attachment; filename="conversions_{report.date_from}_{report.date_to}'
-                f'_excel.csv"'
+                f'attachment; filename="{prefix}_{report.date_from}_{report.date_to}{suffix}.csv"'
             )
             return response
 
